@@ -16,7 +16,7 @@
 
 #include <cstdint>
 #include <memory>
-#include <string_view>
+#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -78,7 +78,7 @@ class Backend {
   virtual ~Backend() = default;
 
   // "cpu" or "cuda".
-  virtual std::string_view name() const = 0;
+  virtual absl::string_view name() const = 0;
 
   // Empty storage for a request with this (validated) configuration.
   virtual absl::StatusOr<std::unique_ptr<RequestStore>> CreateStore(

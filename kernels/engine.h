@@ -25,7 +25,7 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include <string_view>
+#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -89,7 +89,7 @@ class Engine {
 
   // Creates an empty request. Idempotent: creating an existing id with the
   // same config is OK; with a different config it is ALREADY_EXISTS.
-  absl::Status CreateRequest(std::string_view id, const RequestConfig& config);
+  absl::Status CreateRequest(absl::string_view id, const RequestConfig& config);
 
   // Stores a chunk (SPEC 5 Append) and returns the layer's new length. A
   // chunk entirely inside the stored range with equal bytes is a no-op; one
@@ -104,25 +104,25 @@ class Engine {
               SelectStageTimes* times = nullptr);
 
   // Removes a request. Idempotent: returns true if it existed.
-  bool Release(std::string_view id);
+  bool Release(absl::string_view id);
 
   // Removes every request idle for longer than idle_ttl; returns their ids.
   std::vector<std::string> ExpireIdle();
 
-  absl::StatusOr<RequestInfo> GetRequestInfo(std::string_view id) const;
+  absl::StatusOr<RequestInfo> GetRequestInfo(absl::string_view id) const;
   std::vector<RequestInfo> ListRequests() const;
   EngineStats Stats() const;
   const EngineOptions& options() const { return options_; }
-  std::string_view backend_name() const { return backend_->name(); }
+  absl::string_view backend_name() const { return backend_->name(); }
 
  private:
   struct Request;
 
-  absl::StatusOr<std::shared_ptr<Request>> Find(std::string_view id) const;
+  absl::StatusOr<std::shared_ptr<Request>> Find(absl::string_view id) const;
   absl::Status ValidateChunk(const Request& request,
                              const KeyChunk& chunk) const;
   absl::Status ValidateRow(const Request& request, const QueryRow& row) const;
-  void RemoveLocked(std::string_view id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RemoveLocked(absl::string_view id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const EngineOptions options_;
   const std::unique_ptr<Backend> backend_;

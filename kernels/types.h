@@ -16,7 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
-#include <string_view>
+#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/status.h"
@@ -82,7 +82,7 @@ struct RequestConfig {
 //   keys:   num_tokens * head_dim values in `format`, token-major.
 //   scales: num_tokens fp32 scales for kFp8E4M3; empty otherwise.
 struct KeyChunk {
-  std::string_view request_id;
+  absl::string_view request_id;
   int layer = 0;
   int64_t first_position = 0;
   int64_t num_tokens = 0;
@@ -98,7 +98,7 @@ struct KeyChunk {
 //   k, m:      SPEC 4 parameters; m is ignored by kDense. m * B >= k is
 //              required for kHisa and kAuto.
 struct QueryRow {
-  std::string_view request_id;
+  absl::string_view request_id;
   int layer = 0;
   int64_t position = 0;
   int num_heads = 0;
