@@ -1,0 +1,183 @@
+#include "client/server_process.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+
+extern char** environ;
+
+namespace hisa {
+namespace {
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// The gRPC port in `path` ("grpc_port=N" lines as hisa_server writes them,
+// or a bare number), or 0 while it is missing or incomplete. Sets
+// *metrics_port from a "metrics_port=M" line when there is one.
+int ReadPort(const std::string& path, int* metrics_port) {
+  const std::string text = ReadFile(path);
+  int port = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    line = absl::StripAsciiWhitespace(line);
+    int value = 0;
+    if (absl::ConsumePrefix(&line, "grpc_port=")) {
+      if (absl::SimpleAtoi(line, &value)) port = value;
+    } else if (absl::ConsumePrefix(&line, "metrics_port=")) {
+      if (absl::SimpleAtoi(line, &value)) *metrics_port = value;
+    } else if (port == 0 && absl::SimpleAtoi(line, &value)) {
+      port = value;
+    }
+  }
+  return port > 0 && port < 65536 ? port : 0;
+}
+
+std::string ExitDescription(int wait_status) {
+  if (WIFEXITED(wait_status)) {
+    return absl::StrCat("exited with code ", WEXITSTATUS(wait_status));
+  }
+  if (WIFSIGNALED(wait_status)) {
+    return absl::StrCat("killed by signal ", WTERMSIG(wait_status));
+  }
+  return absl::StrCat("ended with wait status ", wait_status);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
+    const ServerProcessOptions& options) {
+  if (options.binary.empty()) {
+    return absl::InvalidArgumentError("no server binary given");
+  }
+  if (access(options.binary.c_str(), X_OK) != 0) {
+    return absl::NotFoundError(absl::StrCat(
+        "server binary '", options.binary, "' is not executable: ",
+        std::strerror(errno)));
+  }
+  std::unique_ptr<ServerProcess> p(new ServerProcess());
+  char dir_template[] = "/tmp/hisa_server_XXXXXX";
+  if (mkdtemp(dir_template) == nullptr) {
+    return absl::InternalError(
+        absl::StrCat("mkdtemp failed: ", std::strerror(errno)));
+  }
+  p->dir_ = dir_template;
+  p->log_path_ = p->dir_ + "/server.log";
+  const std::string port_file = p->dir_ + "/port";
+
+  std::vector<std::string> argv_strings = {
+      options.binary, absl::StrCat("--listen=", options.host, ":0"),
+      absl::StrCat("--port_file=", port_file)};
+  argv_strings.insert(argv_strings.end(), options.args.begin(),
+                      options.args.end());
+  std::vector<char*> argv;
+  for (std::string& s : argv_strings) argv.push_back(s.data());
+  argv.push_back(nullptr);
+
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, p->log_path_.c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+  const int rc = posix_spawn(&p->pid_, options.binary.c_str(), &actions,
+                             nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) {
+    p->pid_ = -1;
+    return absl::InternalError(absl::StrCat("posix_spawn '", options.binary,
+                                            "' failed: ", std::strerror(rc)));
+  }
+
+  const absl::Time deadline = absl::Now() + options.start_timeout;
+  int last_port = 0;
+  while (true) {
+    int wait_status = 0;
+    if (waitpid(p->pid_, &wait_status, WNOHANG) == p->pid_) {
+      p->pid_ = -1;
+      return absl::UnavailableError(absl::StrCat(
+          "server ", ExitDescription(wait_status), " before listening; log ",
+          p->log_path_, ":\n", p->LogTail()));
+    }
+    const int port = ReadPort(port_file, &p->metrics_port_);
+    if (port != 0 && port == last_port) {
+      p->port_ = port;
+      break;
+    }
+    last_port = port;
+    if (absl::Now() > deadline) {
+      const std::string tail = p->LogTail();
+      p->Stop(absl::Seconds(2)).IgnoreError();
+      return absl::DeadlineExceededError(absl::StrCat(
+          "server did not write its port to ", port_file, " within ",
+          absl::FormatDuration(options.start_timeout), "; log:\n", tail));
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  p->target_ = absl::StrCat(options.host, ":", p->port_);
+  return p;
+}
+
+ServerProcess::~ServerProcess() {
+  if (pid_ > 0) Stop().IgnoreError();
+}
+
+absl::Status ServerProcess::Stop(absl::Duration grace) {
+  if (pid_ <= 0) return absl::OkStatus();
+  kill(pid_, SIGTERM);
+  const absl::Time deadline = absl::Now() + grace;
+  int wait_status = 0;
+  bool exited = false;
+  while (absl::Now() < deadline) {
+    if (waitpid(pid_, &wait_status, WNOHANG) == pid_) {
+      exited = true;
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  if (!exited) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, &wait_status, 0);
+  }
+  const pid_t pid = pid_;
+  pid_ = -1;
+  if (!exited) {
+    return absl::InternalError(absl::StrCat(
+        "server ", pid, " did not exit within ", absl::FormatDuration(grace),
+        " of SIGTERM; killed"));
+  }
+  if (!WIFEXITED(wait_status) || WEXITSTATUS(wait_status) != 0) {
+    return absl::InternalError(absl::StrCat("server ", pid, " ",
+                                            ExitDescription(wait_status),
+                                            " after SIGTERM; log ", log_path_));
+  }
+  // A clean exit leaves nothing worth keeping.
+  unlink((dir_ + "/port").c_str());
+  unlink(log_path_.c_str());
+  rmdir(dir_.c_str());
+  return absl::OkStatus();
+}
+
+std::string ServerProcess::LogTail(size_t max_bytes) const {
+  const std::string log = ReadFile(log_path_);
+  return log.size() > max_bytes ? log.substr(log.size() - max_bytes) : log;
+}
+
+}  // namespace hisa

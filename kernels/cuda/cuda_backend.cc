@@ -1,0 +1,170 @@
+#include "kernels/cuda/cuda_backend.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "kernels/cuda/cuda_store.h"
+#include "kernels/cuda/device_state.h"
+#include "kernels/cuda/select_plan.h"
+#include "kernels/status_macros.h"
+
+namespace hisa {
+
+bool CudaDeviceAvailable() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count < 1) {
+    cudaGetLastError();
+    return false;
+  }
+  cudaDeviceProp prop;
+  if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return prop.major == 9 && prop.minor == 0;
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(
+    int device, int64_t memory_budget_bytes) {
+  cuda::DeviceOptions options;
+  options.device = device;
+  options.memory_budget_bytes = memory_budget_bytes;
+  ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> backend,
+                   CudaBackend::Create(options));
+  return std::unique_ptr<Backend>(std::move(backend));
+}
+
+absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
+    const cuda::DeviceOptions& options) {
+  ASSIGN_OR_RETURN(std::unique_ptr<cuda::DeviceState> state,
+                   cuda::DeviceState::Create(options));
+  return std::unique_ptr<CudaBackend>(new CudaBackend(std::move(state)));
+}
+
+CudaBackend::CudaBackend(std::unique_ptr<cuda::DeviceState> device)
+    : device_(std::move(device)),
+      plan_options_(std::make_unique<cuda::PlanOptions>()) {
+  plan_options_->num_sms = device_->num_sms();
+}
+
+CudaBackend::~CudaBackend() = default;
+
+absl::StatusOr<std::unique_ptr<RequestStore>> CudaBackend::CreateStore(
+    const RequestConfig& config) {
+  return std::unique_ptr<RequestStore>(
+      new cuda::CudaRequestStore(device_.get(), config));
+}
+
+void CudaBackend::Select(absl::Span<const SelectTask> tasks,
+                         SelectStageTimes* times) {
+  if (tasks.empty()) return;
+  cuda::SelectContext* ctx = device_->AcquireContext();
+  // Batches larger than one context's scratch run in consecutive parts.
+  const int64_t budget = ctx->device_bytes - (int64_t{1} << 20);
+  size_t i = 0;
+  while (i < tasks.size()) {
+    size_t j = i;
+    int64_t bytes = 0;
+    while (j < tasks.size()) {
+      const int64_t e = cuda::EstimateTaskBytes(tasks[j]);
+      if (j > i && bytes + e > budget) break;
+      bytes += e;
+      ++j;
+    }
+    RunBatch(tasks.subspan(i, j - i), ctx, times);
+    i = j;
+  }
+  device_->ReleaseContext(ctx);
+}
+
+void CudaBackend::RunBatch(absl::Span<const SelectTask> tasks, void* context,
+                           SelectStageTimes* times) {
+  auto* ctx = static_cast<cuda::SelectContext*>(context);
+  auto fail = [&](const absl::Status& status) {
+    for (const SelectTask& t : tasks) {
+      t.result->status = status;
+      t.result->positions.clear();
+      t.result->scores.clear();
+    }
+  };
+  const absl::Time start = absl::Now();
+  cudaError_t err = cudaSetDevice(device_->device());
+  if (err != cudaSuccess) return fail(cuda::CudaError(err, "cudaSetDevice"));
+  absl::StatusOr<cuda::SelectPlan> plan =
+      cuda::BuildSelectPlan(tasks, *plan_options_);
+  if (!plan.ok()) return fail(plan.status());
+  const bool want_scores =
+      std::any_of(tasks.begin(), tasks.end(),
+                  [](const SelectTask& t) { return t.row->return_scores; });
+  const int64_t download = plan->out_entries * 4 * (want_scores ? 2 : 1);
+  if (plan->device_bytes > ctx->device_bytes ||
+      static_cast<int64_t>(plan->image.size()) > ctx->host_bytes ||
+      download > ctx->host_bytes) {
+    return fail(absl::ResourceExhaustedError(absl::StrCat(
+        "select batch of ", tasks.size(), " rows needs ", plan->device_bytes,
+        " bytes of GPU scratch; a select context holds ", ctx->device_bytes)));
+  }
+  std::memcpy(ctx->host, plan->image.data(), plan->image.size());
+  const absl::Time prepared = absl::Now();
+  cudaStream_t stream = ctx->stream;
+  err = cudaMemcpyAsync(ctx->device, ctx->host, plan->image.size(),
+                        cudaMemcpyHostToDevice, stream);
+  if (err != cudaSuccess) return fail(cuda::CudaError(err, "select upload"));
+  err = cuda::LaunchSelectPlan(*plan, ctx->device, device_->arena(), stream,
+                               ctx->events);
+  if (err != cudaSuccess) return fail(cuda::CudaError(err, "select launch"));
+  err = cudaMemcpyAsync(ctx->host, ctx->device + plan->out_pos_off,
+                        plan->out_entries * 4, cudaMemcpyDeviceToHost, stream);
+  if (err == cudaSuccess && want_scores) {
+    err = cudaMemcpyAsync(ctx->host + plan->out_entries * 4,
+                          ctx->device + plan->out_scores_off,
+                          plan->out_entries * 4, cudaMemcpyDeviceToHost, stream);
+  }
+  if (err == cudaSuccess) err = cudaEventRecord(ctx->events[5], stream);
+  if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
+  if (err != cudaSuccess) return fail(cuda::CudaError(err, "select kernels"));
+
+  const int32_t* out_pos = reinterpret_cast<const int32_t*>(ctx->host);
+  const float* out_scores =
+      reinterpret_cast<const float*>(ctx->host + plan->out_entries * 4);
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    const SelectTask& t = tasks[i];
+    RowResult& r = *t.result;
+    const int64_t off = plan->task_out_offset[i];
+    const int k = t.row->k;
+    r.status = absl::OkStatus();
+    r.mode_used = t.mode;
+    r.positions.assign(out_pos + off, out_pos + off + k);
+    if (t.row->return_scores) {
+      r.scores.assign(out_scores + off, out_scores + off + k);
+    } else {
+      r.scores.clear();
+    }
+  }
+  if (times != nullptr) {
+    float ms[5] = {0, 0, 0, 0, 0};
+    for (int s = 0; s < 5; ++s) {
+      if (cudaEventElapsedTime(&ms[s], ctx->events[s], ctx->events[s + 1]) !=
+          cudaSuccess) {
+        ms[s] = 0;
+        cudaGetLastError();
+      }
+    }
+    times->prepare += absl::ToDoubleSeconds(prepared - start);
+    times->block_scoring += ms[0] * 1e-3;
+    times->block_choice += ms[1] * 1e-3;
+    // Token scoring and top-k are one fused kernel; `topk` gets the merge of
+    // split work items and the download of the results.
+    times->token_scoring += ms[2] * 1e-3;
+    times->topk += (ms[3] + ms[4]) * 1e-3;
+  }
+}
+
+}  // namespace hisa

@@ -1,0 +1,34 @@
+// Helper for kernel_registry.h implementations: raises a kernel's dynamic
+// shared memory limit once and returns its handle.
+#ifndef HISA_KERNELS_CUDA_REGISTRY_UTIL_CUH_
+#define HISA_KERNELS_CUDA_REGISTRY_UTIL_CUH_
+
+#include <cuda_runtime.h>
+
+#include <mutex>
+
+#include "kernels/cuda/kernel_registry.h"
+
+namespace hisa::cuda {
+
+// One static once_flag per kernel: Kernel is the function itself.
+template <auto Kernel>
+KernelHandle MakeHandle(int smem_bytes) {
+  static std::once_flag once;
+  const void* fn = reinterpret_cast<const void*>(Kernel);
+  std::call_once(once, [&] {
+    if (smem_bytes > 48 * 1024) {
+      // An error here surfaces as a launch failure, reported by the launcher.
+      (void)cudaFuncSetAttribute(
+          fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
+    }
+  });
+  KernelHandle h;
+  h.fn = fn;
+  h.smem_bytes = smem_bytes;
+  return h;
+}
+
+}  // namespace hisa::cuda
+
+#endif  // HISA_KERNELS_CUDA_REGISTRY_UTIL_CUH_

@@ -1,0 +1,842 @@
+// The selection kernels of one Select batch (raw-pointer templates; the
+// launcher is select_launch.cu). Stages, as FAISS IVF names them:
+//
+//   TileKernel<BlockScorer, G, true>    block scoring: J(t, b) for b <= c of
+//                                       every HISA row -> block_scores
+//   ChooseBlocksKernel                  block choice: forced 0 and c plus the
+//                                       top m - 2 other blocks per row, merged
+//                                       into one ascending union per group
+//   TileKernel<TokenScorer, G, false>   token refinement + top-k: scores every
+//                                       candidate slot (DENSE: every s <= t;
+//                                       HISA: the union's blocks) and keeps a
+//                                       position-ordered top-k per row
+//   FinalizeKernel                      merges split work items' lists
+//
+// Tile loop. A work item walks its slots 128 at a time. A slot is a candidate
+// position (DENSE: slot == position; HISA: block union[slot / B], offset
+// slot % B; block kernel: slot == block). Keys (or block means) of tile i+1
+// are copied with cp.async while tile i is scored. The scorer writes one
+// score per (row, slot) to `staging`; the consumer appends the entries that
+// can still make the top-k (composite >= tau) to the row's candidate buffer
+// in slot order, and compacts the buffer to exactly k entries (radix select +
+// stable compaction) whenever the next tile might not fit. Because slots are
+// visited in increasing position and compaction is stable, every buffer and
+// every output list stays sorted by position: no sort is ever needed.
+//
+// Scorers (all: 8 warps, G rows of one group):
+//   Fp8TokenScorer<MT, KS, G>   FP8 queries x FP8 keys on mma.m16n8k32 e4m3:
+//                               warp = (row, 16G slots), A = query heads in
+//                               registers (MT m16 tiles, KS k32 steps), B =
+//                               keys from shared memory via ldmatrix.
+//   Bf16BlockScorer<MT, KS, G>  the same queries (bf16, exact) x block means
+//                               as bf16 hi + lo on mma.m16n8k16.
+//   GenericScorer<G, kBlocks>   any formats, any D: one thread per (row,
+//                               slot), fp32 FMA on dequantized values.
+#ifndef HISA_KERNELS_CUDA_SELECT_KERNELS_CUH_
+#define HISA_KERNELS_CUDA_SELECT_KERNELS_CUH_
+
+#include "kernels/cuda/select_layout.h"
+#include "kernels/cuda/select_primitives.cuh"
+
+namespace hisa::cuda {
+
+// Everything a work item needs about its group, in registers.
+template <int G>
+struct ItemContext {
+  const GroupDesc* group;
+  const LayerView* layer;
+  int num_rows;
+  int64_t t[G];         // row positions
+  int64_t c[G];         // row blocks t / B
+  int64_t slot_begin;
+  int64_t slot_end;     // capped by the group's real slot count
+  bool union_slots;     // HISA token kernel: slots index the union
+  const int32_t* unions;
+};
+
+// Position of `slot` and the rows (bit g) for which it is a candidate; the
+// position is -1 (and rows 0) past slot_end.
+template <int G, bool kBlocks>
+__device__ __forceinline__ int64_t MapSlot(const ItemContext<G>& ic,
+                                           int64_t slot, uint32_t* rows) {
+  *rows = 0;
+  if (slot >= ic.slot_end) return -1;
+  int64_t pos;
+  uint32_t allowed = (1u << ic.num_rows) - 1u;
+  if (ic.union_slots) {
+    const int log2b = ic.layer->geo.log2_block;
+    const int64_t u = slot >> log2b;
+    pos = (static_cast<int64_t>(ic.unions[2 * u]) << log2b) +
+          (slot & ((int64_t{1} << log2b) - 1));
+    allowed &= static_cast<uint32_t>(ic.unions[2 * u + 1]);
+  } else {
+    pos = slot;
+  }
+  uint32_t r = 0;
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const int64_t limit = kBlocks ? ic.c[g] : ic.t[g];
+    if (((allowed >> g) & 1u) && pos <= limit) r |= 1u << g;
+  }
+  *rows = r;
+  return pos;
+}
+
+// ----------------------------------------------------------------------------
+// Scorers.
+
+// Per-tile shared state every scorer sees.
+struct TileShared {
+  int32_t pos[2][kTileSlots];
+  uint8_t rows[2][kTileSlots];
+};
+
+template <int MT, int KS, int G>
+struct Fp8TokenScorer {
+  static constexpr int kD = KS * 32;
+  static constexpr int kStride = kD + 16;  // padded: ldmatrix conflict-free
+  static constexpr int kStageBytes = kTileSlots * kStride + kTileSlots * 4;
+  static constexpr int kPersistBytes = 0;
+  static constexpr int kWarpsPerRow = 8 / G;
+  static constexpr int kSlotsPerWarp = kTileSlots / kWarpsPerRow;  // 16 G
+  static constexpr int kNT = kSlotsPerWarp / 8;                      // 2 G
+  static constexpr bool kBlocks = false;
+  // 255 registers (query fragments stay in registers): one CTA per SM.
+  static constexpr int kMinBlocks = 1;
+
+  uint32_t a[MT][KS][4];
+  int g;
+  int sub;
+  int head_groups;
+  const uint8_t* q;
+
+  __device__ void LoadA(int hg) {
+    const int lane = threadIdx.x & 31;
+    const int gid = lane >> 2, tid4 = lane & 3;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      const uint8_t* r0 = q + (hg * 64 + mt * 16 + gid) * kD + tid4 * 4;
+      const uint8_t* r1 = r0 + 8 * kD;
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        a[mt][ks][0] = __ldg(reinterpret_cast<const uint32_t*>(r0 + ks * 32));
+        a[mt][ks][1] = __ldg(reinterpret_cast<const uint32_t*>(r1 + ks * 32));
+        a[mt][ks][2] =
+            __ldg(reinterpret_cast<const uint32_t*>(r0 + ks * 32 + 16));
+        a[mt][ks][3] =
+            __ldg(reinterpret_cast<const uint32_t*>(r1 + ks * 32 + 16));
+      }
+    }
+  }
+
+  __device__ void Init(const SelectBuffers& b, const ItemContext<G>& ic,
+                       uint8_t* /*persist*/) {
+    const int warp = threadIdx.x >> 5;
+    g = warp / kWarpsPerRow;
+    sub = warp % kWarpsPerRow;
+    head_groups = MT == 4 ? ic.group->q_heads / 64 : 1;
+    q = nullptr;
+    if (g < ic.num_rows) {
+      q = b.q + b.rows[ic.group->rows[g]].q_offset;
+      LoadA(0);
+    }
+  }
+
+  __device__ void Issue(const SelectBuffers& b, const ItemContext<G>& ic,
+                        uint8_t* stage, TileShared& ts, int st,
+                        int64_t tile_begin) const {
+    const int tid = threadIdx.x;
+    const int i = tid >> 1;
+    const int half = tid & 1;
+    uint32_t rows;
+    const int64_t pos = MapSlot<G, false>(ic, tile_begin + i, &rows);
+    const LayerView& lv = *ic.layer;
+    const uint8_t* src_row = b.arena;
+    const uint8_t* src_scale = b.arena;
+    if (rows != 0) {
+      const uint32_t p = static_cast<uint32_t>(pos);
+      const uint32_t page_rel = DivFast(p, lv.tokens_per_page_magic);
+      const uint32_t in_page = p - page_rel * lv.geo.tokens_per_page;
+      const uint8_t* page =
+          b.arena + static_cast<int64_t>(b.tables[lv.key_table + page_rel]) *
+                        kPageBytes;
+      src_row = page + static_cast<int64_t>(in_page) * kD;
+      src_scale = page + lv.geo.ScalesOffset() + in_page * 4;
+    }
+    uint8_t* dst = stage + i * kStride;
+#pragma unroll
+    for (int j = 0; j < KS; ++j) {
+      const int chunk = half * KS + j;
+      CpAsync16(dst + chunk * 16, src_row + chunk * 16, rows != 0);
+    }
+    if (half == 0) {
+      CpAsync4(stage + kTileSlots * kStride + i * 4, src_scale, rows != 0);
+      ts.pos[st][i] = static_cast<int32_t>(pos);
+      ts.rows[st][i] = static_cast<uint8_t>(rows);
+    }
+  }
+
+  // Loop order nt -> (ks, mt): one n8 tile of keys in registers at a time,
+  // MT independent accumulators in flight, so registers stay near 128.
+  __device__ void Compute(const uint8_t* stage, const float* weights,
+                          float* staging, const ItemContext<G>& ic,
+                          const TileShared& ts, int st) {
+    if (g >= ic.num_rows) return;
+    const int lane = threadIdx.x & 31;
+    const int gid = lane >> 2, tid4 = lane & 3;
+    const int slot0 = sub * kSlotsPerWarp;
+    // Slots of a union block this row did not choose (or past t) are never
+    // read by the consumer: skip them (the other row's warps still run).
+    if (!__any_sync(0xFFFFFFFFu,
+                    (ts.rows[st][slot0 + lane % kSlotsPerWarp] >> g) & 1u)) {
+      return;
+    }
+    float part[2 * kNT];
+#pragma unroll
+    for (int j = 0; j < 2 * kNT; ++j) part[j] = 0.f;
+    const float* w = weights + g * 128;
+#pragma unroll 1
+    for (int hg = 0; hg < head_groups; ++hg) {
+      if (head_groups > 1) LoadA(hg);
+      float wv[MT][2];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        wv[mt][0] = w[hg * 64 + mt * 16 + gid];
+        wv[mt][1] = w[hg * 64 + mt * 16 + gid + 8];
+      }
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+        uint32_t bf[KS][2];
+#pragma unroll
+        for (int kp = 0; kp < KS / 2; ++kp) {
+          const uint8_t* addr = stage +
+                                (slot0 + nt * 8 + (lane & 7)) * kStride +
+                                (2 * kp + (lane >> 4)) * 32 +
+                                ((lane >> 3) & 1) * 16;
+          uint32_t r[4];
+          LdMatrixX4(r, addr);
+          bf[2 * kp][0] = r[0];
+          bf[2 * kp][1] = r[1];
+          bf[2 * kp + 1][0] = r[2];
+          bf[2 * kp + 1][1] = r[3];
+        }
+        float acc[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.f;
+        }
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            MmaFp8(acc[mt], a[mt][ks], bf[ks][0], bf[ks][1]);
+          }
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          part[2 * nt] += wv[mt][0] * fmaxf(acc[mt][0], 0.f) +
+                          wv[mt][1] * fmaxf(acc[mt][2], 0.f);
+          part[2 * nt + 1] += wv[mt][0] * fmaxf(acc[mt][1], 0.f) +
+                              wv[mt][1] * fmaxf(acc[mt][3], 0.f);
+        }
+      }
+    }
+    const float v = ReduceScatter<2 * kNT>(part, lane);
+    if (PublishesLane<2 * kNT>(lane)) {
+      const int j = JOfLane<2 * kNT>(lane);
+      const int col = slot0 + (j >> 1) * 8 + tid4 * 2 + (j & 1);
+      const float* scales =
+          reinterpret_cast<const float*>(stage + kTileSlots * kStride);
+      staging[g * kTileSlots + col] = v * fabsf(scales[col]);
+    }
+  }
+};
+
+template <int MT, int KS, int G>
+struct Bf16BlockScorer {
+  static constexpr int kD = KS * 16;
+  static constexpr int kStride = 2 * kD + 16;  // bytes per block row
+  static constexpr int kStageBytes = 2 * kTileSlots * kStride;  // hi, lo
+  static constexpr int kMaxQHeads = MT == 4 ? 128 : MT * 16;
+  static constexpr int kPersistBytes = G * kMaxQHeads * kStride;
+  static constexpr int kWarpsPerRow = 8 / G;
+  static constexpr int kSlotsPerWarp = kTileSlots / kWarpsPerRow;
+  static constexpr int kNT = kSlotsPerWarp / 8;
+  static constexpr bool kBlocks = true;
+  static constexpr int kMinBlocks = 1;
+
+  int g;
+  int sub;
+  int head_groups;
+  const uint8_t* qs;  // this warp's row in shared memory
+
+  __device__ void Init(const SelectBuffers& b, const ItemContext<G>& ic,
+                       uint8_t* persist) {
+    const int warp = threadIdx.x >> 5;
+    g = warp / kWarpsPerRow;
+    sub = warp % kWarpsPerRow;
+    const int qh = ic.group->q_heads;
+    head_groups = MT == 4 ? qh / 64 : 1;
+    // Copy every row's bf16 query into shared memory (16-byte vectors).
+    constexpr int kVecPerHead = kD * 2 / 16;
+    for (int gg = 0; gg < ic.num_rows; ++gg) {
+      const uint8_t* src = b.q + b.rows[ic.group->rows[gg]].q_offset +
+                           static_cast<int64_t>(qh) * kD;  // after the fp8 copy
+      uint8_t* dst = persist + gg * kMaxQHeads * kStride;
+      for (int v = threadIdx.x; v < qh * kVecPerHead; v += kSelectThreads) {
+        const int h = v / kVecPerHead, part = v % kVecPerHead;
+        *reinterpret_cast<uint4*>(dst + h * kStride + part * 16) =
+            __ldg(reinterpret_cast<const uint4*>(src + h * kD * 2 + part * 16));
+      }
+    }
+    qs = persist + g * kMaxQHeads * kStride;
+  }
+
+  __device__ void Issue(const SelectBuffers& b, const ItemContext<G>& ic,
+                        uint8_t* stage, TileShared& ts, int st,
+                        int64_t tile_begin) const {
+    const int tid = threadIdx.x;
+    const int i = tid >> 1;
+    const int half = tid & 1;
+    uint32_t rows;
+    const int64_t blk = MapSlot<G, true>(ic, tile_begin + i, &rows);
+    const LayerView& lv = *ic.layer;
+    const uint8_t* hi = b.arena;
+    const uint8_t* lo = b.arena;
+    if (rows != 0) {
+      const uint32_t bb = static_cast<uint32_t>(blk);
+      const uint32_t page_rel = DivFast(bb, lv.blocks_per_page_magic);
+      const uint32_t in_page = bb - page_rel * lv.geo.blocks_per_page;
+      const uint8_t* page =
+          b.arena +
+          static_cast<int64_t>(b.tables[lv.summary_table + page_rel]) *
+              kPageBytes;
+      hi = page + static_cast<int64_t>(in_page) * kD * 2;
+      lo = hi + lv.geo.MeanLoOffset();
+    }
+    // Each block row is kD * 2 bytes = KS * 2 chunks of 16 bytes, for hi
+    // and for lo: thread `half` 0 copies hi, 1 copies lo.
+    const uint8_t* src = half == 0 ? hi : lo;
+    uint8_t* dst = stage + half * kTileSlots * kStride + i * kStride;
+#pragma unroll
+    for (int j = 0; j < 2 * KS; ++j) {
+      CpAsync16(dst + j * 16, src + j * 16, rows != 0);
+    }
+    if (half == 0) {
+      ts.pos[st][i] = static_cast<int32_t>(blk);
+      ts.rows[st][i] = static_cast<uint8_t>(rows);
+    }
+  }
+
+  __device__ void Compute(const uint8_t* stage, const float* weights,
+                          float* staging, const ItemContext<G>& ic,
+                          const TileShared& /*ts*/, int /*st*/) {
+    if (g >= ic.num_rows) return;
+    const int lane = threadIdx.x & 31;
+    const int gid = lane >> 2, tid4 = lane & 3;
+    const int slot0 = sub * kSlotsPerWarp;
+    const uint8_t* hi_base = stage;
+    const uint8_t* lo_base = stage + kTileSlots * kStride;
+    float part[2 * kNT];
+#pragma unroll
+    for (int j = 0; j < 2 * kNT; ++j) part[j] = 0.f;
+    const float* w = weights + g * 128;
+#pragma unroll 1
+    for (int hg = 0; hg < head_groups; ++hg) {
+      float acc[MT][kNT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+          acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] =
+              0.f;
+        }
+      }
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        uint32_t bh[kNT][2], bl[kNT][2];
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+          // lanes 0-7: hi k 0-7, 8-15: hi k 8-15, 16-23: lo k 0-7,
+          // 24-31: lo k 8-15 of blocks slot0 + nt * 8 + (lane & 7).
+          const uint8_t* base = (lane >> 4) ? lo_base : hi_base;
+          const uint8_t* addr = base +
+                                (slot0 + nt * 8 + (lane & 7)) * kStride +
+                                ks * 32 + ((lane >> 3) & 1) * 16;
+          uint32_t r[4];
+          LdMatrixX4(r, addr);
+          bh[nt][0] = r[0];
+          bh[nt][1] = r[1];
+          bl[nt][0] = r[2];
+          bl[nt][1] = r[3];
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          // lanes 0-7: heads 0-7 k 0-7, 8-15: heads 8-15 k 0-7,
+          // 16-23: heads 0-7 k 8-15, 24-31: heads 8-15 k 8-15.
+          const uint8_t* addr =
+              qs + (hg * 64 + mt * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) *
+                       kStride +
+              ks * 32 + (lane >> 4) * 16;
+          uint32_t af[4];
+          LdMatrixX4(af, addr);
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt) {
+            MmaBf16(acc[mt][nt], af, bh[nt][0], bh[nt][1]);
+            MmaBf16(acc[mt][nt], af, bl[nt][0], bl[nt][1]);
+          }
+        }
+      }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        const float w0 = w[hg * 64 + mt * 16 + gid];
+        const float w1 = w[hg * 64 + mt * 16 + gid + 8];
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+          part[2 * nt] += w0 * fmaxf(acc[mt][nt][0], 0.f) +
+                          w1 * fmaxf(acc[mt][nt][2], 0.f);
+          part[2 * nt + 1] += w0 * fmaxf(acc[mt][nt][1], 0.f) +
+                              w1 * fmaxf(acc[mt][nt][3], 0.f);
+        }
+      }
+    }
+    const float v = ReduceScatter<2 * kNT>(part, lane);
+    if (PublishesLane<2 * kNT>(lane)) {
+      const int j = JOfLane<2 * kNT>(lane);
+      const int col = slot0 + (j >> 1) * 8 + tid4 * 2 + (j & 1);
+      staging[g * kTileSlots + col] = v;
+    }
+  }
+};
+
+// One thread per (row, slot): correct for every format and head_dim, used
+// where the tensor-core scorers do not apply. Queries are fp32 [H][D]
+// dequantized, weights w_h.
+template <int G, bool kBlocksT>
+struct GenericScorer {
+  static constexpr int kStageBytes = 0;
+  static constexpr int kPersistBytes = 0;
+  static constexpr bool kBlocks = kBlocksT;
+  static constexpr int kMinBlocks = 1;
+
+  __device__ void Init(const SelectBuffers&, const ItemContext<G>&, uint8_t*) {}
+
+  __device__ void Issue(const SelectBuffers&, const ItemContext<G>& ic,
+                        uint8_t*, TileShared& ts, int st,
+                        int64_t tile_begin) const {
+    const int i = threadIdx.x;
+    if (i < kTileSlots) {
+      uint32_t rows;
+      const int64_t pos = MapSlot<G, kBlocks>(ic, tile_begin + i, &rows);
+      ts.pos[st][i] = static_cast<int32_t>(pos);
+      ts.rows[st][i] = static_cast<uint8_t>(rows);
+    }
+  }
+
+  __device__ void ComputeWith(const SelectBuffers& b, const ItemContext<G>& ic,
+                              const TileShared& ts, int st, float* staging) {
+    const int g = threadIdx.x / kTileSlots;
+    const int i = threadIdx.x % kTileSlots;
+    if (g >= G || g >= ic.num_rows) return;
+    if (((ts.rows[st][i] >> g) & 1u) == 0) return;
+    const uint32_t pos = static_cast<uint32_t>(ts.pos[st][i]);
+    const LayerView& lv = *ic.layer;
+    const PageGeometry& geo = lv.geo;
+    const int D = geo.head_dim;
+    const RowDesc& row = b.rows[ic.group->rows[g]];
+    const float* q = reinterpret_cast<const float*>(b.q + row.q_offset);
+    const float* w = b.w + row.w_offset;
+    const int H = ic.group->heads;
+    float score = 0.f;
+    if (kBlocks) {
+      const uint32_t page_rel = DivFast(pos, lv.blocks_per_page_magic);
+      const uint32_t in_page = pos - page_rel * geo.blocks_per_page;
+      const uint8_t* page =
+          b.arena +
+          static_cast<int64_t>(b.tables[lv.summary_table + page_rel]) *
+              kPageBytes;
+      const float* sums = reinterpret_cast<const float*>(page + geo.SumsOffset()) +
+                          static_cast<int64_t>(in_page) * D;
+      const float count = static_cast<float>(
+          reinterpret_cast<const int32_t*>(page + geo.CountsOffset())[in_page]);
+      const bool mean = geo.pooling == kPoolMean;
+      for (int h = 0; h < H; ++h) {
+        const float* qh = q + h * D;
+        float dot = 0.f;
+        for (int d = 0; d < D; ++d) {
+          const float r = mean ? sums[d] / count : sums[d];
+          dot = fmaf(qh[d], r, dot);
+        }
+        score = fmaf(w[h], fmaxf(dot, 0.f), score);
+      }
+    } else {
+      const uint32_t page_rel = DivFast(pos, lv.tokens_per_page_magic);
+      const uint32_t in_page = pos - page_rel * geo.tokens_per_page;
+      const uint8_t* page =
+          b.arena +
+          static_cast<int64_t>(b.tables[lv.key_table + page_rel]) * kPageBytes;
+      const uint8_t* key = page + static_cast<int64_t>(in_page) * geo.row_bytes;
+      float scale = 1.f;
+      if (geo.format == kFormatFp8) {
+        scale = fabsf(reinterpret_cast<const float*>(page + geo.ScalesOffset())
+                          [in_page]);
+      }
+      for (int h = 0; h < H; ++h) {
+        const float* qh = q + h * D;
+        float dot = 0.f;
+        if (geo.format == kFormatFp8) {
+          for (int d = 0; d < D; ++d) dot = fmaf(qh[d], Fp8ToFloat(key[d]), dot);
+          dot *= scale;
+        } else if (geo.format == kFormatBf16) {
+          const uint16_t* k16 = reinterpret_cast<const uint16_t*>(key);
+          for (int d = 0; d < D; ++d) {
+            dot = fmaf(qh[d], Bf16BitsToFloat(k16[d]), dot);
+          }
+        } else {
+          const float* k32 = reinterpret_cast<const float*>(key);
+          for (int d = 0; d < D; ++d) dot = fmaf(qh[d], k32[d], dot);
+        }
+        score = fmaf(w[h], fmaxf(dot, 0.f), score);
+      }
+    }
+    staging[g * kTileSlots + i] = score;
+  }
+};
+
+// ----------------------------------------------------------------------------
+// Tile kernel (block scoring when Scorer::kBlocks, else token top-k).
+
+template <class Scorer, int G>
+struct TileLayout {
+  static constexpr int kStageOff = 0;
+  static constexpr int kPersistOff = kStageOff + 2 * Scorer::kStageBytes;
+  static constexpr int kTileOff = (kPersistOff + Scorer::kPersistBytes + 15) / 16 * 16;
+  static constexpr int kWeightsOff = (kTileOff + sizeof(TileShared) + 15) / 16 * 16;
+  static constexpr int kStagingOff = kWeightsOff + G * 128 * 4;
+  static constexpr int kRadixOff = kStagingOff + G * kTileSlots * 4;
+  static constexpr int kBufferOff =
+      (kRadixOff + sizeof(RadixShared) + 15) / 16 * 16;
+  static constexpr int kBufferBytes =
+      Scorer::kBlocks ? 0 : G * kCandidateCap * 8;
+  static constexpr int kBytes = kBufferOff + kBufferBytes;
+};
+
+template <class Scorer>
+struct HasComputeWith {
+  static constexpr bool value = false;
+};
+template <int G, bool B>
+struct HasComputeWith<GenericScorer<G, B>> {
+  static constexpr bool value = true;
+};
+
+// Compacts one row's candidate buffer to its top k (count > k) and returns
+// the new insertion bound. Not inlined: it is rare, and inlining it into the
+// tile loop costs the scorer registers.
+static __device__ __noinline__ uint64_t CompactRow(uint32_t* keys, int32_t* pos,
+                                            int* count, int k,
+                                            RadixShared& rs) {
+  const Threshold th = RadixSelect(
+      *count, k,
+      [&](int i) { return Composite(keys[i], static_cast<uint32_t>(pos[i])); },
+      rs);
+  *count = CompactBuffer<kCandidateCap / kSelectThreads>(keys, pos, *count,
+                                                         th, rs);
+  return th.prefix << th.shift;
+}
+
+template <class Scorer, int G>
+__global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
+    TileKernel(SelectBuffers b, const WorkItem* items) {
+  using Layout = TileLayout<Scorer, G>;
+  constexpr bool kBlocks = Scorer::kBlocks;
+  extern __shared__ __align__(16) uint8_t smem[];
+  uint8_t* stages = smem + Layout::kStageOff;
+  TileShared& ts = *reinterpret_cast<TileShared*>(smem + Layout::kTileOff);
+  float* weights = reinterpret_cast<float*>(smem + Layout::kWeightsOff);
+  float* staging = reinterpret_cast<float*>(smem + Layout::kStagingOff);
+  RadixShared& rs = *reinterpret_cast<RadixShared*>(smem + Layout::kRadixOff);
+  uint32_t* buf_keys = reinterpret_cast<uint32_t*>(smem + Layout::kBufferOff);
+  int32_t* buf_pos = reinterpret_cast<int32_t*>(
+      smem + Layout::kBufferOff + G * kCandidateCap * 4);
+
+  const WorkItem item = items[blockIdx.x];
+  const GroupDesc& grp = b.groups[item.group];
+  ItemContext<G> ic;
+  ic.group = &grp;
+  ic.layer = &b.layers[grp.layer];
+  ic.num_rows = grp.num_rows;
+  const int log2b = ic.layer->geo.log2_block;
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const int64_t t = g < ic.num_rows ? b.rows[grp.rows[g]].position : -1;
+    ic.t[g] = t;
+    ic.c[g] = t >= 0 ? (t >> log2b) : -1;
+  }
+  int64_t num_slots;
+  ic.union_slots = false;
+  ic.unions = nullptr;
+  if (kBlocks) {
+    num_slots = (grp.max_position >> log2b) + 1;
+  } else if (grp.mode == kModeHisa) {
+    ic.union_slots = true;
+    ic.unions = b.unions + 2 * grp.union_offset;
+    num_slots = static_cast<int64_t>(b.union_counts[grp.union_index]) << log2b;
+  } else {
+    num_slots = grp.max_position + 1;
+  }
+  ic.slot_begin = item.slot_begin;
+  ic.slot_end = item.slot_end < num_slots ? item.slot_end : num_slots;
+
+  // Weights of every row, padded with zeros to 128 per row.
+  for (int i = threadIdx.x; i < G * 128; i += kSelectThreads) {
+    const int g = i / 128, h = i % 128;
+    float v = 0.f;
+    if (g < ic.num_rows && h < grp.q_heads) {
+      v = b.w[b.rows[grp.rows[g]].w_offset + h];
+    }
+    weights[i] = v;
+  }
+
+  Scorer scorer;
+  scorer.Init(b, ic, smem + Layout::kPersistOff);
+
+  int count[G];
+  uint64_t tau[G];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    count[g] = 0;
+    tau[g] = 0;
+  }
+  const int k = grp.k;
+
+  const int64_t span = ic.slot_end - ic.slot_begin;
+  const int64_t num_tiles = span > 0 ? (span + kTileSlots - 1) / kTileSlots : 0;
+  if (num_tiles > 0) {
+    scorer.Issue(b, ic, stages, ts, 0, ic.slot_begin);
+    CpAsyncCommit();
+  }
+#pragma unroll 1
+  for (int64_t it = 0; it < num_tiles; ++it) {
+    const int st = static_cast<int>(it & 1);
+    if (it + 1 < num_tiles) {
+      scorer.Issue(b, ic, stages + (st ^ 1) * Scorer::kStageBytes, ts, st ^ 1,
+                   ic.slot_begin + (it + 1) * kTileSlots);
+      CpAsyncCommit();
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
+    }
+    __syncthreads();  // tile `it` and its slot map are visible
+    if constexpr (HasComputeWith<Scorer>::value) {
+      scorer.ComputeWith(b, ic, ts, st, staging);
+    } else {
+      scorer.Compute(stages + st * Scorer::kStageBytes, weights, staging, ic,
+                     ts, st);
+    }
+    __syncthreads();  // staging is visible
+
+    if constexpr (kBlocks) {
+      for (int i = threadIdx.x; i < G * kTileSlots; i += kSelectThreads) {
+        const int g = i / kTileSlots, s = i % kTileSlots;
+        if ((ts.rows[st][s] >> g) & 1u) {
+          b.block_scores[b.rows[grp.rows[g]].j_offset + ts.pos[st][s]] =
+              staging[g * kTileSlots + s];
+        }
+      }
+    } else {
+      const int warp = threadIdx.x >> 5;
+      const int lane = threadIdx.x & 31;
+      const uint32_t lower = (1u << lane) - 1u;
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        if (g >= ic.num_rows) break;
+        int before = 0, total = 0;
+        uint32_t my_key = 0, my_ballot = 0;
+        int32_t my_pos = 0;
+        bool my_keep = false;
+#pragma unroll
+        for (int qd = 0; qd < 4; ++qd) {
+          const int s = qd * 32 + lane;
+          const bool cand = (ts.rows[st][s] >> g) & 1u;
+          const uint32_t key = OrderedKey(staging[g * kTileSlots + s]);
+          const int32_t pos = ts.pos[st][s];
+          const bool keep =
+              cand && Composite(key, static_cast<uint32_t>(pos)) >= tau[g];
+          const uint32_t ballot = __ballot_sync(0xFFFFFFFFu, keep);
+          if (qd == (warp & 3)) {
+            my_key = key;
+            my_pos = pos;
+            my_keep = keep;
+            my_ballot = ballot;
+            before = total;
+          }
+          total += __popc(ballot);
+        }
+        // Warps 4g'..4g'+3 write row g' quarter (warp & 3); with G == 1
+        // warps 0-3 write and 4-7 only count.
+        if ((warp >> 2) == g % 2 && my_keep) {
+          const int dst = count[g] + before + __popc(my_ballot & lower);
+          buf_keys[g * kCandidateCap + dst] = my_key;
+          buf_pos[g * kCandidateCap + dst] = my_pos;
+        }
+        count[g] += total;
+      }
+    }
+    __syncthreads();  // buffers written; stage and slot map free for reuse
+
+    if constexpr (!kBlocks) {
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        if (g < ic.num_rows && count[g] > kCandidateCap - kTileSlots) {
+          tau[g] = CompactRow(buf_keys + g * kCandidateCap,
+                              buf_pos + g * kCandidateCap, &count[g], k, rs);
+        }
+      }
+    }
+  }
+
+  if constexpr (!kBlocks) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      if (g >= ic.num_rows) break;
+      uint32_t* keys = buf_keys + g * kCandidateCap;
+      int32_t* pos = buf_pos + g * kCandidateCap;
+      if (count[g] > k) CompactRow(keys, pos, &count[g], k, rs);
+      const int n = count[g];
+      if (grp.num_splits == 1) {
+        const RowDesc& row = b.rows[grp.rows[g]];
+        int32_t* out_pos = b.out_pos + row.out_offset;
+        float* out_scores = b.out_scores + row.out_offset;
+        for (int i = threadIdx.x; i < k; i += kSelectThreads) {
+          out_pos[i] = i < n ? pos[i] : -1;
+          out_scores[i] = i < n ? KeyToFloat(keys[i]) : __int_as_float(0x7FC00000);
+        }
+      } else {
+        const int list = grp.partial_index + item.split * G + g;
+        int32_t* ppos = b.partial_pos + static_cast<int64_t>(list) * b.partial_stride;
+        uint32_t* pkey = b.partial_key + static_cast<int64_t>(list) * b.partial_stride;
+        for (int i = threadIdx.x; i < n; i += kSelectThreads) {
+          ppos[i] = pos[i];
+          pkey[i] = keys[i];
+        }
+        if (threadIdx.x == 0) b.partial_counts[list] = n;
+      }
+    }
+  }
+}
+
+// ----------------------------------------------------------------------------
+// Block choice: one CTA per HISA group. items[i].group names the group.
+template <int G>
+__global__ void __launch_bounds__(kSelectThreads)
+    ChooseBlocksKernel(SelectBuffers b, const WorkItem* items) {
+  __shared__ RadixShared rs;
+  const GroupDesc& grp = b.groups[items[blockIdx.x].group];
+  const LayerView& lv = b.layers[grp.layer];
+  const int log2b = lv.geo.log2_block;
+  const int m = grp.m;
+  int64_t c[G];
+  const float* J[G];
+  bool all[G];
+  int extra[G];
+  Threshold th[G];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    c[g] = -1;
+    J[g] = nullptr;
+    all[g] = false;
+    extra[g] = 0;
+    if (g >= grp.num_rows) continue;
+    const RowDesc& row = b.rows[grp.rows[g]];
+    c[g] = row.position >> log2b;
+    J[g] = b.block_scores + row.j_offset;
+    all[g] = c[g] + 1 <= m;
+    if (!all[g]) {
+      // c >= m >= 1, so blocks 0 and c are distinct and c - 1 > m - 2.
+      extra[g] = m > 2 ? m - 2 : 0;
+      if (extra[g] > 0) {
+        const float* jg = J[g];
+        th[g] = RadixSelect(
+            static_cast<int>(c[g] - 1), extra[g],
+            [&](int i) {
+              const uint32_t blk = static_cast<uint32_t>(i + 1);
+              return Composite(OrderedKey(jg[blk]), blk);
+            },
+            rs);
+      }
+    }
+  }
+  int32_t* out = b.unions + 2 * grp.union_offset;
+  const int64_t n = (grp.max_position >> log2b) + 1;
+  const int64_t total = CompactStream(
+      n,
+      [&](int64_t blk) -> uint32_t {
+        uint32_t mask = 0;
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          if (g >= grp.num_rows || blk > c[g]) continue;
+          bool chosen = all[g] || blk == 0 || blk == c[g];
+          if (!chosen && extra[g] > 0) {
+            chosen = Keeps(th[g], Composite(OrderedKey(J[g][blk]),
+                                            static_cast<uint32_t>(blk)));
+          }
+          if (chosen) mask |= 1u << g;
+        }
+        return mask;
+      },
+      [&](int64_t dst, int64_t blk, uint32_t mask) {
+        out[2 * dst] = static_cast<int32_t>(blk);
+        out[2 * dst + 1] = static_cast<int32_t>(mask);
+      },
+      rs);
+  if (threadIdx.x == 0) b.union_counts[grp.union_index] = static_cast<int32_t>(total);
+}
+
+// ----------------------------------------------------------------------------
+// Finalize: one CTA per row of a split group; items[i] = (group, g). Merges
+// the splits' position-ordered lists (concatenated in split order they are
+// still ordered) and keeps the top k.
+template <int G>
+__global__ void __launch_bounds__(kSelectThreads)
+    FinalizeKernel(SelectBuffers b, const WorkItem* items) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  uint32_t* keys = reinterpret_cast<uint32_t*>(smem);
+  int32_t* pos = reinterpret_cast<int32_t*>(smem + kFinalizeCap * 4);
+  RadixShared& rs = *reinterpret_cast<RadixShared*>(smem + kFinalizeCap * 8);
+  const WorkItem item = items[blockIdx.x];
+  const GroupDesc& grp = b.groups[item.group];
+  const int g = item.split;
+  const int k = grp.k;
+  int n = 0;
+  for (int s = 0; s < grp.num_splits; ++s) {
+    const int list = grp.partial_index + s * G + g;
+    const int cnt = b.partial_counts[list];
+    const int32_t* ppos = b.partial_pos + static_cast<int64_t>(list) * b.partial_stride;
+    const uint32_t* pkey = b.partial_key + static_cast<int64_t>(list) * b.partial_stride;
+    for (int i = threadIdx.x; i < cnt; i += kSelectThreads) {
+      keys[n + i] = pkey[i];
+      pos[n + i] = ppos[i];
+    }
+    n += cnt;
+  }
+  __syncthreads();
+  if (n > k) {
+    const Threshold th = RadixSelect(
+        n, k,
+        [&](int i) { return Composite(keys[i], static_cast<uint32_t>(pos[i])); },
+        rs);
+    n = CompactBuffer<kFinalizeCap / kSelectThreads>(keys, pos, n, th, rs);
+  }
+  const RowDesc& row = b.rows[grp.rows[g]];
+  int32_t* out_pos = b.out_pos + row.out_offset;
+  float* out_scores = b.out_scores + row.out_offset;
+  for (int i = threadIdx.x; i < k; i += kSelectThreads) {
+    out_pos[i] = i < n ? pos[i] : -1;
+    out_scores[i] = i < n ? KeyToFloat(keys[i]) : __int_as_float(0x7FC00000);
+  }
+}
+
+}  // namespace hisa::cuda
+
+#endif  // HISA_KERNELS_CUDA_SELECT_KERNELS_CUH_

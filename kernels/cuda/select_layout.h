@@ -1,0 +1,185 @@
+// Plain descriptors shared by the host planner (select_plan.h) and the CUDA
+// kernels (select_kernels.cuh, append_kernels.cu): how a layer's keys and
+// block summaries sit in device pages, and how one Select batch is described
+// to the kernels. No CUDA types; compiles with g++ and nvcc alike.
+//
+//   hisa::cuda::PageGeometry g = hisa::cuda::MakeGeometry(config);
+//   int64_t key_pages = g.KeyPagesFor(length);   // pages holding `length` keys
+//
+// Device memory model. Every cache byte lives in fixed-size pages
+// (kPageBytes) carved from the one reservation the backend makes at start.
+//   key page:     keys [P][row_bytes] then, for FP8_E4M3, scales [P] fp32,
+//                 P = tokens_per_page. Token s lives in page s / P, slot s % P.
+//                 FP8 bytes are stored with the sign bit flipped when the
+//                 token's scale is negative, so kernels use |scale| and
+//                 ReLU(|s| x) = |s| ReLU(x) holds; the scale keeps its sign
+//                 so the original bytes can be restored (Matches).
+//   summary page: for BPP = blocks_per_page blocks: mean_hi [BPP][D] bf16,
+//                 mean_lo [BPP][D] bf16 (mean - mean_hi, so hi + lo carries
+//                 ~16 significant bits for the tensor-core block scorer),
+//                 sums [BPP][D] fp32 (kMean: running sum; kMax: running
+//                 element-wise max), counts [BPP] int32.
+#ifndef HISA_KERNELS_CUDA_SELECT_LAYOUT_H_
+#define HISA_KERNELS_CUDA_SELECT_LAYOUT_H_
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define HISA_HD __host__ __device__ __forceinline__
+#else
+#define HISA_HD inline
+#endif
+
+namespace hisa::cuda {
+
+inline constexpr int64_t kPageBytes = int64_t{64} << 10;
+// Candidate slots scored per tile by the selection kernels.
+inline constexpr int kTileSlots = 128;
+// Threads of every selection kernel (8 warps).
+inline constexpr int kSelectThreads = 256;
+// Per-row candidate buffer of the token kernel: holds k (<= 2048) kept
+// entries plus room for many tiles before the next compaction.
+inline constexpr int kCandidateCap = 4096;
+// Entries the finalize kernel merges per row: splits * k <= this.
+inline constexpr int kFinalizeCap = 8192;
+// Rows that share one work item (neighbouring prefill rows).
+inline constexpr int kMaxGroupRows = 2;
+
+enum : int32_t { kModeDense = 1, kModeHisa = 2 };
+enum : int32_t { kFormatFp8 = 1, kFormatBf16 = 2, kFormatFp32 = 3 };
+enum : int32_t { kPoolMean = 1, kPoolMax = 2 };
+
+// floor(n / d) == __umul64hi(n, magic) for every n < 2^32 when
+// magic = UINT64_MAX / d + 1 and 2 <= d < 2^32.
+HISA_HD uint64_t DivMagic(uint64_t d) { return ~uint64_t{0} / d + 1; }
+
+// Page geometry of one request configuration.
+struct PageGeometry {
+  int32_t head_dim = 0;
+  int32_t format = 0;          // kFormat*
+  int32_t row_bytes = 0;       // head_dim * bytes per value
+  int32_t tokens_per_page = 0; // P
+  int32_t block_size = 0;      // B
+  int32_t log2_block = 0;
+  int32_t blocks_per_page = 0; // BPP
+  int32_t pooling = kPoolMean;
+
+  HISA_HD int64_t KeyPagesFor(int64_t length) const {
+    return (length + tokens_per_page - 1) / tokens_per_page;
+  }
+  HISA_HD int64_t SummaryPagesFor(int64_t length) const {
+    const int64_t blocks = (length + block_size - 1) / block_size;
+    return (blocks + blocks_per_page - 1) / blocks_per_page;
+  }
+  // Byte offsets inside a key page.
+  HISA_HD int64_t ScalesOffset() const {
+    return int64_t{tokens_per_page} * row_bytes;
+  }
+  // Byte offsets inside a summary page.
+  HISA_HD int64_t MeanLoOffset() const {
+    return int64_t{blocks_per_page} * head_dim * 2;
+  }
+  HISA_HD int64_t SumsOffset() const {
+    return int64_t{blocks_per_page} * head_dim * 4;
+  }
+  HISA_HD int64_t CountsOffset() const {
+    return int64_t{blocks_per_page} * head_dim * 8;
+  }
+};
+
+// Geometry for (head_dim, format, block_size, pooling); format and pooling
+// use the numeric values of hisa::KeyFormat / hisa::BlockPooling.
+HISA_HD PageGeometry MakeGeometry(int head_dim, int format, int block_size,
+                                  int pooling) {
+  PageGeometry g;
+  g.head_dim = head_dim;
+  g.format = format;
+  const int bytes_per_value =
+      format == kFormatFp8 ? 1 : (format == kFormatBf16 ? 2 : 4);
+  g.row_bytes = head_dim * bytes_per_value;
+  const int token_bytes = g.row_bytes + (format == kFormatFp8 ? 4 : 0);
+  g.tokens_per_page = static_cast<int32_t>(kPageBytes / token_bytes);
+  g.block_size = block_size;
+  int log2 = 0;
+  while ((1 << log2) < block_size) ++log2;
+  g.log2_block = log2;
+  g.blocks_per_page = static_cast<int32_t>(kPageBytes / (8 * head_dim + 4));
+  g.pooling = pooling;
+  return g;
+}
+
+// One (request, layer) as a batch sees it. Page tables are uint32 page
+// indices inside the batch's upload (`tables` below).
+struct LayerView {
+  PageGeometry geo;
+  uint64_t tokens_per_page_magic = 0;
+  uint64_t blocks_per_page_magic = 0;
+  int64_t length = 0;
+  int64_t key_table = 0;      // index of the first key page entry
+  int64_t summary_table = 0;  // index of the first summary page entry
+};
+
+// One query row.
+struct RowDesc {
+  int64_t position = 0;      // t
+  int64_t q_offset = 0;      // bytes into the q region
+  int64_t w_offset = 0;      // floats into the weight region
+  int64_t j_offset = 0;      // floats into the block-score scratch (HISA)
+  int64_t out_offset = 0;    // entries into the outputs
+  int32_t k = 0;
+  int32_t pad = 0;
+};
+
+// Rows of one (request, layer, mode, k, m, query shape) scored together.
+// Fast path q layout at q_offset: fp8 [q_heads][D] (sign-flipped where the
+// head scale is negative), then for HISA bf16 [q_heads][D] of the same
+// values; weights w'_h = w_h * |scale_h| (0 for padding heads). Generic path:
+// fp32 [heads][D] dequantized values, weights w_h.
+struct GroupDesc {
+  int32_t layer = 0;
+  int32_t mode = kModeDense;
+  int32_t num_rows = 1;
+  int32_t rows[kMaxGroupRows] = {0, 0};
+  int32_t heads = 0;      // H
+  int32_t q_heads = 0;    // heads in the q buffer (fast path: padded)
+  int32_t k = 0;
+  int32_t m = 0;
+  int32_t num_splits = 1;  // token work items of this group
+  int64_t max_position = 0;
+  int64_t union_offset = 0;     // int2 entries (block, row mask)
+  int32_t union_index = 0;      // index into union_counts
+  int32_t partial_index = 0;    // first partial list: (split * G + g)
+};
+
+// A token-kernel or block-kernel work item: slots [slot_begin, slot_end) of
+// one group (capped on the device by the group's real slot count).
+struct WorkItem {
+  int32_t group = 0;
+  int32_t split = 0;
+  int64_t slot_begin = 0;
+  int64_t slot_end = 0;
+};
+
+// Device pointers of one planned batch (set by the launcher).
+struct SelectBuffers {
+  const uint8_t* arena = nullptr;       // page base: page p at p * kPageBytes
+  const LayerView* layers = nullptr;
+  const GroupDesc* groups = nullptr;
+  const RowDesc* rows = nullptr;
+  const uint32_t* tables = nullptr;
+  const uint8_t* q = nullptr;
+  const float* w = nullptr;
+  float* block_scores = nullptr;        // J scratch
+  int32_t* unions = nullptr;            // pairs (block, mask)
+  int32_t* union_counts = nullptr;
+  int32_t* partial_pos = nullptr;       // [list][k_max]
+  uint32_t* partial_key = nullptr;
+  int32_t* partial_counts = nullptr;
+  int32_t partial_stride = 0;           // entries per partial list
+  int32_t* out_pos = nullptr;
+  float* out_scores = nullptr;
+};
+
+}  // namespace hisa::cuda
+
+#endif  // HISA_KERNELS_CUDA_SELECT_LAYOUT_H_

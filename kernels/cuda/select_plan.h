@@ -1,0 +1,89 @@
+// Host planner and launcher of one Select batch on the CUDA backend.
+//
+//   ASSIGN_OR_RETURN(SelectPlan plan, BuildSelectPlan(tasks, options));
+//   // copy plan.image to `base` (device), then:
+//   cudaError_t err = LaunchSelectPlan(plan, base, arena, stream, events);
+//   // outputs: plan.out_pos_off / plan.out_scores_off, task i at
+//   // plan.task_out_offset[i], tasks[i].row->k entries each.
+//
+// BuildSelectPlan groups the rows (neighbouring rows of one (request, layer,
+// mode, k, m, query shape) in pairs, the rest alone), decides each group's
+// path (FP8 tensor cores when keys and queries are FP8 and D is 64 or 128,
+// else the generic fp32 path), packs queries and weights, lays out every
+// descriptor, page table and scratch buffer in one device region of
+// plan.device_bytes bytes whose first plan.image.size() bytes are the upload
+// image, and splits work items across the GPU's SMs. Pure host code; the
+// stores must not change until the launch completes (the engine's reader
+// lock guarantees it).
+//
+// LaunchSelectPlan issues, on `stream`, block scoring, block choice, token
+// refinement + top-k and finalize, one launch per kernel variant present in
+// the batch (usually 2-4 launches for the whole batch). When `events` is not
+// null it records events[0] before the first launch and events[1..4] after
+// each of the four stages.
+#ifndef HISA_KERNELS_CUDA_SELECT_PLAN_H_
+#define HISA_KERNELS_CUDA_SELECT_PLAN_H_
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "kernels/backend.h"
+
+namespace hisa::cuda {
+
+struct PlanOptions {
+  int num_sms = 132;
+  // Pair neighbouring rows of one (request, layer) into one work item.
+  bool pair_rows = true;
+  // Split a group's candidates over several work items when there are too
+  // few groups to fill the GPU.
+  bool allow_splits = true;
+};
+
+struct LaunchSpec {
+  enum Stage : int { kBlockScores = 1, kChooseBlocks = 2, kTokens = 3,
+                     kFinalize = 4 };
+  Stage stage = kTokens;
+  bool fast = false;  // tensor-core variant
+  int mt = 0;         // m16 head tiles (fast)
+  int ks = 0;         // k steps: D / 32 (tokens) or D / 16 (blocks) (fast)
+  int rows = 1;       // rows per group
+  int64_t first_item = 0;
+  int64_t num_items = 0;
+};
+
+struct SelectPlan {
+  std::vector<uint8_t> image;
+  int64_t device_bytes = 0;
+  // Byte offsets inside the device region.
+  int64_t layers_off = 0, groups_off = 0, rows_off = 0, items_off = 0,
+          tables_off = 0, q_off = 0, w_off = 0;
+  int64_t block_scores_off = 0, unions_off = 0, union_counts_off = 0,
+          partial_pos_off = 0, partial_key_off = 0, partial_counts_off = 0,
+          out_pos_off = 0, out_scores_off = 0;
+  int32_t partial_stride = 0;
+  int64_t out_entries = 0;
+  std::vector<LaunchSpec> launches;
+  std::vector<int64_t> task_out_offset;
+  int64_t num_groups = 0;
+};
+
+// Device bytes one task adds to a plan, at most (for splitting big batches).
+int64_t EstimateTaskBytes(const SelectTask& task);
+
+// Every task's store must be a CudaRequestStore; tasks are validated
+// (backend.h). INVALID_ARGUMENT only for shapes no kernel supports.
+absl::StatusOr<SelectPlan> BuildSelectPlan(absl::Span<const SelectTask> tasks,
+                                           const PlanOptions& options);
+
+cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* device_base,
+                             const uint8_t* arena, cudaStream_t stream,
+                             cudaEvent_t* events);
+
+}  // namespace hisa::cuda
+
+#endif  // HISA_KERNELS_CUDA_SELECT_PLAN_H_

@@ -1,0 +1,348 @@
+// Device building blocks of the selection kernels: PTX wrappers (cp.async,
+// ldmatrix, mma.sync), the order-preserving score key, and CTA-wide ordered
+// top-k (radix select + stable compaction). Every CTA-wide function is called
+// by all kSelectThreads threads of the block with block-uniform arguments.
+//
+//   Threshold th = RadixSelect(n, k, [&](int i) { return Composite(...); }, rs);
+//   n = CompactBuffer<16>(keys, pos, n, th, rs);   // keeps exactly k, in order
+//
+// Composite keys. An entry (score, position) is ranked by the 64-bit value
+// (OrderedKey(score) << 32) | (0xFFFFFFFF - position): larger is better, so
+// higher scores win and, among equal scores, the lower position wins
+// (SPEC 4.3). Composites of distinct positions are distinct, so "the k
+// largest composites" is a unique set. NaN ranks below every number; -0.0
+// ranks equal to +0.0.
+#ifndef HISA_KERNELS_CUDA_SELECT_PRIMITIVES_CUH_
+#define HISA_KERNELS_CUDA_SELECT_PRIMITIVES_CUH_
+
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/select_layout.h"
+
+namespace hisa::cuda {
+
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte async copy global -> shared; zero-fills when !valid (src is then
+// not read but must still be a valid address).
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem,
+                                          bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
+                   SmemAddr(smem)),
+               "l"(gmem), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void CpAsync4(void* smem, const void* gmem,
+                                         bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(
+                   SmemAddr(smem)),
+               "l"(gmem), "r"(valid ? 4 : 0));
+}
+__device__ __forceinline__ void CpAsyncCommit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* p) {
+  asm volatile(
+      "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+      : "r"(SmemAddr(p)));
+}
+
+// D += A * B, A 16x32 e4m3 (row), B 32x8 e4m3 (col), fp32 accumulate. The
+// k order inside a fragment only has to agree between A and B, which it does
+// because both are loaded with the same byte-to-register convention.
+__device__ __forceinline__ void MmaFp8(float (&d)[4], const uint32_t (&a)[4],
+                                       uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 "
+      "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// D += A * B, A 16x16 bf16 (row), B 16x8 bf16 (col), fp32 accumulate.
+__device__ __forceinline__ void MmaBf16(float (&d)[4], const uint32_t (&a)[4],
+                                        uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+      "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ float Fp8ToFloat(uint8_t byte) {
+  __nv_fp8_e4m3 v;
+  v.__x = byte;
+  return static_cast<float>(v);
+}
+__device__ __forceinline__ float Bf16BitsToFloat(uint16_t bits) {
+  return __uint_as_float(static_cast<uint32_t>(bits) << 16);
+}
+
+__device__ __forceinline__ uint32_t OrderedKey(float f) {
+  uint32_t u = __float_as_uint(f);
+  if (f != f) return 0;            // NaN: below everything
+  if (u == 0x80000000u) u = 0;     // -0.0 == +0.0
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ float KeyToFloat(uint32_t key) {
+  const uint32_t u = (key & 0x80000000u) ? (key & 0x7FFFFFFFu) : ~key;
+  return __uint_as_float(u);
+}
+__device__ __forceinline__ uint64_t Composite(uint32_t key, uint32_t index) {
+  return (static_cast<uint64_t>(key) << 32) | (0xFFFFFFFFu - index);
+}
+
+// Fast floor division by a per-layer constant (select_layout.h DivMagic).
+__device__ __forceinline__ uint32_t DivFast(uint32_t n, uint64_t magic) {
+  return static_cast<uint32_t>(__umul64hi(static_cast<uint64_t>(n), magic));
+}
+
+struct RadixShared {
+  uint32_t hist[256];
+  int32_t digit;
+  int32_t need;
+  int32_t bucket;
+  int32_t warp_total[kSelectThreads / 32];
+};
+
+// Entries kept by a selection: composite c is kept iff (c >> shift) >= prefix.
+struct Threshold {
+  uint64_t prefix = 0;
+  int32_t shift = 0;
+};
+
+// The threshold keeping exactly `need` of the `n` (> need >= 1) distinct
+// composites get(0..n-1). MSB-first radix select with 8-bit digits that stops
+// as soon as the remaining entries of the current bucket are all kept.
+template <class Get>
+__device__ Threshold RadixSelect(int n, int need, Get get, RadixShared& rs) {
+  const int tid = threadIdx.x;
+  uint64_t prefix = 0;
+  int shift = 64;
+#pragma unroll 1
+  for (int pass = 0; pass < 8; ++pass) {
+    shift -= 8;
+    for (int i = tid; i < 256; i += kSelectThreads) rs.hist[i] = 0;
+    __syncthreads();
+    for (int i = tid; i < n; i += kSelectThreads) {
+      const uint64_t c = get(i);
+      if (pass == 0 || (c >> (shift + 8)) == prefix) {
+        atomicAdd(&rs.hist[static_cast<uint32_t>(c >> shift) & 255u], 1u);
+      }
+    }
+    __syncthreads();
+    if (tid < 32) {
+      uint32_t h[8];
+      uint32_t total = 0;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        h[j] = rs.hist[tid * 8 + j];
+        total += h[j];
+      }
+      // Entries in bins above this lane's bins.
+      uint32_t suffix = total;
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const uint32_t v = __shfl_down_sync(0xFFFFFFFFu, suffix, off);
+        if (tid + off < 32) suffix += v;
+      }
+      uint32_t cum = suffix - total;
+      const uint32_t want = static_cast<uint32_t>(need);
+#pragma unroll
+      for (int j = 7; j >= 0; --j) {
+        if (cum < want && cum + h[j] >= want) {
+          rs.digit = tid * 8 + j;
+          rs.need = static_cast<int32_t>(want - cum);
+          rs.bucket = static_cast<int32_t>(h[j]);
+        }
+        cum += h[j];
+      }
+    }
+    __syncthreads();
+    const int digit = rs.digit;
+    const int bucket = rs.bucket;
+    need = rs.need;
+    prefix = (prefix << 8) | static_cast<uint64_t>(digit);
+    __syncthreads();
+    if (bucket == need) break;
+  }
+  Threshold th;
+  th.prefix = prefix;
+  th.shift = shift;
+  return th;
+}
+
+__device__ __forceinline__ bool Keeps(const Threshold& th, uint64_t c) {
+  return (c >> th.shift) >= th.prefix;
+}
+
+// Stable in-place compaction of keys/pos[0, n) (n <= kSelectThreads * ITEMS)
+// to the entries `th` keeps; returns their number. Order is preserved, so a
+// buffer sorted by position stays sorted.
+template <int ITEMS>
+__device__ int CompactBuffer(uint32_t* keys, int32_t* pos, int n,
+                             const Threshold& th, RadixShared& rs) {
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int base = warp * 32 * ITEMS;
+  uint32_t kk[ITEMS];
+  int32_t pp[ITEMS];
+  uint32_t ballot[ITEMS];
+  int count = 0;
+#pragma unroll
+  for (int j = 0; j < ITEMS; ++j) {
+    const int idx = base + j * 32 + lane;
+    bool keep = false;
+    kk[j] = 0;
+    pp[j] = 0;
+    if (idx < n) {
+      kk[j] = keys[idx];
+      pp[j] = pos[idx];
+      keep = Keeps(th, Composite(kk[j], static_cast<uint32_t>(pp[j])));
+    }
+    ballot[j] = __ballot_sync(0xFFFFFFFFu, keep);
+    count += __popc(ballot[j]);
+  }
+  if (lane == 0) rs.warp_total[warp] = count;
+  __syncthreads();
+  int offset = 0;
+  int total = 0;
+#pragma unroll
+  for (int w = 0; w < kSelectThreads / 32; ++w) {
+    const int t = rs.warp_total[w];
+    offset += w < warp ? t : 0;
+    total += t;
+  }
+  const uint32_t lower = (1u << lane) - 1u;
+#pragma unroll
+  for (int j = 0; j < ITEMS; ++j) {
+    if ((ballot[j] >> lane) & 1u) {
+      const int dst = offset + __popc(ballot[j] & lower);
+      keys[dst] = kk[j];
+      pos[dst] = pp[j];
+    }
+    offset += __popc(ballot[j]);
+  }
+  __syncthreads();
+  return total;
+}
+
+// Ordered compaction of a stream of n flags: for every i in [0, n) with
+// mask(i) != 0, in increasing i, calls emit(dst, i, mask) with dst = 0, 1,
+// ...; returns the number emitted.
+template <class MaskFn, class EmitFn>
+__device__ int64_t CompactStream(int64_t n, MaskFn mask_fn, EmitFn emit,
+                                 RadixShared& rs) {
+  constexpr int kItems = 4;
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const uint32_t lower = (1u << lane) - 1u;
+  int64_t emitted = 0;
+#pragma unroll 1
+  for (int64_t chunk = 0; chunk < n; chunk += kSelectThreads * kItems) {
+    uint32_t masks[kItems];
+    uint32_t ballot[kItems];
+    int count = 0;
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      const int64_t idx = chunk + warp * 32 * kItems + j * 32 + lane;
+      masks[j] = idx < n ? mask_fn(idx) : 0u;
+      ballot[j] = __ballot_sync(0xFFFFFFFFu, masks[j] != 0);
+      count += __popc(ballot[j]);
+    }
+    if (lane == 0) rs.warp_total[warp] = count;
+    __syncthreads();
+    int offset = 0;
+    int total = 0;
+#pragma unroll
+    for (int w = 0; w < kSelectThreads / 32; ++w) {
+      const int t = rs.warp_total[w];
+      offset += w < warp ? t : 0;
+      total += t;
+    }
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      if (masks[j] != 0) {
+        const int64_t idx = chunk + warp * 32 * kItems + j * 32 + lane;
+        emit(emitted + offset + __popc(ballot[j] & lower), idx, masks[j]);
+      }
+      offset += __popc(ballot[j]);
+    }
+    emitted += total;
+    __syncthreads();
+  }
+  return emitted;
+}
+
+// Sum over the 8 lanes of a quad group (lanes with equal lane % 4) of NV
+// per-lane partial column sums, scattered so that each lane ends with one
+// column: returns the total of value index j = JOfLane<NV>(lane).
+//   NV = 8: j = (lane >> 2) & 7, every lane distinct.
+//   NV = 4: j = (lane >> 3) & 3, lanes with bit 2 set duplicate bit 2 clear.
+template <int NV>
+__device__ __forceinline__ float ReduceScatter(const float (&v)[NV], int lane);
+
+template <>
+__device__ __forceinline__ float ReduceScatter<8>(const float (&v)[8],
+                                                  int lane) {
+  const bool b16 = lane & 16, b8 = lane & 8, b4 = lane & 4;
+  float w4[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float send = b16 ? v[i] : v[i + 4];
+    const float keep = b16 ? v[i + 4] : v[i];
+    w4[i] = keep + __shfl_xor_sync(0xFFFFFFFFu, send, 16);
+  }
+  float w2[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const float send = b8 ? w4[i] : w4[i + 2];
+    const float keep = b8 ? w4[i + 2] : w4[i];
+    w2[i] = keep + __shfl_xor_sync(0xFFFFFFFFu, send, 8);
+  }
+  const float send = b4 ? w2[0] : w2[1];
+  const float keep = b4 ? w2[1] : w2[0];
+  return keep + __shfl_xor_sync(0xFFFFFFFFu, send, 4);
+}
+
+template <>
+__device__ __forceinline__ float ReduceScatter<4>(const float (&v)[4],
+                                                  int lane) {
+  const bool b16 = lane & 16, b8 = lane & 8;
+  float w2[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const float send = b16 ? v[i] : v[i + 2];
+    const float keep = b16 ? v[i + 2] : v[i];
+    w2[i] = keep + __shfl_xor_sync(0xFFFFFFFFu, send, 16);
+  }
+  const float send = b8 ? w2[0] : w2[1];
+  const float keep = b8 ? w2[1] : w2[0];
+  float r = keep + __shfl_xor_sync(0xFFFFFFFFu, send, 8);
+  return r + __shfl_xor_sync(0xFFFFFFFFu, r, 4);
+}
+
+// Value index a lane holds after ReduceScatter<NV>, and whether it is the
+// lane that should publish it.
+template <int NV>
+__device__ __forceinline__ int JOfLane(int lane) {
+  return NV == 8 ? ((lane >> 2) & 7) : ((lane >> 3) & 3);
+}
+template <int NV>
+__device__ __forceinline__ bool PublishesLane(int lane) {
+  return NV == 8 ? true : ((lane & 4) == 0);
+}
+
+}  // namespace hisa::cuda
+
+#endif  // HISA_KERNELS_CUDA_SELECT_PRIMITIVES_CUH_

@@ -1,0 +1,63 @@
+// A small fixed-size thread pool that runs the engine work of the service,
+// so that gRPC reactors (which must never block) only translate and hand off.
+//
+//   hisa::Executor executor(/*num_threads=*/4);
+//   if (!executor.Schedule([&] { engine->Append(chunk); })) { /* stopped */ }
+//   executor.Stop();  // runs what is queued, then joins
+//
+// Contract:
+//   Schedule queues `task` to run once on one of the pool's threads, in FIFO
+//   order of Schedule calls (tasks may run concurrently with each other).
+//   It never blocks on running tasks. After Stop has begun it returns false
+//   and leaves `task` untouched (not moved from), so the caller can still run
+//   or fail it.
+//   Stop runs every task queued before it, joins the threads and is
+//   idempotent; the destructor calls it. Stop must not be called from a task.
+// Thread safety: Schedule may be called from any thread, including tasks.
+#ifndef HISA_SERVER_EXECUTOR_H_
+#define HISA_SERVER_EXECUTOR_H_
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
+
+namespace hisa {
+
+class Executor {
+ public:
+  explicit Executor(int num_threads);
+  ~Executor();
+
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
+
+  bool Schedule(absl::AnyInvocable<void() &&>&& task);
+  void Stop();
+
+  int num_threads() const { return static_cast<int>(threads_.size()); }
+  // Tasks queued and not yet started (for tests and metrics).
+  int64_t queued() const;
+
+ private:
+  void WorkerLoop();
+
+  // std::mutex, not absl::Mutex, in all of server/: Debian's prebuilt
+  // Abseil is not TSan-instrumented, so ThreadSanitizer cannot see
+  // absl::Mutex synchronisation and would report false races.
+  mutable std::mutex mu_;
+  std::condition_variable work_cv_;
+  std::deque<absl::AnyInvocable<void() &&>> queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;
+  std::mutex join_mu_;  // serialises concurrent Stop calls
+};
+
+}  // namespace hisa
+
+#endif  // HISA_SERVER_EXECUTOR_H_

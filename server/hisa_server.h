@@ -1,0 +1,126 @@
+// The whole HISA server in one object: engine, executor, Select batcher,
+// gRPC server (HisaIndex service, standard health service, reflection),
+// Prometheus endpoint and the TTL sweeper. main.cc maps flags onto
+// ServerOptions; tests may embed it the same way.
+//
+//   hisa::ServerOptions options;
+//   options.listen = "127.0.0.1:0";
+//   ASSIGN_OR_RETURN(std::unique_ptr<hisa::HisaServer> server,
+//                    hisa::HisaServer::Start(options));
+//   int port = server->port();          // the port gRPC bound
+//   ...
+//   server->Shutdown(absl::Seconds(30));  // drain, then stop
+//
+// Contracts:
+//   Start validates the options (INVALID_ARGUMENT naming the bad one),
+//   builds the engine (or takes the given one), binds every listener
+//   (UNAVAILABLE when one cannot be bound) and serves before returning.
+//   Shutdown(grace) drains: the health service reports NOT_SERVING, new RPCs
+//   get UNAVAILABLE, open streams answer what they have read and end; RPCs
+//   still open after `grace` are cancelled. Then it stops the batcher,
+//   executor, sweeper and metrics endpoint. Blocking and idempotent; the
+//   destructor calls Shutdown(absl::ZeroDuration()) if needed.
+// Thread safety: Shutdown may be called from any thread, once or more; the
+// accessors are safe at any time before destruction.
+#ifndef HISA_SERVER_HISA_SERVER_H_
+#define HISA_SERVER_HISA_SERVER_H_
+
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
+#include "kernels/engine.h"
+#include "server/executor.h"
+#include "server/hisa_service.h"
+#include "server/select_batcher.h"
+#include "server/service_metrics.h"
+
+namespace prometheus {
+class Exposer;
+}  // namespace prometheus
+
+namespace hisa {
+
+inline constexpr char kServerVersion[] = "0.1.0";
+
+struct ServerOptions {
+  // TCP listener ("host:port"; port 0 picks a free one); "" for none.
+  std::string listen = "0.0.0.0:50051";
+  // Extra unix-domain listener for co-located frontends: a path or
+  // "unix:path"; "" for none.
+  std::string unix_socket;
+  // Prometheus /metrics endpoint ("host:port", port 0 allowed); "" for none.
+  std::string metrics_listen = "0.0.0.0:9464";
+  EngineOptions engine;
+  // Executor threads that run engine calls.
+  int executor_threads = 4;
+  // gRPC max receive message size.
+  int64_t max_message_bytes = int64_t{64} << 20;
+  int max_rows_per_message = 4096;
+  SelectBatcherOptions batch;
+  // How often the sweeper calls Engine::ExpireIdle.
+  absl::Duration ttl_sweep_interval = absl::Seconds(1);
+};
+
+// INVALID_ARGUMENT naming the first bad option, else OK.
+absl::Status ValidateServerOptions(const ServerOptions& options);
+
+class HisaServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<HisaServer>> Start(
+      ServerOptions options);
+  // With an engine built by the caller (options.engine is then ignored).
+  static absl::StatusOr<std::unique_ptr<HisaServer>> Start(
+      ServerOptions options, std::unique_ptr<Engine> engine);
+  ~HisaServer();
+
+  HisaServer(const HisaServer&) = delete;
+  HisaServer& operator=(const HisaServer&) = delete;
+
+  void Shutdown(absl::Duration grace);
+
+  // The bound TCP port (0 without a TCP listener).
+  int port() const { return port_; }
+  // The bound metrics port (0 without a metrics endpoint).
+  int metrics_port() const { return metrics_port_; }
+  Engine* engine() const { return engine_.get(); }
+  ServiceMetrics* metrics() const { return metrics_.get(); }
+  const ServerOptions& options() const { return options_; }
+
+ private:
+  HisaServer(ServerOptions options, std::unique_ptr<Engine> engine);
+  absl::Status Init();
+  void SweepLoop();
+
+  const ServerOptions options_;
+  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<ServiceMetrics> metrics_;
+  std::unique_ptr<Executor> executor_;
+  std::unique_ptr<SelectBatcher> batcher_;
+  std::unique_ptr<HisaService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::thread sweeper_;
+  std::mutex sweeper_mu_;
+  std::condition_variable sweeper_cv_;
+  bool stop_sweeper_ ABSL_GUARDED_BY(sweeper_mu_) = false;
+  int port_ = 0;
+  int metrics_port_ = 0;
+
+  std::mutex shutdown_mu_;
+  bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
+};
+
+// "CPU: <model name>, <n> hardware threads" or "CUDA device <n>".
+std::string DeviceDescription(const Engine& engine);
+
+}  // namespace hisa
+
+#endif  // HISA_SERVER_HISA_SERVER_H_

@@ -1,0 +1,108 @@
+// Test harness for engine tests: random keys and queries in every wire
+// format, and an Engine whose appends are mirrored into float64 oracles so
+// that any Select row can be checked against SPEC 4.4.
+//
+//   EngineHarness h;                       // CPU engine
+//   std::mt19937_64 rng(ref::TestSeed() + 5);
+//   h.CreateRequest("r", config);
+//   h.AppendKeys("r", 0, RandomKeys(rng, config.key_format, 1000, 128));
+//   EncodedQuery q = RandomQuery(rng, KeyFormat::kBf16, 64, 128);
+//   RowResult res = h.SelectOne(q.Row("r", 0, 999, SelectMode::kHisa, 64, 8));
+//   EXPECT_TRUE(h.Check(q.Row(...), res, tol, "ctx"));
+//
+// Generators. RandomKeys draws Gaussian keys with a per-block offset (so
+// blocks differ in J) and encodes them (fp8: per-token amax scale).
+// IntegerKeys / IntegerQuery draw small integers with power-of-two scales:
+// every score and block score of such inputs is exactly representable in
+// fp32 for head_dim <= 128, num_heads <= 16 and block_size <= 64, so an
+// fp32 engine must match the oracle exactly, ties included.
+#ifndef HISA_TESTS_KERNELS_ENGINE_HARNESS_H_
+#define HISA_TESTS_KERNELS_ENGINE_HARNESS_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "gtest/gtest.h"
+#include "kernels/engine.h"
+#include "kernels/types.h"
+#include "tests/reference/checker.h"
+#include "tests/reference/reference.h"
+#include "tests/reference/wire_encoding.h"
+
+namespace hisa::testing_support {
+
+// CPU engine options for tests (2 worker threads).
+EngineOptions CpuTestOptions();
+
+// `num_tokens` Gaussian keys (per-block offset of scale 0.5 for block size
+// `offset_block`), encoded in `format`.
+ref::EncodedKeys RandomKeys(std::mt19937_64& rng, KeyFormat format,
+                            int64_t num_tokens, int head_dim,
+                            int offset_block = 64);
+// Gaussian query (num_heads x head_dim) and weights N(0, 1) (about half
+// negative), encoded in `format`.
+ref::EncodedQuery RandomQuery(std::mt19937_64& rng, KeyFormat format,
+                              int num_heads, int head_dim);
+// Keys with integer values in [-3, 3]; fp8 keys get per-token scales drawn
+// from {0.5, 1, 2}.
+ref::EncodedKeys IntegerKeys(std::mt19937_64& rng, KeyFormat format,
+                             int64_t num_tokens, int head_dim);
+// Query values in [-2, 2], weights in [-2, 2] (integers); fp8 scale 1.
+ref::EncodedQuery IntegerQuery(std::mt19937_64& rng, KeyFormat format,
+                               int num_heads, int head_dim);
+// Concatenates encoded keys of the same format and head_dim.
+ref::EncodedKeys Concat(const ref::EncodedKeys& a, const ref::EncodedKeys& b);
+
+// A uniformly random integer in [lo, hi].
+int64_t Uniform(std::mt19937_64& rng, int64_t lo, int64_t hi);
+
+class EngineHarness {
+ public:
+  explicit EngineHarness(EngineOptions options = CpuTestOptions());
+
+  Engine& engine() { return *engine_; }
+
+  // Creates the request in the engine (must succeed) and its oracles.
+  void CreateRequest(const std::string& id, const RequestConfig& config);
+
+  // Appends every token of `keys` after the layer's current length, in
+  // chunks of random size in [1, max_chunk] (one chunk when max_chunk <= 0),
+  // each append expected to succeed; the oracle gets the same keys.
+  void AppendKeys(const std::string& id, int layer, const ref::EncodedKeys& keys,
+                  std::mt19937_64* rng = nullptr, int64_t max_chunk = 0);
+
+  // Every key appended so far to (id, layer), concatenated.
+  const ref::EncodedKeys& keys(const std::string& id, int layer) const;
+  const ref::LayerOracle& oracle(const std::string& id, int layer) const;
+  const RequestConfig& config(const std::string& id) const;
+
+  RowResult SelectOne(const QueryRow& row);
+
+  // Checks `result` for `row` against the oracle of its (request, layer).
+  ::testing::AssertionResult Check(const QueryRow& row, const RowResult& result,
+                                   const ref::Tolerance& tol,
+                                   absl::string_view context) const;
+
+ private:
+  struct Layer {
+    ref::EncodedKeys keys;
+    std::unique_ptr<ref::LayerOracle> oracle;
+  };
+  struct Request {
+    RequestConfig config;
+    std::vector<Layer> layers;
+  };
+  std::unique_ptr<Engine> engine_;
+  std::map<std::string, Request> requests_;
+};
+
+}  // namespace hisa::testing_support
+
+#endif  // HISA_TESTS_KERNELS_ENGINE_HARNESS_H_
