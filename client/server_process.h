@@ -42,6 +42,10 @@ struct ServerProcessOptions {
   std::vector<std::string> args;
   std::string host = "127.0.0.1";
   absl::Duration start_timeout = absl::Seconds(60);
+  // SIGKILL the server when the thread that called Start exits (Linux
+  // PR_SET_PDEATHSIG), so a crashed test or tool leaves no server behind.
+  // Call Start from a thread that lives as long as the server should.
+  bool kill_with_parent = true;
 };
 
 class ServerProcess {

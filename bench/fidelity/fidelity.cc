@@ -18,13 +18,24 @@
 //   local_sink   attention sinks (the first 4 tokens share a direction every
 //                query likes) + RoPE-like positional features on dims 0..63
 //                (q.k peaks at s = t and decays with log distance).
-//   topics       keys clustered by topic over segments of 200..1000 tokens;
-//                each query mixes the current topic and two earlier ones.
+//   topics       keys clustered by 48 recurring topics over segments of
+//                200..1000 tokens; each query mixes the current topic and two
+//                earlier ones.
 //   anisotropic  i.i.d. keys dominated by 4 directions; each head prefers its
-//                own mix of them: no positional or topical structure at all.
-//   mixed        all of the above together (the realistic case).
+//                own mix of them: no positional or topical structure at all
+//                (the hard case for any block summary).
+//   mixed        sinks + positional + topics + the 4 dominant directions with
+//                coefficients drifting along the sequence (AR(1), ~200-token
+//                correlation length), as neighbouring hidden states do.
+//   retrieval    mixed + two spans of 256..1024 tokens per row, at random
+//                depths, that only that row's query matches.
 //   needle       mixed + one planted token per row, at a random depth, that
 //                matches that row's query far better than anything else.
+// --noise scales the per-token key noise and the per-head query noise: the
+// fidelity of any block-level selection depends on how much of a token's
+// score is shared with its block, so sweep it rather than trust one value.
+// These are synthetic; they do not replace a measurement on real indexer
+// activations.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -56,15 +67,18 @@ ABSL_FLAG(int, rows, 16, "query rows per (workload, L)");
 ABSL_FLAG(std::vector<std::string>, configs, std::vector<std::string>({"64:128", "128:64", "256:32"}),
           "B:m pairs");
 ABSL_FLAG(std::vector<std::string>, workloads,
-          std::vector<std::string>(
-              {"local_sink", "topics", "anisotropic", "mixed", "needle"}),
+          std::vector<std::string>({"local_sink", "topics", "anisotropic",
+                                    "mixed", "retrieval", "needle"}),
           "workloads to run");
 ABSL_FLAG(std::vector<std::string>, pooling, std::vector<std::string>({"mean", "max"}),
           "block pooling: mean (SPEC) and/or max");
 ABSL_FLAG(int, threads, 0, "CPU backend threads (0 = all)");
 ABSL_FLAG(uint64_t, seed, 1, "random seed of the workloads");
 ABSL_FLAG(bool, quick, false, "quick run: L = 16384 and 4 rows");
+ABSL_FLAG(double, noise, 1.0,
+          "multiplier of the per-token key noise and per-head query noise");
 ABSL_FLAG(std::string, out, "", "write the markdown table to this file");
+ABSL_FLAG(bool, append, false, "append to --out instead of overwriting it");
 
 namespace hisa {
 namespace {
@@ -75,6 +89,10 @@ struct WorkloadSpec {
   bool local = false;
   bool topics = false;
   bool anisotropic = false;
+  // Dominant-direction coefficients drift along the sequence (AR(1),
+  // correlation length ~200 tokens) instead of being i.i.d. per token.
+  bool drifting = false;
+  bool retrieval = false;
   bool needle = false;
 };
 
@@ -88,9 +106,13 @@ WorkloadSpec SpecFor(const std::string& name) {
   } else if (name == "anisotropic") {
     s.anisotropic = true;
   } else if (name == "mixed") {
-    s.sinks = s.local = s.topics = s.anisotropic = true;
+    s.sinks = s.local = s.topics = s.anisotropic = s.drifting = true;
+  } else if (name == "retrieval") {
+    s.sinks = s.local = s.topics = s.anisotropic = s.drifting = true;
+    s.retrieval = true;
   } else if (name == "needle") {
-    s.sinks = s.local = s.topics = s.anisotropic = s.needle = true;
+    s.sinks = s.local = s.topics = s.anisotropic = s.drifting = true;
+    s.needle = true;
   } else {
     s.name.clear();
   }
@@ -122,8 +144,13 @@ class Workload {
   static constexpr int kTopics = 48;
 
   Workload(const WorkloadSpec& spec, int64_t length, int head_dim,
-           int num_heads, uint64_t seed)
-      : spec_(spec), length_(length), d_(head_dim), h_(num_heads), rng_(seed) {
+           int num_heads, double noise, uint64_t seed)
+      : spec_(spec),
+        length_(length),
+        d_(head_dim),
+        h_(num_heads),
+        noise_(static_cast<float>(noise)),
+        rng_(seed) {
     std::normal_distribution<float> normal;
     std::uniform_real_distribution<float> unit;
     // Shared offset and per-dimension standard deviations (a random
@@ -160,15 +187,21 @@ class Workload {
     }
 
     keys_.assign(length_ * d_, 0.0f);
+    std::vector<float> coef(kDominant);
+    for (float& c : coef) c = normal(rng_);
+    constexpr float kRho = 0.995f;
+    const float innovation = std::sqrt(1 - kRho * kRho);
     for (int64_t s = 0; s < length_; ++s) {
       const size_t base = s * d_;
       for (int i = 0; i < d_; ++i) {
-        keys_[base + i] = offset_[i] + sigma_[i] * normal(rng_);
+        keys_[base + i] = offset_[i] + noise_ * sigma_[i] * normal(rng_);
       }
       if (spec_.anisotropic) {
         static constexpr float kAmp[kDominant] = {2.5f, 2.0f, 1.5f, 1.0f};
         for (int i = 0; i < kDominant; ++i) {
-          AddScaled(keys_, base, dominant_[i], kAmp[i] * normal(rng_));
+          coef[i] = spec_.drifting ? kRho * coef[i] + innovation * normal(rng_)
+                                   : normal(rng_);
+          AddScaled(keys_, base, dominant_[i], kAmp[i] * coef[i]);
         }
       }
       if (spec_.topics) AddScaled(keys_, base, topics_[TopicAt(s)], 2.5f);
@@ -188,6 +221,24 @@ class Workload {
     return p;
   }
 
+  // Plants row `row`'s two retrieval spans (256..1024 tokens each, at random
+  // places before t): their keys gain 2.5 * psi_row, a direction only that
+  // row's query shares.
+  void PlantSpans(int row, int64_t t) {
+    while (static_cast<int>(span_dir_.size()) <= row) {
+      span_dir_.push_back(UnitVector(rng_, d_));
+    }
+    for (int j = 0; j < 2; ++j) {
+      const int64_t n = std::min<int64_t>(
+          t, std::uniform_int_distribution<int64_t>(256, 1024)(rng_));
+      const int64_t first =
+          std::uniform_int_distribution<int64_t>(0, t - n)(rng_);
+      for (int64_t s = first; s < first + n; ++s) {
+        AddScaled(keys_, s * d_, span_dir_[row], 2.5f);
+      }
+    }
+  }
+
   // The query of row `row` at position t: H x D values and H weights.
   void Query(int row, int64_t t, std::vector<float>* q, std::vector<float>* w) {
     std::normal_distribution<float> normal;
@@ -202,7 +253,7 @@ class Workload {
     std::shuffle(share, share + 3, rng_);
     for (int h = 0; h < h_; ++h) {
       const size_t base = int64_t{h} * d_;
-      for (int i = 0; i < d_; ++i) (*q)[base + i] = 0.5f * normal(rng_);
+      for (int i = 0; i < d_; ++i) (*q)[base + i] = noise_ * 0.5f * normal(rng_);
       if (spec_.local) AddPositional(*q, base, t, 3.0f * head_pos_[h]);
       if (spec_.topics) {
         for (int j = 0; j < 3; ++j) {
@@ -215,6 +266,7 @@ class Workload {
           AddScaled(*q, base, dominant_[i], head_dominant_[h][i]);
         }
       }
+      if (spec_.retrieval) AddScaled(*q, base, span_dir_[row], 2.5f);
       if (spec_.needle) AddScaled(*q, base, needle_dir_[row], 3.0f);
     }
     *w = weights_;
@@ -248,9 +300,11 @@ class Workload {
   const int64_t length_;
   const int d_;
   const int h_;
+  const float noise_;
   std::mt19937_64 rng_;
   std::vector<float> offset_, sigma_, sink_, weights_;
-  std::vector<std::vector<float>> dominant_, topics_, needle_dir_, head_dominant_;
+  std::vector<std::vector<float>> dominant_, topics_, needle_dir_, span_dir_,
+      head_dominant_;
   std::vector<int64_t> segment_start_;
   std::vector<int> segment_topic_;
   std::vector<float> head_pos_, head_topic_, head_sink_;
@@ -301,6 +355,7 @@ int Run(int argc, char** argv) {
   const int head_dim = absl::GetFlag(FLAGS_head_dim);
   const int k = absl::GetFlag(FLAGS_k);
   const uint64_t seed = absl::GetFlag(FLAGS_seed);
+  const double noise = absl::GetFlag(FLAGS_noise);
   std::vector<BlockConfig> configs;
   for (const std::string& c : absl::GetFlag(FLAGS_configs)) {
     std::vector<std::string> parts = absl::StrSplit(c, ':');
@@ -347,7 +402,7 @@ int Run(int argc, char** argv) {
         std::fprintf(stderr, "unknown workload '%s'\n", name.c_str());
         return 2;
       }
-      Workload workload(spec, length, head_dim, heads,
+      Workload workload(spec, length, head_dim, heads, noise,
                         seed * 1000003 + std::hash<std::string>()(name) + length);
       // Rows: t uniform in [max m*B, L - 1], plus the last token.
       int64_t min_t = 0;
@@ -369,6 +424,9 @@ int Run(int argc, char** argv) {
       std::vector<int64_t> needles(rows, -1);
       if (spec.needle) {
         for (int r = 0; r < rows; ++r) needles[r] = workload.PlantNeedle(r, positions[r]);
+      }
+      if (spec.retrieval) {
+        for (int r = 0; r < rows; ++r) workload.PlantSpans(r, positions[r]);
       }
       const ref::EncodedKeys keys =
           ref::EncodeKeys(KeyFormat::kFp8E4M3, head_dim, workload.keys());
@@ -488,27 +546,35 @@ int Run(int argc, char** argv) {
   const std::string out = absl::GetFlag(FLAGS_out);
   if (!out.empty()) {
     std::vector<std::string> args(argv, argv + argc);
-    std::ofstream file(out);
-    file << "# HISA fidelity vs DENSE (SPEC 7)\n\n"
-         << "Command (from the repository root, build dir `build`):\n\n```\n"
+    std::ofstream file(out, absl::GetFlag(FLAGS_append)
+                                ? std::ios::app
+                                : std::ios::trunc);
+    if (!absl::GetFlag(FLAGS_append)) {
+      file << "# HISA fidelity vs DENSE (SPEC 7)\n\n";
+    }
+    file << "## noise x" << noise << ", L = " << absl::StrJoin(lengths, ", ")
+         << "\n\nCommand (from the repository root):\n\n```\n"
          << absl::StrJoin(args, " ") << "\n```\n\n"
          << absl::StrFormat(
                 "H = %d, D = %d, k = %d, fp8 e4m3 keys (per-token amax scale) "
                 "and queries (per-head scale), CPU backend; %d query rows per "
                 "(workload, L) at t uniform in [max m*B, L-1] plus t = L-1; "
-                "seed %d; %.0f s.\n\n",
-                heads, head_dim, k, rows, seed, seconds)
+                "noise x%g; seed %d; %.0f s.\n\n",
+                heads, head_dim, k, rows, noise, seed, seconds)
          << "recall = |T_hisa & T_dense| / |T_dense|, IoU = |T_hisa & T_dense| "
             "/ |T_hisa | T_dense|, both selections through the engine. "
             "Pooling `mean` is the SPEC's block representative; `max` is the "
             "experimental element-wise max (RequestConfig::pooling = kMax).\n\n"
          << "Workloads: local_sink (sinks + RoPE-like positional features), "
-            "topics (keys clustered by topic over 200..1000-token segments, "
-            "queries near 3 topics), anisotropic (i.i.d. keys dominated by 4 "
-            "directions, no positional or topical structure), mixed (all of "
-            "these), needle (mixed + one planted token per row at a random "
-            "depth that matches that row's query far better than any other: "
-            "the known weakness of mean pooling).\n\n"
+            "topics (keys clustered by 48 recurring topics over "
+            "200..1000-token segments, queries near 3 of them), anisotropic "
+            "(i.i.d. keys dominated by 4 directions, no positional or "
+            "topical structure: the hard case), mixed (sinks + positional + "
+            "topics + dominant directions drifting along the sequence), "
+            "retrieval (mixed + two 256..1024-token spans per row that only "
+            "that row's query matches), needle (mixed + one planted token "
+            "per row at a random depth that matches that row's query far "
+            "better than any other: the known weakness of mean pooling).\n\n"
          << table;
     if (!file) {
       std::fprintf(stderr, "could not write %s\n", out.c_str());

@@ -99,6 +99,8 @@ ABSL_FLAG(int, warmup, 10, "Unmeasured messages per stream before a phase.");
 ABSL_FLAG(uint64_t, seed, 7, "Workload seed.");
 ABSL_FLAG(std::string, results_md, "",
           "Write the results as a markdown section to this file.");
+ABSL_FLAG(bool, results_append, false,
+          "Append the section to --results_md instead of replacing the file.");
 
 namespace hisa {
 namespace {
@@ -617,8 +619,13 @@ absl::Status Run(int argc, char** argv) {
     std::vector<std::string> args(argv, argv + argc);
     utsname uts{};
     uname(&uts);
-    std::ofstream md(md_path, std::ios::trunc);
-    md << "## Load generator: HISA service vs plain gRPC echo (loopback)\n\n"
+    std::ofstream md(md_path, absl::GetFlag(FLAGS_results_append)
+                                  ? std::ios::app
+                                  : std::ios::trunc);
+    md << absl::StrFormat(
+              "## Load generator: HISA service vs plain gRPC echo (loopback, "
+              "L = %d)\n\n",
+              context)
        << "Command: `" << absl::StrJoin(args, " ") << "`\n\n"
        << absl::StrFormat(
               "Machine: %s, %d hardware threads, %s. Server: backend %s (%s), "

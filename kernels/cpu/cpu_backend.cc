@@ -6,13 +6,13 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
-#include "absl/strings/string_view.h"
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "kernels/cpu/aligned_buffer.h"
 #include "kernels/cpu/cpu_request_store.h"
@@ -77,6 +77,8 @@ struct RowPlan {
   std::vector<TokenRange> ranges;  // candidate tokens, ascending, disjoint
   int64_t slot_begin = 0;
   int64_t slot_end = 0;
+  int64_t segment_begin = 0;  // the row's segments: [segment_begin, end)
+  int64_t segment_end = 0;
 };
 
 // Blocks [begin, end) of one row.
@@ -87,14 +89,15 @@ struct BlockUnit {
 };
 
 // `tokens` candidate tokens of one row, starting `offset` tokens into
-// ranges[range]; its top-k goes to slots [slot_begin, slot_begin +
-// min(k, tokens)).
+// ranges[range]; its top-k goes to slots [slot_begin, slot_begin + kept),
+// kept <= min(k, tokens).
 struct Segment {
   int64_t row;
   int64_t range;
   int64_t offset;
   int64_t tokens;
   int64_t slot_begin;
+  int64_t kept;
 };
 
 // Per-thread scratch reused across calls: a decoded key tile, a decoded
@@ -134,11 +137,14 @@ class CpuBackend final : public Backend {
   void PrepareRow(RowPlan& row) const;
   void ScoreBlocks(const RowPlan& row, int64_t begin, int64_t end) const;
   void ChooseBlocks(RowPlan& row) const;
-  // Scores a segment's tokens and writes its local top-k; returns the
-  // seconds spent in the local top-k.
-  double ScoreSegment(const RowPlan& row, const Segment& seg,
+  // Scores a segment's tokens and writes its local top-k to its slots (and
+  // seg.kept); returns the seconds spent in the local top-k. `threshold` is
+  // the row's shared lower bound on the final k-th packed key.
+  double ScoreSegment(const RowPlan& row, Segment& seg,
+                      std::atomic<uint64_t>& threshold,
                       uint64_t* slots) const;
-  void WriteRow(const RowPlan& row, uint64_t* slots) const;
+  void WriteRow(const RowPlan& row, const Segment* segments,
+                uint64_t* slots) const;
 
   const CpuIsa isa_;
   cpu::ThreadPool pool_;
@@ -227,7 +233,8 @@ void CpuBackend::ChooseBlocks(RowPlan& row) const {
   }
 }
 
-double CpuBackend::ScoreSegment(const RowPlan& row, const Segment& seg,
+double CpuBackend::ScoreSegment(const RowPlan& row, Segment& seg,
+                                std::atomic<uint64_t>& threshold,
                                 uint64_t* slots) const {
   const CpuRequestStore& store = *row.store;
   const KeyFormat format = store.config().key_format;
@@ -237,6 +244,11 @@ double CpuBackend::ScoreSegment(const RowPlan& row, const Segment& seg,
   keys.resize(seg.tokens);
   alignas(64) float scores[cpu::kScoreTileKeys];
 
+  // Once any segment of the row has kept k keys, its k-th key bounds the
+  // row's final k-th key from below: a key under it has k better keys and
+  // cannot be selected, so it is dropped here. The answer stays exact and
+  // independent of timing; only the amount of selection work changes.
+  uint64_t floor = threshold.load(std::memory_order_relaxed);
   int64_t count = 0;
   int64_t left = seg.tokens;
   int64_t offset = seg.offset;
@@ -264,22 +276,41 @@ double CpuBackend::ScoreSegment(const RowPlan& row, const Segment& seg,
         cpu::ScoreKeys(isa_, row.packed, row.num_heads, row.head_dim, rows,
                        row.head_dim, n, scores);
         for (int64_t j = 0; j < n; ++j) {
-          keys[count++] = cpu::PackScore(scores[j], x + j);
+          const uint64_t key = cpu::PackScore(scores[j], x + j);
+          keys[count] = key;
+          count += key >= floor;
         }
+        floor = threshold.load(std::memory_order_relaxed);
       }
       s += span;
     }
   }
   const Clock::time_point select_start = Clock::now();
   const int64_t kept = cpu::SelectTopK(keys.data(), count, row.k);
+  if (kept == row.k) {
+    // The smallest kept key is the segment's k-th: raise the row's floor.
+    const uint64_t kth = *std::min_element(keys.data(), keys.data() + kept);
+    uint64_t old = threshold.load(std::memory_order_relaxed);
+    while (kth > old && !threshold.compare_exchange_weak(
+                            old, kth, std::memory_order_relaxed)) {
+    }
+  }
   std::memcpy(slots + seg.slot_begin, keys.data(), kept * sizeof(uint64_t));
+  seg.kept = kept;
   return Seconds(select_start, Clock::now());
 }
 
-void CpuBackend::WriteRow(const RowPlan& row, uint64_t* slots) const {
+void CpuBackend::WriteRow(const RowPlan& row, const Segment* segments,
+                          uint64_t* slots) const {
+  // Compact the segments' winners to the front of the row's slots.
   uint64_t* mine = slots + row.slot_begin;
-  const int64_t kept =
-      cpu::SelectTopK(mine, row.slot_end - row.slot_begin, row.k);
+  int64_t n = 0;
+  for (int64_t s = row.segment_begin; s < row.segment_end; ++s) {
+    const Segment& seg = segments[s];
+    std::memmove(mine + n, slots + seg.slot_begin, seg.kept * sizeof(uint64_t));
+    n += seg.kept;
+  }
+  const int64_t kept = cpu::SelectTopK(mine, n, row.k);
   RowResult* result = row.task->result;
   cpu::WriteSelection(mine, kept, row.k, row.task->row->return_scores, result);
   result->mode_used = row.task->mode;
@@ -386,7 +417,7 @@ void CpuBackend::Select(absl::Span<const SelectTask> tasks,
     for (int64_t r = 0; r < static_cast<int64_t>(row.ranges.size()); ++r) {
       for (int64_t s = row.ranges[r].begin; s < row.ranges[r].end;) {
         if (segments.size() == first || segments.back().tokens == seg_tokens) {
-          segments.push_back({i, r, s - row.ranges[r].begin, 0, 0});
+          segments.push_back({i, r, s - row.ranges[r].begin, 0, 0, 0});
         }
         const int64_t take = std::min(row.ranges[r].end - s,
                                       seg_tokens - segments.back().tokens);
@@ -395,6 +426,8 @@ void CpuBackend::Select(absl::Span<const SelectTask> tasks,
       }
     }
     // A row's segments' winners are contiguous: [slot_begin, slot_end).
+    row.segment_begin = static_cast<int64_t>(first);
+    row.segment_end = static_cast<int64_t>(segments.size());
     row.slot_begin = num_slots;
     for (size_t j = first; j < segments.size(); ++j) {
       segments[j].slot_begin = num_slots;
@@ -402,19 +435,24 @@ void CpuBackend::Select(absl::Span<const SelectTask> tasks,
     }
     row.slot_end = num_slots;
   }
-  std::vector<uint64_t> slots(num_slots);
+  // Uninitialized: every slot a row reads back was written by a segment.
+  std::unique_ptr<uint64_t[]> slots(new uint64_t[std::max<int64_t>(num_slots, 1)]);
+  std::vector<std::atomic<uint64_t>> thresholds(num_rows);
+  for (std::atomic<uint64_t>& t : thresholds) t.store(0);  // 0: keep all
   std::atomic<int64_t> select_ns{0};
   pool_.ParallelFor(static_cast<int64_t>(segments.size()), [&](int64_t s) {
-    const Segment& seg = segments[s];
-    const double secs = ScoreSegment(rows[seg.row], seg, slots.data());
+    Segment& seg = segments[s];
+    const double secs = ScoreSegment(rows[seg.row], seg, thresholds[seg.row],
+                                     slots.get());
     select_ns.fetch_add(static_cast<int64_t>(secs * 1e9),
                         std::memory_order_relaxed);
   });
   const Clock::time_point t4 = Clock::now();
 
   // 5. Per-row top-k over the segments' winners, output.
-  pool_.ParallelFor(num_rows,
-                    [&](int64_t i) { WriteRow(rows[i], slots.data()); });
+  pool_.ParallelFor(num_rows, [&](int64_t i) {
+    WriteRow(rows[i], segments.data(), slots.get());
+  });
   const Clock::time_point t5 = Clock::now();
 
   if (times != nullptr) {

@@ -16,14 +16,21 @@
 //   3. block choice:   blocks 0 and c plus the max(0, m - 2) others of largest
 //                      J (ties: lower block), as sorted token ranges (per row);
 //                      DENSE rows, and HISA rows with c + 1 <= m, take [0, t];
-//   4. token scoring:  I(t, s) over candidate tokens in segments of a few
-//                      thousand tokens; each segment keeps its own top-k;
-//   5. top-k:          per row, partial selection over the segments' winners,
-//                      positions ascending, -1 / NaN padding.
+//   4. token scoring:  I(t, s) over candidate tokens in segments of 512 to
+//                      32K tokens; each segment keeps its own top-k, and
+//                      drops on the fly the tokens below the k-th best score
+//                      any finished segment of its row has seen (a lower
+//                      bound on the row's final k-th score: exact);
+//   5. top-k:          per row, radix partial selection over the segments'
+//                      winners, positions ascending, -1 / NaN padding.
 // The packed (score, position) order (topk.h) makes the result independent
 // of the segmentation, and a token's score does not depend on which segment
 // or tile computed it, so HISA with every block chosen returns exactly
 // DENSE's answer.
+//
+// Kernels: AVX-512 / AVX2+FMA+F16C / scalar, chosen at run time
+// (cpu_features.h); fp8 keys are decoded to fp32 tiles of 48 tokens in L1
+// and scored against the row's query packed once (score_kernels.h).
 //
 // Numerics (SPEC 4.4): keys and queries are dequantized to fp32 exactly up
 // to one rounding of fp8 * scale (key_decode.h); dot products, the weighted
@@ -57,9 +64,9 @@ namespace hisa {
 struct CpuBackendOptions {
   // Total threads per Select (workers + caller); 0 = hardware concurrency.
   int num_threads = 0;
-  // kAuto picks AVX2+FMA+F16C when the CPU has them, else scalar. kScalar
-  // forces the portable kernels (tests, comparisons); kAvx2 on a CPU without
-  // it falls back to scalar.
+  // kAuto picks the best tier this CPU runs (AVX-512, AVX2+FMA+F16C,
+  // scalar). A forced tier (tests, comparisons) the CPU lacks falls back to
+  // the best one below it (cpu::ResolveCpuIsa).
   cpu::CpuIsa isa = cpu::CpuIsa::kAuto;
 };
 

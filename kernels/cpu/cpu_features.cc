@@ -7,7 +7,8 @@ CpuIsa DetectCpuIsa() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
       __builtin_cpu_supports("f16c")) {
-    return CpuIsa::kAvx2;
+    return __builtin_cpu_supports("avx512f") ? CpuIsa::kAvx512
+                                             : CpuIsa::kAvx2;
   }
 #endif
   return CpuIsa::kScalar;
@@ -15,12 +16,10 @@ CpuIsa DetectCpuIsa() {
 
 CpuIsa ResolveCpuIsa(CpuIsa requested) {
   const CpuIsa best = DetectCpuIsa();
-  switch (requested) {
-    case CpuIsa::kAuto: return best;
-    case CpuIsa::kScalar: return CpuIsa::kScalar;
-    case CpuIsa::kAvx2: return best;
-  }
-  return CpuIsa::kScalar;
+  if (requested == CpuIsa::kAuto) return best;
+  // Tiers are ordered by their enum value.
+  return static_cast<int>(requested) <= static_cast<int>(best) ? requested
+                                                               : best;
 }
 
 const char* CpuIsaName(CpuIsa isa) {
@@ -28,6 +27,7 @@ const char* CpuIsaName(CpuIsa isa) {
     case CpuIsa::kAuto: return "auto";
     case CpuIsa::kScalar: return "scalar";
     case CpuIsa::kAvx2: return "avx2";
+    case CpuIsa::kAvx512: return "avx512";
   }
   return "unknown";
 }

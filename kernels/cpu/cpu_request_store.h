@@ -54,7 +54,9 @@ namespace hisa::cpu {
 class CpuRequestStore final : public RequestStore {
  public:
   static constexpr int kMinPageTokens = 256;
-  static constexpr int kSummaryPageBlocks = 16;
+  // 24 blocks: a multiple of the score kernels' key blocks (3, 4, 8), so
+  // block scoring runs whole kernel blocks; 12 KiB at D = 128.
+  static constexpr int kSummaryPageBlocks = 24;
 
   // `config` must be valid (engine.h ValidateRequestConfig); `isa` resolved.
   CpuRequestStore(const RequestConfig& config, CpuIsa isa);

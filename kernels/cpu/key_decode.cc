@@ -42,18 +42,20 @@ void DecodeBf16Scalar(const uint8_t* src, int64_t n, float* dst) {
 
 #if HISA_CPU_HAVE_X86
 
-// 16 e4m3 bytes -> 16 floats (value * 2^-8) via fp16 bit patterns: e4m3 and
-// fp16 share the mantissa layout and subnormal scheme, and their exponent
-// biases differ by 8.
+// 16 e4m3 bytes -> 16 fp16 bit patterns of (value * 2^-8): e4m3 and fp16
+// share the mantissa layout and subnormal scheme, and their exponent biases
+// differ by 8. Sign-extending the byte to 16 bits and shifting left by 7
+// puts exponent and mantissa in place and the sign in bit 15 (bit 14 gets a
+// copy of the sign too, which the mask clears).
+HISA_TARGET_AVX2 inline __m256i Fp8x16ToHalfBits(const uint8_t* src) {
+  const __m256i x = _mm256_cvtepi8_epi16(
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+  return _mm256_and_si256(_mm256_slli_epi16(x, 7), _mm256_set1_epi16(0xBFFF));
+}
+
 HISA_TARGET_AVX2 inline void Fp8x16ToHalfScaled(const uint8_t* src,
                                                 __m256* lo, __m256* hi) {
-  const __m256i w = _mm256_cvtepu8_epi16(
-      _mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
-  const __m256i sign =
-      _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x80)), 8);
-  const __m256i mag =
-      _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x7F)), 7);
-  const __m256i h = _mm256_or_si256(sign, mag);
+  const __m256i h = Fp8x16ToHalfBits(src);
   *lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
   *hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
 }
@@ -106,12 +108,67 @@ HISA_TARGET_AVX2 void DecodeBf16Avx2(const uint8_t* src, int64_t n,
   if (i < n) DecodeBf16Scalar(src + 2 * i, n - i, dst + i);
 }
 
+// GCC 12's avx512fintrin.h initializes _mm512_undefined_ps() from itself,
+// which -Wmaybe-uninitialized flags where _mm512_cvtph_ps inlines (fixed in
+// GCC 13).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// fp8 rows with per-row scales (dim % 16 == 0), 16 values per zmm.
+HISA_TARGET_AVX512 void DecodeFp8RowsAvx512(const uint8_t* src,
+                                            const float* scales, int64_t rows,
+                                            int dim, float* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float folded = scales[r] * 256.0f;
+    const bool two_step = !std::isfinite(folded);
+    const __m512 first = _mm512_set1_ps(two_step ? 256.0f : folded);
+    const __m512 second = _mm512_set1_ps(scales[r]);
+    const uint8_t* in = src + r * dim;
+    float* out = dst + r * dim;
+    for (int d = 0; d < dim; d += 16) {
+      __m512 v = _mm512_mul_ps(_mm512_cvtph_ps(Fp8x16ToHalfBits(in + d)), first);
+      if (two_step) v = _mm512_mul_ps(v, second);
+      _mm512_storeu_ps(out + d, v);
+    }
+  }
+}
+
+#pragma GCC diagnostic pop
+
+// fp8 rows with per-row scales (dim % 16 == 0), AVX2.
+HISA_TARGET_AVX2 void DecodeFp8RowsAvx2(const uint8_t* src,
+                                        const float* scales, int64_t rows,
+                                        int dim, float* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const Fp8Scaler s = MakeFp8Scaler(scales[r]);
+    const uint8_t* in = src + r * dim;
+    float* out = dst + r * dim;
+    for (int d = 0; d < dim; d += 16) {
+      __m256 lo, hi;
+      Fp8x16ToHalfScaled(in + d, &lo, &hi);
+      _mm256_storeu_ps(out + d, ApplyScaler(s, lo));
+      _mm256_storeu_ps(out + d + 8, ApplyScaler(s, hi));
+    }
+  }
+}
+
 // PoolRows for fp8 and bf16 rows without a round trip through memory: each
 // 8-value vector is decoded and folded straight into acc. Same arithmetic as
 // the scalar fold (one add, or max(row, acc) == (row > acc ? row : acc), per
 // element per row, in row order).
+// GCC contracts a*b + c into an FMA by default (-ffp-contract=fast in GNU
+// mode), which would fuse the decode's scale multiply into the summary add
+// and round differently from decode-then-add. An empty asm makes the decoded
+// value opaque, so it is rounded on its own first, as in the scalar path.
+HISA_TARGET_AVX2 inline __m256 Rounded(__m256 v) {
+  asm("" : "+x"(v));
+  return v;
+}
+
 HISA_TARGET_AVX2 inline void Fold(float* a, __m256 v, bool first,
                                   bool take_max) {
+  v = Rounded(v);
   if (first) {
     _mm256_storeu_ps(a, v);
   } else {
@@ -158,7 +215,7 @@ HISA_TARGET_AVX2 void PoolRowsAvx2(KeyFormat format, BlockPooling pooling,
 void DecodeFp8(CpuIsa isa, const uint8_t* src, int64_t n, float scale,
                float* dst) {
 #if HISA_CPU_HAVE_X86
-  if (isa == CpuIsa::kAvx2) return DecodeFp8Avx2(src, n, scale, dst);
+  if (HasAvx2(isa)) return DecodeFp8Avx2(src, n, scale, dst);
 #endif
   (void)isa;
   DecodeFp8Scalar(src, n, scale, dst);
@@ -166,7 +223,7 @@ void DecodeFp8(CpuIsa isa, const uint8_t* src, int64_t n, float scale,
 
 void DecodeBf16(CpuIsa isa, const uint8_t* src, int64_t n, float* dst) {
 #if HISA_CPU_HAVE_X86
-  if (isa == CpuIsa::kAvx2) return DecodeBf16Avx2(src, n, dst);
+  if (HasAvx2(isa)) return DecodeBf16Avx2(src, n, dst);
 #endif
   (void)isa;
   DecodeBf16Scalar(src, n, dst);
@@ -176,6 +233,14 @@ void DecodeRows(CpuIsa isa, KeyFormat format, const uint8_t* src,
                 const float* scales, int64_t rows, int dim, float* dst) {
   switch (format) {
     case KeyFormat::kFp8E4M3:
+#if HISA_CPU_HAVE_X86
+      if (dim % 16 == 0 && isa == CpuIsa::kAvx512) {
+        return DecodeFp8RowsAvx512(src, scales, rows, dim, dst);
+      }
+      if (dim % 16 == 0 && isa == CpuIsa::kAvx2) {
+        return DecodeFp8RowsAvx2(src, scales, rows, dim, dst);
+      }
+#endif
       for (int64_t r = 0; r < rows; ++r) {
         DecodeFp8(isa, src + r * dim, dim, scales[r], dst + r * dim);
       }
@@ -194,7 +259,7 @@ void PoolRows(CpuIsa isa, KeyFormat format, BlockPooling pooling,
               bool init, float* acc) {
 #if HISA_CPU_HAVE_X86
   // head_dim is a multiple of 16 (types.h), so the vector loops need no tail.
-  if (isa == CpuIsa::kAvx2 && dim % 16 == 0) {
+  if (HasAvx2(isa) && dim % 16 == 0) {
     return PoolRowsAvx2(format, pooling, src, scales, rows, dim, init, acc);
   }
 #endif

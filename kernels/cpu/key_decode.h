@@ -17,8 +17,9 @@
 // (0x7F, 0xFF) are rejected by the engine and never reach these functions;
 // their decoded value is unspecified.
 //
-// Functions take an explicit CpuIsa (kScalar or kAvx2, already resolved);
-// all are thread-safe and allocate nothing.
+// Functions take an explicit, resolved CpuIsa (kAvx512 has its own fp8 row
+// decode and otherwise uses the AVX2 code); all are thread-safe and allocate
+// nothing.
 #ifndef HISA_KERNELS_CPU_KEY_DECODE_H_
 #define HISA_KERNELS_CPU_KEY_DECODE_H_
 

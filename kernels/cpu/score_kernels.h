@@ -19,14 +19,16 @@
 // from L1, where the query group (16 KiB at D = 128) and a 48-key tile
 // (24 KiB) stay resident. Narrower groups (H not a multiple of 32) take 3, 4
 // or 8 keys at a time. The weighted ReLU sum over heads is vertical per key
-// until one horizontal add at the end.
+// until one horizontal add at the end. The AVX-512 tier runs full groups as
+// 6 keys x 2 zmm (12 chains, queries in registers) and the narrow last group,
+// if any, with the AVX2 code.
 //
 // Precision: fp32 accumulation over d in index order, then over heads. Each
 // key's score is computed by the same instruction sequence whatever its
 // position in a tile or the tile's length, so the same (query, key) always
 // gets the same score bits within one ISA: HISA with every block chosen
-// returns DENSE's answer exactly. The two ISAs differ by rounding (FMA vs
-// mul+add) only. Error bound against exact arithmetic, per head:
+// returns DENSE's answer exactly. The ISAs differ by rounding only (FMA vs
+// mul+add in the scalar path, the order of the final sum over heads). Error bound against exact arithmetic, per head:
 // |fl(q.k) - q.k| <= D * 2^-24 * sum_d |q_d k_d| (+ one rounding of the
 // ReLU/weight step), i.e. well inside SPEC 4.4's tolerance, which is set in
 // units of sum_h |w_h| sum_d |q_hd k_sd| times a few D * 2^-24.

@@ -1,7 +1,8 @@
 // Top-k selection for the CPU backend: (score, position) pairs packed into
 // one uint64 whose unsigned order is the selection order, partial selection
-// (introselect, never a full sort of the candidates), and the output
-// contract of SPEC 4.3.
+// (MSD radix select on 11-bit digits, nth_element for small inputs; never a
+// full sort of the candidates), and the output contract of SPEC 4.3 (the k
+// winners sorted by position with LSD radix passes).
 //
 //   std::vector<uint64_t> keys;
 //   keys.push_back(PackScore(score, position));          // per candidate
@@ -54,13 +55,16 @@ inline float UnpackScore(uint64_t key) {
   return score;
 }
 
-// Moves the min(n, k) highest-ranked keys of keys[0, n) to keys[0, min(n,k))
-// (in no particular order) and returns min(n, k). k >= 0; n >= 0. O(n).
+// Moves the min(n, k) highest-ranked keys of keys[0, n) (distinct, as
+// PackScore makes them) to keys[0, min(n, k)) in no particular order and
+// returns min(n, k); keys[min(n, k), n) are left unspecified. k >= 0;
+// n >= 0. O(n).
 int64_t SelectTopK(uint64_t* keys, int64_t n, int64_t k);
 
 // Fills `result` from the selected keys[0, count) (count <= k, any order):
 // positions ascending, then -1 up to k entries; scores (NaN padding) when
 // with_scores, else cleared. Sorts keys[0, count) in place by position.
+// Uses a thread_local scratch buffer of count keys.
 void WriteSelection(uint64_t* keys, int64_t count, int k, bool with_scores,
                     RowResult* result);
 

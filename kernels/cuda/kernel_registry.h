@@ -20,6 +20,8 @@ struct KernelHandle {
   int smem_bytes = 0;
 };
 
+// Token refinement + top-k on warpgroup MMA: FP8, D = 128, 64 query heads.
+KernelHandle TokenKernelWgmma(int rows);
 // Token refinement + top-k, FP8 queries and keys: mt in {1, 2, 4} m16 tiles
 // of heads (4: 64 heads per pass, several passes for more), ks = D / 32 in
 // {2, 4}, rows = rows per group in {1, 2}.
@@ -29,8 +31,6 @@ KernelHandle BlockKernelBf16(int mt, int ks, int rows);
 // Any formats and head_dim.
 KernelHandle TokenKernelGeneric(int rows);
 KernelHandle BlockKernelGeneric(int rows);
-KernelHandle ChooseKernel(int rows);
-KernelHandle FinalizeKernelHandle(int rows);
 
 }  // namespace hisa::cuda
 

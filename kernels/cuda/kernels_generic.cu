@@ -1,5 +1,4 @@
-// Instantiations of the generic (any format) kernels, block choice and
-// finalize (kernel_registry.h).
+// Instantiations of the generic (any format) kernels (kernel_registry.h).
 #include "kernels/cuda/kernel_registry.h"
 #include "kernels/cuda/registry_util.cuh"
 #include "kernels/cuda/select_kernels.cuh"
@@ -24,19 +23,6 @@ KernelHandle TokenKernelGeneric(int rows) {
 KernelHandle BlockKernelGeneric(int rows) {
   if (rows == 1) return Generic<1, true>();
   if (rows == 2) return Generic<2, true>();
-  return {};
-}
-
-KernelHandle ChooseKernel(int rows) {
-  if (rows == 1) return MakeHandle<&ChooseBlocksKernel<1>>(0);
-  if (rows == 2) return MakeHandle<&ChooseBlocksKernel<2>>(0);
-  return {};
-}
-
-KernelHandle FinalizeKernelHandle(int rows) {
-  constexpr int kBytes = kFinalizeCap * 8 + sizeof(RadixShared);
-  if (rows == 1) return MakeHandle<&FinalizeKernel<1>>(kBytes);
-  if (rows == 2) return MakeHandle<&FinalizeKernel<2>>(kBytes);
   return {};
 }
 

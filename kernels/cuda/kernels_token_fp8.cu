@@ -1,4 +1,4 @@
-// Instantiations of the FP8 tensor-core token kernel (kernel_registry.h).
+// Instantiations of the FP8 tensor-core token kernels (kernel_registry.h).
 #include "kernels/cuda/kernel_registry.h"
 #include "kernels/cuda/registry_util.cuh"
 #include "kernels/cuda/select_kernels.cuh"
@@ -24,6 +24,18 @@ KernelHandle TokenKs(int ks, int rows) {
 }
 
 }  // namespace
+
+KernelHandle TokenKernelWgmma(int rows) {
+  if (rows == 1) {
+    return MakeHandle<&TileKernel<WgmmaTokenScorer<1>, 1>>(
+        TileLayout<WgmmaTokenScorer<1>, 1>::kBytes);
+  }
+  if (rows == 2) {
+    return MakeHandle<&TileKernel<WgmmaTokenScorer<2>, 2>>(
+        TileLayout<WgmmaTokenScorer<2>, 2>::kBytes);
+  }
+  return {};
+}
 
 KernelHandle TokenKernelFp8(int mt, int ks, int rows) {
   if ((ks != 2 && ks != 4) || (rows != 1 && rows != 2)) return {};

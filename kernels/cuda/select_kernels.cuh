@@ -1,16 +1,20 @@
 // The selection kernels of one Select batch (raw-pointer templates; the
-// launcher is select_launch.cu). Stages, as FAISS IVF names them:
+// host side is select_plan.cc, instantiations kernels_*.cu). Stages, named
+// as FAISS IVF names them:
 //
-//   TileKernel<BlockScorer, G, true>    block scoring: J(t, b) for b <= c of
-//                                       every HISA row -> block_scores
-//   ChooseBlocksKernel                  block choice: forced 0 and c plus the
-//                                       top m - 2 other blocks per row, merged
-//                                       into one ascending union per group
-//   TileKernel<TokenScorer, G, false>   token refinement + top-k: scores every
-//                                       candidate slot (DENSE: every s <= t;
-//                                       HISA: the union's blocks) and keeps a
-//                                       position-ordered top-k per row
-//   FinalizeKernel                      merges split work items' lists
+//   TileKernel<BlockScorer, G>   block scoring: J(t, b) for b <= c of every
+//                                HISA row -> block_scores; the group's last
+//                                CTA then runs block choice (forced 0 and c
+//                                plus the top m - 2 others per row) and
+//                                writes one ascending union per group.
+//   TileKernel<TokenScorer, G>   token refinement + top-k: scores every
+//                                candidate slot (DENSE: every s <= t; HISA:
+//                                the union's blocks) and keeps a
+//                                position-ordered top-k per row; when a
+//                                group is split over several CTAs, the last
+//                                one merges their lists.
+//
+// So a batch is one launch (DENSE) or two (HISA) per kernel variant present.
 //
 // Tile loop. A work item walks its slots 128 at a time. A slot is a candidate
 // position (DENSE: slot == position; HISA: block union[slot / B], offset
@@ -24,12 +28,12 @@
 // every output list stays sorted by position: no sort is ever needed.
 //
 // Scorers (all: 8 warps, G rows of one group):
-//   Fp8TokenScorer<MT, KS, G>   FP8 queries x FP8 keys on mma.m16n8k32 e4m3:
-//                               warp = (row, 16G slots), A = query heads in
-//                               registers (MT m16 tiles, KS k32 steps), B =
-//                               keys from shared memory via ldmatrix.
+//   WgmmaTokenScorer<G>         FP8 x FP8, D = 128, 64 query heads: Hopper
+//                               warpgroup MMA from swizzled shared memory.
+//   Fp8TokenScorer<MT, KS, G>   FP8 x FP8, D in {64, 128}, any H: mma.sync
+//                               m16n8k32 e4m3, query heads in registers.
 //   Bf16BlockScorer<MT, KS, G>  the same queries (bf16, exact) x block means
-//                               as bf16 hi + lo on mma.m16n8k16.
+//                               as bf16 hi + lo on mma.sync m16n8k16.
 //   GenericScorer<G, kBlocks>   any formats, any D: one thread per (row,
 //                               slot), fp32 FMA on dequantized values.
 #ifndef HISA_KERNELS_CUDA_SELECT_KERNELS_CUH_
@@ -103,6 +107,8 @@ struct Fp8TokenScorer {
   static constexpr bool kBlocks = false;
   // 255 registers (query fragments stay in registers): one CTA per SM.
   static constexpr int kMinBlocks = 1;
+  static constexpr int kStages = 2;
+  static constexpr int kCap = kCandidateCap;
 
   uint32_t a[MT][KS][4];
   int g;
@@ -141,6 +147,8 @@ struct Fp8TokenScorer {
       LoadA(0);
     }
   }
+
+  __device__ void AfterWait() const {}
 
   __device__ void Issue(const SelectBuffers& b, const ItemContext<G>& ic,
                         uint8_t* stage, TileShared& ts, int st,
@@ -264,6 +272,10 @@ struct Bf16BlockScorer {
   static constexpr int kNT = kSlotsPerWarp / 8;
   static constexpr bool kBlocks = true;
   static constexpr int kMinBlocks = 1;
+  // Decode items score one tile each: a second stage would only cost shared
+  // memory (and occupancy).
+  static constexpr int kStages = G == 1 ? 1 : 2;
+  static constexpr int kCap = 0;
 
   int g;
   int sub;
@@ -291,6 +303,8 @@ struct Bf16BlockScorer {
     }
     qs = persist + g * kMaxQHeads * kStride;
   }
+
+  __device__ void AfterWait() const {}
 
   __device__ void Issue(const SelectBuffers& b, const ItemContext<G>& ic,
                         uint8_t* stage, TileShared& ts, int st,
@@ -418,6 +432,10 @@ struct GenericScorer {
   static constexpr int kPersistBytes = 0;
   static constexpr bool kBlocks = kBlocksT;
   static constexpr int kMinBlocks = 1;
+  static constexpr int kStages = 1;
+  static constexpr int kCap = kCandidateCap;
+
+  __device__ void AfterWait() const {}
 
   __device__ void Init(const SelectBuffers&, const ItemContext<G>&, uint8_t*) {}
 
@@ -503,22 +521,166 @@ struct GenericScorer {
   }
 };
 
+
+// FP8 queries x FP8 keys on Hopper warpgroup MMA (wgmma, sm_90a), for
+// D = 128 and 64 query heads (33..64 real heads). Each warpgroup computes a
+// 64-head x kN-slot block of q.k in one m64nNk32 chain (K = 128: 4 steps)
+// with both operands in 128-byte-swizzled shared memory: G == 2: warpgroup
+// = row, all 128 slots; G == 1: warpgroup = half of the tile. The epilogue
+// (ReLU, head weights, head sum) reduces in registers, then across the
+// warpgroup's 4 warps through shared memory. ~128 registers: two CTAs per SM
+// overlap one CTA's tensor-core work with the other's top-k work.
+template <int G>
+struct WgmmaTokenScorer {
+  static constexpr int kN = G == 2 ? 128 : 64;   // slots per warpgroup
+  static constexpr int kNV = kN / 4;             // column partials per lane
+  static constexpr int kKeyBytes = kTileSlots * 128;
+  static constexpr int kStageBytes = kKeyBytes + 1024;  // + scales, aligned
+  static constexpr int kQBytes = 64 * 128;
+  static constexpr int kPersistBytes = G * kQBytes + 2 * 4 * kN * 4;
+  static constexpr bool kBlocks = false;
+  static constexpr int kMinBlocks = 2;
+  static constexpr int kStages = 2;
+  // Two CTAs per SM must fit in shared memory.
+  static constexpr int kCap = G == 2 ? 3072 : kCandidateCap;
+
+  int wg;
+  int g;
+  int col0;
+  const uint8_t* qs;
+  float* red;
+
+  __device__ void Init(const SelectBuffers& b, const ItemContext<G>& ic,
+                       uint8_t* persist) {
+    wg = threadIdx.x >> 7;
+    g = G == 2 ? wg : 0;
+    col0 = G == 2 ? 0 : wg * kN;
+    qs = persist + g * kQBytes;
+    red = reinterpret_cast<float*>(persist + G * kQBytes) + wg * 4 * kN;
+    // Queries (64 heads x 128 B per row) into the swizzled layout.
+    for (int i = threadIdx.x; i < ic.num_rows * 512; i += kSelectThreads) {
+      const int gg = i >> 9, h = (i >> 3) & 63, c = i & 7;
+      const uint8_t* src =
+          b.q + b.rows[ic.group->rows[gg]].q_offset + h * 128 + c * 16;
+      *reinterpret_cast<uint4*>(persist + gg * kQBytes + h * 128 +
+                                ((c ^ (h & 7)) << 4)) =
+          __ldg(reinterpret_cast<const uint4*>(src));
+    }
+    FenceProxyAsync();
+  }
+
+  __device__ void AfterWait() const { FenceProxyAsync(); }
+
+  __device__ void Issue(const SelectBuffers& b, const ItemContext<G>& ic,
+                        uint8_t* stage, TileShared& ts, int st,
+                        int64_t tile_begin) const {
+    const int tid = threadIdx.x;
+    const int i = tid >> 1;
+    const int half = tid & 1;
+    uint32_t rows;
+    const int64_t pos = MapSlot<G, false>(ic, tile_begin + i, &rows);
+    const LayerView& lv = *ic.layer;
+    const uint8_t* src_row = b.arena;
+    const uint8_t* src_scale = b.arena;
+    if (rows != 0) {
+      const uint32_t p = static_cast<uint32_t>(pos);
+      const uint32_t page_rel = DivFast(p, lv.tokens_per_page_magic);
+      const uint32_t in_page = p - page_rel * lv.geo.tokens_per_page;
+      const uint8_t* page =
+          b.arena + static_cast<int64_t>(b.tables[lv.key_table + page_rel]) *
+                        kPageBytes;
+      src_row = page + static_cast<int64_t>(in_page) * 128;
+      src_scale = page + lv.geo.ScalesOffset() + in_page * 4;
+    }
+    uint8_t* dst = stage + i * 128;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int chunk = half * 4 + j;
+      CpAsync16(dst + ((chunk ^ (i & 7)) << 4), src_row + chunk * 16,
+                rows != 0);
+    }
+    if (half == 0) {
+      CpAsync4(stage + kKeyBytes + i * 4, src_scale, rows != 0);
+      ts.pos[st][i] = static_cast<int32_t>(pos);
+      ts.rows[st][i] = static_cast<uint8_t>(rows);
+    }
+  }
+
+  __device__ void Compute(const uint8_t* stage, const float* weights,
+                          float* staging, const ItemContext<G>& ic,
+                          const TileShared& ts, int st) {
+    if (g >= ic.num_rows) return;
+    const int lane = threadIdx.x & 31;
+    const int warp = (threadIdx.x >> 5) & 3;
+    const int gid = lane >> 2, tid4 = lane & 3;
+    // Every warp of the warpgroup looks at all its slots: the same decision.
+    bool any = false;
+#pragma unroll
+    for (int s = lane; s < kN; s += 32) any |= (ts.rows[st][col0 + s] >> g) & 1u;
+    if (!__any_sync(0xFFFFFFFFu, any)) return;
+
+    float d[kN / 2];
+    const uint64_t da = WgmmaDescSw128(qs);
+    const uint64_t db = WgmmaDescSw128(stage + col0 * 128);
+    WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      // K step kk: 32 bytes further into each 128-byte row.
+      if constexpr (kN == 128) {
+        WgmmaM64N128K32(d, da + 2 * kk, db + 2 * kk, kk);
+      } else {
+        WgmmaM64N64K32(d, da + 2 * kk, db + 2 * kk, kk);
+      }
+    }
+    WgmmaCommit();
+    WgmmaWaitAll();
+
+    const float w0 = weights[g * 128 + warp * 16 + gid];
+    const float w1 = weights[g * 128 + warp * 16 + gid + 8];
+    float part[kNV];
+#pragma unroll
+    for (int i = 0; i < kN / 8; ++i) {
+      part[2 * i] = w0 * fmaxf(d[4 * i], 0.f) + w1 * fmaxf(d[4 * i + 2], 0.f);
+      part[2 * i + 1] =
+          w0 * fmaxf(d[4 * i + 1], 0.f) + w1 * fmaxf(d[4 * i + 3], 0.f);
+    }
+    float out[kNV / 8];
+    ReduceScatterWide<kNV>(part, lane, out);
+#pragma unroll
+    for (int r = 0; r < kNV / 8; ++r) {
+      const int j = (kNV / 8) * gid + r;
+      red[warp * kN + 8 * (j >> 1) + 2 * tid4 + (j & 1)] = out[r];
+    }
+    WarpgroupBarrier(1 + wg);
+    const int t = threadIdx.x & 127;
+    if (t < kN) {
+      const float sum = red[t] + red[kN + t] + red[2 * kN + t] + red[3 * kN + t];
+      const float* scales = reinterpret_cast<const float*>(stage + kKeyBytes);
+      staging[g * kTileSlots + col0 + t] = sum * fabsf(scales[col0 + t]);
+    }
+  }
+};
+
 // ----------------------------------------------------------------------------
 // Tile kernel (block scoring when Scorer::kBlocks, else token top-k).
 
 template <class Scorer, int G>
 struct TileLayout {
+  static constexpr int kCap = Scorer::kCap;
   static constexpr int kStageOff = 0;
-  static constexpr int kPersistOff = kStageOff + 2 * Scorer::kStageBytes;
-  static constexpr int kTileOff = (kPersistOff + Scorer::kPersistBytes + 15) / 16 * 16;
-  static constexpr int kWeightsOff = (kTileOff + sizeof(TileShared) + 15) / 16 * 16;
+  static constexpr int kPersistOff =
+      kStageOff + Scorer::kStages * Scorer::kStageBytes;
+  static constexpr int kTileOff =
+      (kPersistOff + Scorer::kPersistBytes + 15) / 16 * 16;
+  static constexpr int kWeightsOff =
+      (kTileOff + static_cast<int>(sizeof(TileShared)) + 15) / 16 * 16;
   static constexpr int kStagingOff = kWeightsOff + G * 128 * 4;
   static constexpr int kRadixOff = kStagingOff + G * kTileSlots * 4;
   static constexpr int kBufferOff =
-      (kRadixOff + sizeof(RadixShared) + 15) / 16 * 16;
-  static constexpr int kBufferBytes =
-      Scorer::kBlocks ? 0 : G * kCandidateCap * 8;
-  static constexpr int kBytes = kBufferOff + kBufferBytes;
+      (kRadixOff + static_cast<int>(sizeof(RadixShared)) + 15) / 16 * 16;
+  static constexpr int kBufferBytes = Scorer::kBlocks ? 0 : G * kCap * 8;
+  // + 1024: the base is aligned up to 1024 bytes at run time (wgmma tiles).
+  static constexpr int kBytes = kBufferOff + kBufferBytes + 1024;
 };
 
 template <class Scorer>
@@ -533,16 +695,134 @@ struct HasComputeWith<GenericScorer<G, B>> {
 // Compacts one row's candidate buffer to its top k (count > k) and returns
 // the new insertion bound. Not inlined: it is rare, and inlining it into the
 // tile loop costs the scorer registers.
-static __device__ __noinline__ uint64_t CompactRow(uint32_t* keys, int32_t* pos,
-                                            int* count, int k,
-                                            RadixShared& rs) {
+template <int CAP>
+static __device__ __noinline__ uint64_t CompactRow(uint32_t* keys,
+                                                   int32_t* pos, int* count,
+                                                   int k, RadixShared& rs) {
   const Threshold th = RadixSelect(
       *count, k,
       [&](int i) { return Composite(keys[i], static_cast<uint32_t>(pos[i])); },
       rs);
-  *count = CompactBuffer<kCandidateCap / kSelectThreads>(keys, pos, *count,
-                                                         th, rs);
+  *count = CompactBuffer<CAP / kSelectThreads>(keys, pos, *count, th, rs);
   return th.prefix << th.shift;
+}
+
+// Block choice of one group (run by the last block-scoring CTA of the
+// group): forced blocks 0 and c, the top m - 2 others by J (ties: lower
+// index), or every block when c + 1 <= m; then one ascending union of the
+// rows' choices with a row mask per block.
+template <int G>
+__device__ void ChooseBlocksForGroup(const SelectBuffers& b,
+                                     const GroupDesc& grp, RadixShared& rs) {
+  const LayerView& lv = b.layers[grp.layer];
+  const int log2b = lv.geo.log2_block;
+  const int m = grp.m;
+  int64_t c[G];
+  const float* J[G];
+  bool all[G];
+  int extra[G];
+  Threshold th[G];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    c[g] = -1;
+    J[g] = nullptr;
+    all[g] = false;
+    extra[g] = 0;
+    if (g >= grp.num_rows) continue;
+    const RowDesc& row = b.rows[grp.rows[g]];
+    c[g] = row.position >> log2b;
+    J[g] = b.block_scores + row.j_offset;
+    all[g] = c[g] + 1 <= m;
+    if (!all[g]) {
+      // c >= m >= 1, so blocks 0 and c are distinct and c - 1 > m - 2.
+      extra[g] = m > 2 ? m - 2 : 0;
+      if (extra[g] > 0) {
+        const float* jg = J[g];
+        th[g] = RadixSelect(
+            static_cast<int>(c[g] - 1), extra[g],
+            [&](int i) {
+              const uint32_t blk = static_cast<uint32_t>(i + 1);
+              return Composite(OrderedKey(__ldcg(jg + blk)), blk);
+            },
+            rs);
+      }
+    }
+  }
+  int32_t* out = b.unions + 2 * grp.union_offset;
+  const int64_t n = (grp.max_position >> log2b) + 1;
+  const int64_t total = CompactStream(
+      n,
+      [&](int64_t blk) -> uint32_t {
+        uint32_t mask = 0;
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          if (g >= grp.num_rows || blk > c[g]) continue;
+          bool chosen = all[g] || blk == 0 || blk == c[g];
+          if (!chosen && extra[g] > 0) {
+            chosen = Keeps(th[g], Composite(OrderedKey(__ldcg(J[g] + blk)),
+                                            static_cast<uint32_t>(blk)));
+          }
+          if (chosen) mask |= 1u << g;
+        }
+        return mask;
+      },
+      [&](int64_t dst, int64_t blk, uint32_t mask) {
+        out[2 * dst] = static_cast<int32_t>(blk);
+        out[2 * dst + 1] = static_cast<int32_t>(mask);
+      },
+      rs);
+  if (threadIdx.x == 0) {
+    b.union_counts[grp.union_index] = static_cast<int32_t>(total);
+  }
+}
+
+// Writes row g's final output from a position-ordered list of n <= k entries.
+__device__ __forceinline__ void WriteFinal(const SelectBuffers& b,
+                                           const RowDesc& row, int k,
+                                           const uint32_t* keys,
+                                           const int32_t* pos, int n) {
+  int32_t* out_pos = b.out_pos + row.out_offset;
+  float* out_scores = b.out_scores + row.out_offset;
+  for (int i = threadIdx.x; i < k; i += kSelectThreads) {
+    out_pos[i] = i < n ? pos[i] : -1;
+    out_scores[i] = i < n ? KeyToFloat(keys[i]) : __int_as_float(0x7FC00000);
+  }
+}
+
+// Merge of a split group (run by the group's last token CTA): each row's
+// split lists, concatenated in split order, are still position-ordered; they
+// stream through the row's candidate buffer (compacted to k whenever full).
+template <int G, int CAP>
+__device__ void FinalizeGroup(const SelectBuffers& b, const GroupDesc& grp,
+                              uint32_t* buf_keys, int32_t* buf_pos,
+                              RadixShared& rs) {
+  const int k = grp.k;
+  for (int g = 0; g < grp.num_rows; ++g) {
+    uint32_t* keys = buf_keys + g * CAP;
+    int32_t* pos = buf_pos + g * CAP;
+    int count = 0;
+    for (int s = 0; s < grp.num_splits; ++s) {
+      const int list = grp.partial_index + s * G + g;
+      const int cnt = __ldcg(b.partial_counts + list);
+      const int32_t* ppos =
+          b.partial_pos + static_cast<int64_t>(list) * b.partial_stride;
+      const uint32_t* pkey =
+          b.partial_key + static_cast<int64_t>(list) * b.partial_stride;
+      for (int done = 0; done < cnt;) {
+        if (count == CAP) CompactRow<CAP>(keys, pos, &count, k, rs);
+        const int take = min(cnt - done, CAP - count);
+        for (int i = threadIdx.x; i < take; i += kSelectThreads) {
+          keys[count + i] = __ldcg(pkey + done + i);
+          pos[count + i] = __ldcg(ppos + done + i);
+        }
+        __syncthreads();
+        count += take;
+        done += take;
+      }
+    }
+    if (count > k) CompactRow<CAP>(keys, pos, &count, k, rs);
+    WriteFinal(b, b.rows[grp.rows[g]], k, keys, pos, count);
+  }
 }
 
 template <class Scorer, int G>
@@ -550,15 +830,19 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
     TileKernel(SelectBuffers b, const WorkItem* items) {
   using Layout = TileLayout<Scorer, G>;
   constexpr bool kBlocks = Scorer::kBlocks;
-  extern __shared__ __align__(16) uint8_t smem[];
+  constexpr int kCap = Layout::kCap;
+  constexpr int kStages = Scorer::kStages;
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   uint8_t* stages = smem + Layout::kStageOff;
   TileShared& ts = *reinterpret_cast<TileShared*>(smem + Layout::kTileOff);
   float* weights = reinterpret_cast<float*>(smem + Layout::kWeightsOff);
   float* staging = reinterpret_cast<float*>(smem + Layout::kStagingOff);
   RadixShared& rs = *reinterpret_cast<RadixShared*>(smem + Layout::kRadixOff);
   uint32_t* buf_keys = reinterpret_cast<uint32_t*>(smem + Layout::kBufferOff);
-  int32_t* buf_pos = reinterpret_cast<int32_t*>(
-      smem + Layout::kBufferOff + G * kCandidateCap * 4);
+  int32_t* buf_pos =
+      reinterpret_cast<int32_t*>(smem + Layout::kBufferOff + G * kCap * 4);
 
   const WorkItem item = items[blockIdx.x];
   const GroupDesc& grp = b.groups[item.group];
@@ -612,14 +896,18 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
 
   const int64_t span = ic.slot_end - ic.slot_begin;
   const int64_t num_tiles = span > 0 ? (span + kTileSlots - 1) / kTileSlots : 0;
-  if (num_tiles > 0) {
+  if (kStages == 2 && num_tiles > 0) {
     scorer.Issue(b, ic, stages, ts, 0, ic.slot_begin);
     CpAsyncCommit();
   }
 #pragma unroll 1
   for (int64_t it = 0; it < num_tiles; ++it) {
-    const int st = static_cast<int>(it & 1);
-    if (it + 1 < num_tiles) {
+    const int st = kStages == 2 ? static_cast<int>(it & 1) : 0;
+    if (kStages == 1) {
+      scorer.Issue(b, ic, stages, ts, 0, ic.slot_begin + it * kTileSlots);
+      CpAsyncCommit();
+      CpAsyncWait<0>();
+    } else if (it + 1 < num_tiles) {
       scorer.Issue(b, ic, stages + (st ^ 1) * Scorer::kStageBytes, ts, st ^ 1,
                    ic.slot_begin + (it + 1) * kTileSlots);
       CpAsyncCommit();
@@ -627,6 +915,7 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
     } else {
       CpAsyncWait<0>();
     }
+    scorer.AfterWait();
     __syncthreads();  // tile `it` and its slot map are visible
     if constexpr (HasComputeWith<Scorer>::value) {
       scorer.ComputeWith(b, ic, ts, st, staging);
@@ -677,8 +966,8 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
         // warps 0-3 write and 4-7 only count.
         if ((warp >> 2) == g % 2 && my_keep) {
           const int dst = count[g] + before + __popc(my_ballot & lower);
-          buf_keys[g * kCandidateCap + dst] = my_key;
-          buf_pos[g * kCandidateCap + dst] = my_pos;
+          buf_keys[g * kCap + dst] = my_key;
+          buf_pos[g * kCap + dst] = my_pos;
         }
         count[g] += total;
       }
@@ -688,34 +977,49 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
     if constexpr (!kBlocks) {
 #pragma unroll
       for (int g = 0; g < G; ++g) {
-        if (g < ic.num_rows && count[g] > kCandidateCap - kTileSlots) {
-          tau[g] = CompactRow(buf_keys + g * kCandidateCap,
-                              buf_pos + g * kCandidateCap, &count[g], k, rs);
+        if (g < ic.num_rows && count[g] > kCap - kTileSlots) {
+          tau[g] = CompactRow<kCap>(buf_keys + g * kCap, buf_pos + g * kCap,
+                                    &count[g], k, rs);
         }
       }
     }
   }
 
-  if constexpr (!kBlocks) {
+  // The last CTA of a group (atomic ticket; counters reset for the next
+  // launch) runs the group's next step: block choice after block scoring,
+  // the merge of split lists after token top-k.
+  auto last_of_group = [&](int stage, int expected) {
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      rs.ticket = atomicAdd(b.counters + 2 * item.group + stage, 1);
+    }
+    __syncthreads();
+    const bool last = rs.ticket == expected - 1;
+    if (last) __threadfence();
+    return last;
+  };
+  if constexpr (kBlocks) {
+    if (last_of_group(0, grp.block_items)) {
+      ChooseBlocksForGroup<G>(b, grp, rs);
+      if (threadIdx.x == 0) b.counters[2 * item.group] = 0;
+    }
+  } else {
 #pragma unroll
     for (int g = 0; g < G; ++g) {
       if (g >= ic.num_rows) break;
-      uint32_t* keys = buf_keys + g * kCandidateCap;
-      int32_t* pos = buf_pos + g * kCandidateCap;
-      if (count[g] > k) CompactRow(keys, pos, &count[g], k, rs);
+      uint32_t* keys = buf_keys + g * kCap;
+      int32_t* pos = buf_pos + g * kCap;
+      if (count[g] > k) CompactRow<kCap>(keys, pos, &count[g], k, rs);
       const int n = count[g];
       if (grp.num_splits == 1) {
-        const RowDesc& row = b.rows[grp.rows[g]];
-        int32_t* out_pos = b.out_pos + row.out_offset;
-        float* out_scores = b.out_scores + row.out_offset;
-        for (int i = threadIdx.x; i < k; i += kSelectThreads) {
-          out_pos[i] = i < n ? pos[i] : -1;
-          out_scores[i] = i < n ? KeyToFloat(keys[i]) : __int_as_float(0x7FC00000);
-        }
+        WriteFinal(b, b.rows[grp.rows[g]], k, keys, pos, n);
       } else {
         const int list = grp.partial_index + item.split * G + g;
-        int32_t* ppos = b.partial_pos + static_cast<int64_t>(list) * b.partial_stride;
-        uint32_t* pkey = b.partial_key + static_cast<int64_t>(list) * b.partial_stride;
+        int32_t* ppos =
+            b.partial_pos + static_cast<int64_t>(list) * b.partial_stride;
+        uint32_t* pkey =
+            b.partial_key + static_cast<int64_t>(list) * b.partial_stride;
         for (int i = threadIdx.x; i < n; i += kSelectThreads) {
           ppos[i] = pos[i];
           pkey[i] = keys[i];
@@ -723,117 +1027,11 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
         if (threadIdx.x == 0) b.partial_counts[list] = n;
       }
     }
-  }
-}
-
-// ----------------------------------------------------------------------------
-// Block choice: one CTA per HISA group. items[i].group names the group.
-template <int G>
-__global__ void __launch_bounds__(kSelectThreads)
-    ChooseBlocksKernel(SelectBuffers b, const WorkItem* items) {
-  __shared__ RadixShared rs;
-  const GroupDesc& grp = b.groups[items[blockIdx.x].group];
-  const LayerView& lv = b.layers[grp.layer];
-  const int log2b = lv.geo.log2_block;
-  const int m = grp.m;
-  int64_t c[G];
-  const float* J[G];
-  bool all[G];
-  int extra[G];
-  Threshold th[G];
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    c[g] = -1;
-    J[g] = nullptr;
-    all[g] = false;
-    extra[g] = 0;
-    if (g >= grp.num_rows) continue;
-    const RowDesc& row = b.rows[grp.rows[g]];
-    c[g] = row.position >> log2b;
-    J[g] = b.block_scores + row.j_offset;
-    all[g] = c[g] + 1 <= m;
-    if (!all[g]) {
-      // c >= m >= 1, so blocks 0 and c are distinct and c - 1 > m - 2.
-      extra[g] = m > 2 ? m - 2 : 0;
-      if (extra[g] > 0) {
-        const float* jg = J[g];
-        th[g] = RadixSelect(
-            static_cast<int>(c[g] - 1), extra[g],
-            [&](int i) {
-              const uint32_t blk = static_cast<uint32_t>(i + 1);
-              return Composite(OrderedKey(jg[blk]), blk);
-            },
-            rs);
-      }
+    if (grp.num_splits > 1 && last_of_group(1, grp.num_splits)) {
+      __syncthreads();  // this CTA's own buffers are free again
+      FinalizeGroup<G, kCap>(b, grp, buf_keys, buf_pos, rs);
+      if (threadIdx.x == 0) b.counters[2 * item.group + 1] = 0;
     }
-  }
-  int32_t* out = b.unions + 2 * grp.union_offset;
-  const int64_t n = (grp.max_position >> log2b) + 1;
-  const int64_t total = CompactStream(
-      n,
-      [&](int64_t blk) -> uint32_t {
-        uint32_t mask = 0;
-#pragma unroll
-        for (int g = 0; g < G; ++g) {
-          if (g >= grp.num_rows || blk > c[g]) continue;
-          bool chosen = all[g] || blk == 0 || blk == c[g];
-          if (!chosen && extra[g] > 0) {
-            chosen = Keeps(th[g], Composite(OrderedKey(J[g][blk]),
-                                            static_cast<uint32_t>(blk)));
-          }
-          if (chosen) mask |= 1u << g;
-        }
-        return mask;
-      },
-      [&](int64_t dst, int64_t blk, uint32_t mask) {
-        out[2 * dst] = static_cast<int32_t>(blk);
-        out[2 * dst + 1] = static_cast<int32_t>(mask);
-      },
-      rs);
-  if (threadIdx.x == 0) b.union_counts[grp.union_index] = static_cast<int32_t>(total);
-}
-
-// ----------------------------------------------------------------------------
-// Finalize: one CTA per row of a split group; items[i] = (group, g). Merges
-// the splits' position-ordered lists (concatenated in split order they are
-// still ordered) and keeps the top k.
-template <int G>
-__global__ void __launch_bounds__(kSelectThreads)
-    FinalizeKernel(SelectBuffers b, const WorkItem* items) {
-  extern __shared__ __align__(16) uint8_t smem[];
-  uint32_t* keys = reinterpret_cast<uint32_t*>(smem);
-  int32_t* pos = reinterpret_cast<int32_t*>(smem + kFinalizeCap * 4);
-  RadixShared& rs = *reinterpret_cast<RadixShared*>(smem + kFinalizeCap * 8);
-  const WorkItem item = items[blockIdx.x];
-  const GroupDesc& grp = b.groups[item.group];
-  const int g = item.split;
-  const int k = grp.k;
-  int n = 0;
-  for (int s = 0; s < grp.num_splits; ++s) {
-    const int list = grp.partial_index + s * G + g;
-    const int cnt = b.partial_counts[list];
-    const int32_t* ppos = b.partial_pos + static_cast<int64_t>(list) * b.partial_stride;
-    const uint32_t* pkey = b.partial_key + static_cast<int64_t>(list) * b.partial_stride;
-    for (int i = threadIdx.x; i < cnt; i += kSelectThreads) {
-      keys[n + i] = pkey[i];
-      pos[n + i] = ppos[i];
-    }
-    n += cnt;
-  }
-  __syncthreads();
-  if (n > k) {
-    const Threshold th = RadixSelect(
-        n, k,
-        [&](int i) { return Composite(keys[i], static_cast<uint32_t>(pos[i])); },
-        rs);
-    n = CompactBuffer<kFinalizeCap / kSelectThreads>(keys, pos, n, th, rs);
-  }
-  const RowDesc& row = b.rows[grp.rows[g]];
-  int32_t* out_pos = b.out_pos + row.out_offset;
-  float* out_scores = b.out_scores + row.out_offset;
-  for (int i = threadIdx.x; i < k; i += kSelectThreads) {
-    out_pos[i] = i < n ? pos[i] : -1;
-    out_scores[i] = i < n ? KeyToFloat(keys[i]) : __int_as_float(0x7FC00000);
   }
 }
 

@@ -40,7 +40,8 @@ inline constexpr int kSelectThreads = 256;
 // Per-row candidate buffer of the token kernel: holds k (<= 2048) kept
 // entries plus room for many tiles before the next compaction.
 inline constexpr int kCandidateCap = 4096;
-// Entries the finalize kernel merges per row: splits * k <= this.
+// Bound on a split row's partial entries (splits * k <= this), which
+// bounds the partial-list scratch and the merge work.
 inline constexpr int kFinalizeCap = 8192;
 // Rows that share one work item (neighbouring prefill rows).
 inline constexpr int kMaxGroupRows = 2;
@@ -144,7 +145,8 @@ struct GroupDesc {
   int32_t q_heads = 0;    // heads in the q buffer (fast path: padded)
   int32_t k = 0;
   int32_t m = 0;
-  int32_t num_splits = 1;  // token work items of this group
+  int32_t num_splits = 1;   // token work items of this group
+  int32_t block_items = 0;  // block-scoring work items of this group
   int64_t max_position = 0;
   int64_t union_offset = 0;     // int2 entries (block, row mask)
   int32_t union_index = 0;      // index into union_counts
@@ -176,6 +178,9 @@ struct SelectBuffers {
   uint32_t* partial_key = nullptr;
   int32_t* partial_counts = nullptr;
   int32_t partial_stride = 0;           // entries per partial list
+  // Two per group: CTAs done with block scoring / with token top-k. Zero
+  // before a launch; the last CTA of a group resets its counter.
+  int32_t* counters = nullptr;
   int32_t* out_pos = nullptr;
   float* out_scores = nullptr;
 };

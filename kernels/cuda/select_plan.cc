@@ -132,13 +132,15 @@ struct GroupBuild {
 
 struct ItemBuild {
   LaunchSpec::Stage stage;
-  bool fast;
+  LaunchSpec::Scorer scorer;
   int mt;
   int ks;
   int rows;
   int64_t work;
   WorkItem item;
-  auto SpecKey() const { return std::make_tuple(!fast, mt, ks, rows); }
+  auto SpecKey() const {
+    return std::make_tuple(static_cast<int>(scorer), mt, ks, rows);
+  }
 };
 
 template <class T>
@@ -158,8 +160,7 @@ int64_t EstimateTaskBytes(const SelectTask& task) {
                    cfg.block_size, static_cast<int>(cfg.pooling));
   int64_t bytes = 1024;                      // descriptors, alignment
   bytes += s.q_bytes + 16 + s.w_count * 4;   // query
-  bytes += int64_t{row.k} * 8 * 2;           // output + final partial list
-  bytes += int64_t{kFinalizeCap} * 8;        // split partial lists
+  bytes += int64_t{row.k} * 8 * 3;           // output, split partial lists
   bytes += 4 * (geo.KeyPagesFor(row.position + 1) +
                 geo.SummaryPagesFor(row.position + 1));  // page tables
   if (task.mode == SelectMode::kHisa) {
@@ -325,7 +326,7 @@ absl::StatusOr<SelectPlan> BuildSelectPlan(absl::Span<const SelectTask> tasks,
   }
   const int64_t tiles_per_block_item =
       std::max<int64_t>(1, total_block_tiles / target_items);
-  std::vector<ItemBuild> block_items, choose_items, token_items, finalize_items;
+  std::vector<ItemBuild> block_items, token_items;
   int64_t partial_lists = 0;
   int32_t partial_stride = 0;
   for (size_t gi = 0; gi < groups.size(); ++gi) {
@@ -336,6 +337,13 @@ absl::StatusOr<SelectPlan> BuildSelectPlan(absl::Span<const SelectTask> tasks,
     const int G = gb.num_rows;
     const int gid = static_cast<int>(gi);
     int64_t slots;
+    const LaunchSpec::Scorer block_scorer =
+        gb.shape.fast ? LaunchSpec::kMmaSync : LaunchSpec::kGeneric;
+    LaunchSpec::Scorer token_scorer = block_scorer;
+    if (gb.shape.fast && options.use_wgmma && D == 128 &&
+        gb.shape.q_heads == 64) {
+      token_scorer = LaunchSpec::kWgmma;
+    }
     if (gb.hisa) {
       const int64_t blocks = gd.max_position / cfg.block_size + 1;
       for (int64_t s = 0; s < blocks; s += tiles_per_block_item * kTileSlots) {
@@ -343,14 +351,11 @@ absl::StatusOr<SelectPlan> BuildSelectPlan(absl::Span<const SelectTask> tasks,
         w.group = gid;
         w.slot_begin = s;
         w.slot_end = std::min(blocks, s + tiles_per_block_item * kTileSlots);
-        block_items.push_back({LaunchSpec::kBlockScores, gb.shape.fast,
+        block_items.push_back({LaunchSpec::kBlockScores, block_scorer,
                                gb.shape.mt, D / 16, G,
                                w.slot_end - w.slot_begin, w});
+        ++gd.block_items;
       }
-      WorkItem w;
-      w.group = gid;
-      choose_items.push_back(
-          {LaunchSpec::kChooseBlocks, false, 0, 0, G, blocks, w});
       slots = union_cap[gi] * cfg.block_size;
     } else {
       slots = gd.max_position + 1;
@@ -366,12 +371,6 @@ absl::StatusOr<SelectPlan> BuildSelectPlan(absl::Span<const SelectTask> tasks,
       gd.partial_index = static_cast<int32_t>(partial_lists);
       partial_lists += splits * G;
       partial_stride = std::max(partial_stride, gd.k);
-      for (int g = 0; g < G; ++g) {
-        WorkItem w;
-        w.group = gid;
-        w.split = g;
-        finalize_items.push_back({LaunchSpec::kFinalize, false, 0, 0, G, 0, w});
-      }
     }
     for (int64_t s = 0; s < splits; ++s) {
       WorkItem w;
@@ -379,7 +378,7 @@ absl::StatusOr<SelectPlan> BuildSelectPlan(absl::Span<const SelectTask> tasks,
       w.split = static_cast<int32_t>(s);
       w.slot_begin = s * per * kTileSlots;
       w.slot_end = std::min(slots, (s + 1) * per * kTileSlots);
-      token_items.push_back({LaunchSpec::kTokens, gb.shape.fast, gb.shape.mt,
+      token_items.push_back({LaunchSpec::kTokens, token_scorer, gb.shape.mt,
                              D / 32, G, w.slot_end - w.slot_begin, w});
     }
   }
@@ -388,22 +387,18 @@ absl::StatusOr<SelectPlan> BuildSelectPlan(absl::Span<const SelectTask> tasks,
     return a.work > b.work;  // longest first: a better tail
   };
   std::stable_sort(block_items.begin(), block_items.end(), by_spec_then_work);
-  std::stable_sort(choose_items.begin(), choose_items.end(), by_spec_then_work);
   std::stable_sort(token_items.begin(), token_items.end(), by_spec_then_work);
-  std::stable_sort(finalize_items.begin(), finalize_items.end(),
-                   by_spec_then_work);
 
   std::vector<WorkItem> items;
-  for (const std::vector<ItemBuild>* list :
-       {&block_items, &choose_items, &token_items, &finalize_items}) {
+  for (const std::vector<ItemBuild>* list : {&block_items, &token_items}) {
     for (const ItemBuild& ib : *list) {
       if (plan.launches.empty() || plan.launches.back().stage != ib.stage ||
-          std::make_tuple(!plan.launches.back().fast, plan.launches.back().mt,
-                          plan.launches.back().ks, plan.launches.back().rows) !=
-              ib.SpecKey()) {
+          std::make_tuple(static_cast<int>(plan.launches.back().scorer),
+                          plan.launches.back().mt, plan.launches.back().ks,
+                          plan.launches.back().rows) != ib.SpecKey()) {
         LaunchSpec spec;
         spec.stage = ib.stage;
-        spec.fast = ib.fast;
+        spec.scorer = ib.scorer;
         spec.mt = ib.mt;
         spec.ks = ib.ks;
         spec.rows = ib.rows;
@@ -429,6 +424,7 @@ absl::StatusOr<SelectPlan> BuildSelectPlan(absl::Span<const SelectTask> tasks,
   plan.tables_off = reserve(tables.size() * sizeof(uint32_t));
   plan.q_off = reserve(qbuf.size());
   plan.w_off = reserve(wbuf.size() * sizeof(float));
+  plan.counters_off = reserve(gdesc.size() * 2 * sizeof(int32_t));  // zeros
   plan.image.assign(off, 0);
   Put(plan.image, plan.layers_off, layers);
   Put(plan.image, plan.groups_off, gdesc);
@@ -471,32 +467,28 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
   b.partial_stride = plan.partial_stride;
   b.out_pos = reinterpret_cast<int32_t*>(base + plan.out_pos_off);
   b.out_scores = reinterpret_cast<float*>(base + plan.out_scores_off);
+  b.counters = reinterpret_cast<int32_t*>(base + plan.counters_off);
   const WorkItem* items = reinterpret_cast<const WorkItem*>(base + plan.items_off);
   cudaError_t err;
   if (events != nullptr) {
     err = cudaEventRecord(events[0], stream);
     if (err != cudaSuccess) return err;
   }
-  for (int stage = LaunchSpec::kBlockScores; stage <= LaunchSpec::kFinalize;
+  for (int stage = LaunchSpec::kBlockScores; stage <= LaunchSpec::kTokens;
        ++stage) {
     for (const LaunchSpec& s : plan.launches) {
       if (s.stage != stage || s.num_items == 0) continue;
       KernelHandle h;
-      switch (s.stage) {
-        case LaunchSpec::kBlockScores:
-          h = s.fast ? BlockKernelBf16(s.mt, s.ks, s.rows)
-                     : BlockKernelGeneric(s.rows);
-          break;
-        case LaunchSpec::kChooseBlocks:
-          h = ChooseKernel(s.rows);
-          break;
-        case LaunchSpec::kTokens:
-          h = s.fast ? TokenKernelFp8(s.mt, s.ks, s.rows)
-                     : TokenKernelGeneric(s.rows);
-          break;
-        case LaunchSpec::kFinalize:
-          h = FinalizeKernelHandle(s.rows);
-          break;
+      if (s.stage == LaunchSpec::kBlockScores) {
+        h = s.scorer == LaunchSpec::kGeneric
+                ? BlockKernelGeneric(s.rows)
+                : BlockKernelBf16(s.mt, s.ks, s.rows);
+      } else if (s.scorer == LaunchSpec::kWgmma) {
+        h = TokenKernelWgmma(s.rows);
+      } else if (s.scorer == LaunchSpec::kMmaSync) {
+        h = TokenKernelFp8(s.mt, s.ks, s.rows);
+      } else {
+        h = TokenKernelGeneric(s.rows);
       }
       if (h.fn == nullptr) return cudaErrorInvalidValue;
       const WorkItem* first = items + s.first_item;
@@ -506,8 +498,11 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
       if (err != cudaSuccess) return err;
     }
     if (events != nullptr) {
-      err = cudaEventRecord(events[stage], stream);
-      if (err != cudaSuccess) return err;
+      // Two events per stage: block choice and the split merge are fused.
+      for (int e = 2 * stage - 1; e <= 2 * stage; ++e) {
+        err = cudaEventRecord(events[e], stream);
+        if (err != cudaSuccess) return err;
+      }
     }
   }
   return cudaSuccess;

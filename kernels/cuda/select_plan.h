@@ -16,11 +16,13 @@
 // stores must not change until the launch completes (the engine's reader
 // lock guarantees it).
 //
-// LaunchSelectPlan issues, on `stream`, block scoring, block choice, token
-// refinement + top-k and finalize, one launch per kernel variant present in
-// the batch (usually 2-4 launches for the whole batch). When `events` is not
-// null it records events[0] before the first launch and events[1..4] after
-// each of the four stages.
+// LaunchSelectPlan issues, on `stream`, block scoring (+ block choice) and
+// token refinement + top-k (+ merge of split work items), one launch per
+// kernel variant present in the batch: one launch for a DENSE batch, two for
+// HISA. When `events` is not null it records events[0] before the first
+// launch, events[1] and events[2] after block scoring (block choice runs
+// inside it), events[3] and events[4] after token top-k (the merge runs
+// inside it).
 #ifndef HISA_KERNELS_CUDA_SELECT_PLAN_H_
 #define HISA_KERNELS_CUDA_SELECT_PLAN_H_
 
@@ -42,15 +44,19 @@ struct PlanOptions {
   // Split a group's candidates over several work items when there are too
   // few groups to fill the GPU.
   bool allow_splits = true;
+  // Token scoring on warpgroup MMA where it applies (FP8, D = 128, 33..64
+  // heads); otherwise mma.sync. The backend turns it off when the
+  // environment sets HISA_CUDA_MMA_SYNC=1 (A/B comparisons).
+  bool use_wgmma = true;
 };
 
 struct LaunchSpec {
-  enum Stage : int { kBlockScores = 1, kChooseBlocks = 2, kTokens = 3,
-                     kFinalize = 4 };
+  enum Stage : int { kBlockScores = 1, kTokens = 2 };
+  enum Scorer : int { kWgmma = 0, kMmaSync = 1, kGeneric = 2 };
   Stage stage = kTokens;
-  bool fast = false;  // tensor-core variant
-  int mt = 0;         // m16 head tiles (fast)
-  int ks = 0;         // k steps: D / 32 (tokens) or D / 16 (blocks) (fast)
+  Scorer scorer = kGeneric;
+  int mt = 0;         // m16 head tiles (mma.sync)
+  int ks = 0;         // k steps: D / 32 (tokens) or D / 16 (blocks)
   int rows = 1;       // rows per group
   int64_t first_item = 0;
   int64_t num_items = 0;
@@ -61,7 +67,7 @@ struct SelectPlan {
   int64_t device_bytes = 0;
   // Byte offsets inside the device region.
   int64_t layers_off = 0, groups_off = 0, rows_off = 0, items_off = 0,
-          tables_off = 0, q_off = 0, w_off = 0;
+          tables_off = 0, q_off = 0, w_off = 0, counters_off = 0;
   int64_t block_scores_off = 0, unions_off = 0, union_counts_off = 0,
           partial_pos_off = 0, partial_key_off = 0, partial_counts_off = 0,
           out_pos_off = 0, out_scores_off = 0;
@@ -72,7 +78,8 @@ struct SelectPlan {
   int64_t num_groups = 0;
 };
 
-// Device bytes one task adds to a plan, at most (for splitting big batches).
+// Approximate device bytes one task adds to a plan, for cutting big batches
+// into parts (Select halves a part whose real plan still does not fit).
 int64_t EstimateTaskBytes(const SelectTask& task);
 
 // Every task's store must be a CudaRequestStore; tasks are validated

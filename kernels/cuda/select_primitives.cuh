@@ -79,6 +79,71 @@ __device__ __forceinline__ void MmaBf16(float (&d)[4], const uint32_t (&a)[4],
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// ---- Hopper warpgroup MMA (sm_90a). Operands in shared memory, K-major,
+// 128-byte swizzle: row r of a tile (128 bytes of K) at r * 128, its 16-byte
+// chunk c at chunk position c ^ (r % 8); tiles 1024-byte aligned.
+__device__ __forceinline__ uint64_t WgmmaDescSw128(const void* smem_tile) {
+  const uint32_t addr = SmemAddr(smem_tile);
+  uint64_t desc = (addr & 0x3FFFFu) >> 4;          // start address
+  desc |= uint64_t{16 >> 4} << 16;                 // leading byte offset
+  desc |= uint64_t{1024 >> 4} << 32;               // stride: 8 rows x 128 B
+  desc |= uint64_t{1} << 62;                       // 128-byte swizzle
+  return desc;
+}
+__device__ __forceinline__ void WgmmaFence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void WgmmaCommit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void WgmmaWaitAll() {
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+// Generic-proxy shared-memory writes (st.shared, cp.async) become visible to
+// the async proxy (wgmma operand reads) after this fence and a barrier.
+__device__ __forceinline__ void FenceProxyAsync() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// Barrier of the 128 threads of one warpgroup (ids 1.. ; 0 is __syncthreads).
+__device__ __forceinline__ void WarpgroupBarrier(int id) {
+  asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory");
+}
+
+#define HISA_WGMMA_ACC8(i)                                                 \
+  "+f"(d[i + 0]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]),          \
+      "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+
+// D (64 x 64 fp32, 32 per thread) (+)= A (64 x 32 e4m3) * B (64 x 32 e4m3)^T.
+__device__ __forceinline__ void WgmmaM64N64K32(float (&d)[32], uint64_t a,
+                                               uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31},"
+      " %32, %33, p, 1, 1;\n}\n"
+      : HISA_WGMMA_ACC8(0), HISA_WGMMA_ACC8(8), HISA_WGMMA_ACC8(16),
+        HISA_WGMMA_ACC8(24)
+      : "l"(a), "l"(b), "r"(accumulate));
+}
+// D (64 x 128 fp32, 64 per thread) (+)= A (64 x 32 e4m3) * B (128 x 32)^T.
+__device__ __forceinline__ void WgmmaM64N128K32(float (&d)[64], uint64_t a,
+                                                uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+      "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+      "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63},"
+      " %64, %65, p, 1, 1;\n}\n"
+      : HISA_WGMMA_ACC8(0), HISA_WGMMA_ACC8(8), HISA_WGMMA_ACC8(16),
+        HISA_WGMMA_ACC8(24), HISA_WGMMA_ACC8(32), HISA_WGMMA_ACC8(40),
+        HISA_WGMMA_ACC8(48), HISA_WGMMA_ACC8(56)
+      : "l"(a), "l"(b), "r"(accumulate));
+}
+#undef HISA_WGMMA_ACC8
+
 __device__ __forceinline__ float Fp8ToFloat(uint8_t byte) {
   __nv_fp8_e4m3 v;
   v.__x = byte;
@@ -112,6 +177,7 @@ struct RadixShared {
   int32_t digit;
   int32_t need;
   int32_t bucket;
+  int32_t ticket;
   int32_t warp_total[kSelectThreads / 32];
 };
 
@@ -330,6 +396,37 @@ __device__ __forceinline__ float ReduceScatter<4>(const float (&v)[4],
   const float keep = b8 ? w2[1] : w2[0];
   float r = keep + __shfl_xor_sync(0xFFFFFFFFu, send, 8);
   return r + __shfl_xor_sync(0xFFFFFFFFu, r, 4);
+}
+
+// Wide version for the warpgroup epilogue: NV in {16, 32} values per lane,
+// three halving exchanges (lane bits 4, 3, 2); lane ends with out[r] = the
+// quad-group total of value index 4 * ((lane >> 2) & 7) + r (NV == 32) or
+// 2 * ((lane >> 2) & 7) + r (NV == 16), r < NV / 8.
+template <int NV>
+__device__ __forceinline__ void ReduceScatterWide(const float (&v)[NV],
+                                                  int lane,
+                                                  float (&out)[NV / 8]) {
+  const bool b16 = lane & 16, b8 = lane & 8, b4 = lane & 4;
+  float w[NV / 2];
+#pragma unroll
+  for (int i = 0; i < NV / 2; ++i) {
+    const float send = b16 ? v[i] : v[i + NV / 2];
+    const float keep = b16 ? v[i + NV / 2] : v[i];
+    w[i] = keep + __shfl_xor_sync(0xFFFFFFFFu, send, 16);
+  }
+  float x[NV / 4];
+#pragma unroll
+  for (int i = 0; i < NV / 4; ++i) {
+    const float send = b8 ? w[i] : w[i + NV / 4];
+    const float keep = b8 ? w[i + NV / 4] : w[i];
+    x[i] = keep + __shfl_xor_sync(0xFFFFFFFFu, send, 8);
+  }
+#pragma unroll
+  for (int i = 0; i < NV / 8; ++i) {
+    const float send = b4 ? x[i] : x[i + NV / 8];
+    const float keep = b4 ? x[i + NV / 8] : x[i];
+    out[i] = keep + __shfl_xor_sync(0xFFFFFFFFu, send, 4);
+  }
 }
 
 // Value index a lane holds after ReduceScatter<NV>, and whether it is the

@@ -31,9 +31,11 @@ namespace {
 
 using cpu::CpuIsa;
 
+// Every tier this CPU runs.
 std::vector<CpuIsa> Isas() {
   std::vector<CpuIsa> isas = {CpuIsa::kScalar};
-  if (cpu::DetectCpuIsa() == CpuIsa::kAvx2) isas.push_back(CpuIsa::kAvx2);
+  if (cpu::HasAvx2(cpu::DetectCpuIsa())) isas.push_back(CpuIsa::kAvx2);
+  if (cpu::DetectCpuIsa() == CpuIsa::kAvx512) isas.push_back(CpuIsa::kAvx512);
   return isas;
 }
 

@@ -25,10 +25,11 @@ uint32_t Bits(float f) {
   return u;
 }
 
-// The ISAs this machine runs: always scalar, plus AVX2 when available.
+// The tiers this machine runs: always scalar, plus AVX2 / AVX-512.
 std::vector<CpuIsa> Isas() {
   std::vector<CpuIsa> isas = {CpuIsa::kScalar};
-  if (DetectCpuIsa() == CpuIsa::kAvx2) isas.push_back(CpuIsa::kAvx2);
+  if (HasAvx2(DetectCpuIsa())) isas.push_back(CpuIsa::kAvx2);
+  if (DetectCpuIsa() == CpuIsa::kAvx512) isas.push_back(CpuIsa::kAvx512);
   return isas;
 }
 
@@ -160,7 +161,7 @@ Rows RandomRows(std::mt19937_64& rng, KeyFormat format, int rows, int dim) {
 }
 
 TEST(CpuKeyDecodeTest, PoolRowsIsaPathsAreBitIdenticalAndMatchDefinition) {
-  if (DetectCpuIsa() != CpuIsa::kAvx2) GTEST_SKIP() << "no AVX2 on this CPU";
+  if (!HasAvx2(DetectCpuIsa())) GTEST_SKIP() << "no AVX2 on this CPU";
   SCOPED_TRACE(ref::SeedNote());
   std::mt19937_64 rng(ref::TestSeed() + 103);
   for (KeyFormat format :

@@ -22,7 +22,8 @@ namespace {
 
 std::vector<CpuIsa> Isas() {
   std::vector<CpuIsa> isas = {CpuIsa::kScalar};
-  if (DetectCpuIsa() == CpuIsa::kAvx2) isas.push_back(CpuIsa::kAvx2);
+  if (HasAvx2(DetectCpuIsa())) isas.push_back(CpuIsa::kAvx2);
+  if (DetectCpuIsa() == CpuIsa::kAvx512) isas.push_back(CpuIsa::kAvx512);
   return isas;
 }
 
@@ -130,6 +131,15 @@ TEST(CpuScoreKernelsTest, ScoreBitsDoNotDependOnTileOrBatch) {
       }
     }
   }
+}
+
+TEST(CpuScoreKernelsTest, ResolveCpuIsaNeverUpgrades) {
+  const CpuIsa best = DetectCpuIsa();
+  EXPECT_EQ(ResolveCpuIsa(CpuIsa::kAuto), best);
+  EXPECT_EQ(ResolveCpuIsa(CpuIsa::kScalar), CpuIsa::kScalar);
+  EXPECT_EQ(ResolveCpuIsa(CpuIsa::kAvx2),
+            HasAvx2(best) ? CpuIsa::kAvx2 : CpuIsa::kScalar);
+  EXPECT_EQ(ResolveCpuIsa(CpuIsa::kAvx512), best);
 }
 
 TEST(CpuScoreKernelsTest, PaddedHeadsContributeNothing) {

@@ -172,6 +172,31 @@ TEST(CpuTopKTest, RandomWithHeavyTiesMatchesFullSort) {
   }
 }
 
+TEST(CpuTopKTest, LargeInputsWithSpecialValuesMatchFullSort) {
+  // Large enough for the radix paths; magnitudes over the whole float range
+  // plus infinities, zeros of both signs, denormals and NaN.
+  SCOPED_TRACE(ref::SeedNote());
+  std::mt19937_64 rng(ref::TestSeed() + 304);
+  const std::vector<float> special = SpecialScores();
+  for (int trial = 0; trial < 40; ++trial) {
+    const int n = 512 + static_cast<int>(rng() % 20000);
+    const int k = 1 + static_cast<int>(rng() % 2048);
+    std::vector<float> s(n);
+    for (float& v : s) {
+      switch (rng() % 4) {
+        case 0: v = special[rng() % special.size()]; break;
+        case 1: v = std::ldexp(std::normal_distribution<float>()(rng),
+                               static_cast<int>(rng() % 200) - 100);
+                break;
+        default: v = std::normal_distribution<float>()(rng); break;
+      }
+    }
+    RowResult r;
+    ASSERT_EQ(TopPositions(s, k, &r), SortedTop(s, k))
+        << "trial " << trial << " n " << n << " k " << k;
+  }
+}
+
 TEST(CpuTopKTest, SplitSelectionEqualsWholeSelection) {
   // What Select does: per-segment top-k, then top-k of the union.
   SCOPED_TRACE(ref::SeedNote());

@@ -6,6 +6,7 @@
 // positions codec, HISA == DENSE below m * B, Release semantics, and the CLI.
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <random>
 #include <string>
@@ -32,7 +33,10 @@ class ClientE2eTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     ServerProcessOptions opts;
-    opts.binary = HISA_SERVER_BINARY;
+    // $HISA_SERVER_BINARY overrides the build's server (as for the
+    // server's own integration tests).
+    const char* env = std::getenv("HISA_SERVER_BINARY");
+    opts.binary = env != nullptr && *env != '\0' ? env : HISA_SERVER_BINARY;
     opts.args = {"--backend=cpu", "--metrics_listen=127.0.0.1:0",
                  "--max_message_bytes=128K", "--threads=2",
                  "--backend_threads=2", "--memory_budget=32M"};

@@ -1,0 +1,547 @@
+// Kernel-level benchmark of the CUDA backend (SPEC 8 shapes): DENSE and
+// HISA for the prefill shape (1024 rows at the end of the prefix), a full
+// causal prefill (every row 0..L-1 of one sequence) and decode (64 and 256
+// requests x 1 row), FP8 keys and queries, H = 64, D = 128, B = 128, m = 64,
+// k = 2048, at every length given.
+//
+//   hisa_gpu_bench --lengths=8192,65536 --json=/tmp/bench.json [--reps=7]
+//
+// Method. Keys are appended through the backend (real pages, real
+// summaries). Each measured batch is planned once (select_plan.h), uploaded
+// once, and its launch sequence (block scoring, block choice, token top-k,
+// finalize) is timed with CUDA events around LaunchSelectPlan after warm-up:
+// inputs and outputs stay on the device, like the paper's kernel-level
+// numbers; host planning, upload and download are excluded (one
+// end-to-end Backend::Select line shows them). Medians of --reps runs.
+// Ceilings measured in the same run: device-to-device copy bandwidth (bytes
+// read + written). Required FLOPs count 2 * H * D per (row, scored item):
+// DENSE t + 1 tokens; HISA c + 1 block means + min(m * B, t + 1) tokens.
+// Minimal bytes: every key / summary the shape needs, read once.
+//
+// Queries of neighbouring prefill rows are correlated (AR(1) per element,
+// rho = 0.95), as real indexer queries of consecutive tokens are; one extra
+// line times the 64K prefill shape with independent queries. Keys: Gaussian
+// with a per-block offset, FP8 with per-token amax scales.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "kernels/backend.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/device_state.h"
+#include "kernels/cuda/select_plan.h"
+#include "kernels/formats.h"
+#include "kernels/types.h"
+
+namespace hisa {
+namespace {
+
+constexpr int kH = 64, kD = 128, kB = 128, kM = 64, kK = 2048;
+
+#define CUDA_OK(expr)                                                     \
+  do {                                                                    \
+    cudaError_t cuda_ok_err_ = (expr);                                    \
+    if (cuda_ok_err_ != cudaSuccess) {                                    \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr,   \
+                   cudaGetErrorString(cuda_ok_err_));                     \
+      std::exit(2);                                                       \
+    }                                                                     \
+  } while (0)
+
+struct Args {
+  std::vector<int64_t> lengths = {8192, 16384, 32768, 65536, 131072};
+  std::string json = "gpu_bench.json";
+  int reps = 7;
+  bool causal = true;
+};
+
+Args ParseArgs(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&](const char* name) -> const char* {
+      const std::string prefix = absl::StrCat("--", name, "=");
+      return arg.rfind(prefix, 0) == 0 ? argv[i] + prefix.size() : nullptr;
+    };
+    if (const char* v = value("lengths")) {
+      a.lengths.clear();
+      for (absl::string_view p : absl::StrSplit(v, ',')) {
+        int64_t n;
+        if (absl::SimpleAtoi(p, &n)) a.lengths.push_back(n);
+      }
+    } else if (const char* v = value("json")) {
+      a.json = v;
+    } else if (const char* v = value("reps")) {
+      a.reps = std::max(1, std::atoi(v));
+    } else if (arg == "--no-causal") {
+      a.causal = false;
+    } else {
+      std::fprintf(stderr, "unknown argument %s\n", arg.c_str());
+      std::exit(1);
+    }
+  }
+  return a;
+}
+
+// FP8 encoding by table: nearest e4m3 for |x| <= 448 via the 127 codes.
+struct Fp8Encoder {
+  std::vector<float> codes;
+  Fp8Encoder() {
+    for (int i = 0; i < 127; ++i) codes.push_back(Fp8E4M3ToFloat(i));
+  }
+  uint8_t operator()(float v) const {
+    const float a = std::min(std::fabs(v), 448.f);
+    const auto it = std::lower_bound(codes.begin(), codes.end(), a);
+    int hi = static_cast<int>(it - codes.begin());
+    if (hi > 126) hi = 126;
+    int lo = hi > 0 ? hi - 1 : 0;
+    const int code = (a - codes[lo] <= codes[hi] - a) ? lo : hi;
+    return static_cast<uint8_t>((v < 0 ? 0x80 : 0) | code);
+  }
+};
+
+// Quantizes rows of `dim` floats to e4m3 bytes with amax / 448 scales.
+void Quantize(const std::vector<float>& v, int dim, const Fp8Encoder& enc,
+              std::vector<uint8_t>* bytes, std::vector<float>* scales) {
+  const int64_t rows = static_cast<int64_t>(v.size()) / dim;
+  bytes->resize(v.size());
+  scales->resize(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    float amax = 0;
+    for (int d = 0; d < dim; ++d) amax = std::max(amax, std::fabs(v[r * dim + d]));
+    const float scale = amax > 0 ? amax / 448.f : 1.f;
+    (*scales)[r] = scale;
+    for (int d = 0; d < dim; ++d) {
+      (*bytes)[r * dim + d] = enc(v[r * dim + d] / scale);
+    }
+  }
+}
+
+struct QueryPool {
+  int64_t rows = 0;
+  std::vector<uint8_t> q;        // rows x H x D
+  std::vector<float> scales;     // rows x H
+  std::vector<float> weights;    // rows x H
+};
+
+QueryPool MakeQueries(std::mt19937_64& rng, int64_t rows, double rho,
+                      const Fp8Encoder& enc) {
+  std::normal_distribution<float> normal;
+  std::vector<float> v(rows * kH * kD), state(kH * kD);
+  for (float& x : state) x = normal(rng);
+  const float a = static_cast<float>(rho);
+  const float b = static_cast<float>(std::sqrt(1 - rho * rho));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int i = 0; i < kH * kD; ++i) {
+      state[i] = a * state[i] + b * normal(rng);
+      v[r * kH * kD + i] = state[i];
+    }
+  }
+  QueryPool p;
+  p.rows = rows;
+  Quantize(v, kD, enc, &p.q, &p.scales);
+  p.weights.resize(rows * kH);
+  for (float& w : p.weights) w = normal(rng) * 0.125f;
+  return p;
+}
+
+QueryRow RowFrom(const QueryPool& pool, int64_t i, int64_t position,
+                 SelectMode mode) {
+  const int64_t r = i % pool.rows;
+  QueryRow row;
+  row.request_id = "bench";
+  row.layer = 0;
+  row.position = position;
+  row.num_heads = kH;
+  row.q_format = KeyFormat::kFp8E4M3;
+  row.q = absl::MakeConstSpan(pool.q.data() + r * kH * kD, kH * kD);
+  row.q_scales = absl::MakeConstSpan(pool.scales.data() + r * kH, kH);
+  row.weights = absl::MakeConstSpan(pool.weights.data() + r * kH, kH);
+  row.mode = mode;
+  row.k = kK;
+  row.m = kM;
+  return row;
+}
+
+struct Measure {
+  double median_ms = 0;
+  double min_ms = 0;
+  double stage_ms[4] = {0, 0, 0, 0};
+  std::vector<int32_t> positions;  // last run's outputs
+  int64_t device_bytes = 0;
+  double plan_s = 0;
+};
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+Measure TimeBatch(CudaBackend& backend, const std::vector<QueryRow>& rows,
+                  const std::vector<const RequestStore*>& stores,
+                  const RequestConfig& config, int reps, bool keep_output) {
+  std::vector<RowResult> results(rows.size());
+  std::vector<SelectTask> tasks(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    tasks[i] = SelectTask{stores[i], &config, &rows[i], rows[i].mode,
+                          &results[i]};
+  }
+  Measure m;
+  const absl::Time t0 = absl::Now();
+  cuda::PlanOptions opts = backend.plan_options();
+  absl::StatusOr<cuda::SelectPlan> plan = cuda::BuildSelectPlan(tasks, opts);
+  m.plan_s = absl::ToDoubleSeconds(absl::Now() - t0);
+  if (!plan.ok()) {
+    std::fprintf(stderr, "plan failed: %s\n", plan.status().ToString().c_str());
+    std::exit(3);
+  }
+  m.device_bytes = plan->device_bytes;
+  uint8_t* base = nullptr;
+  CUDA_OK(cudaMalloc(&base, plan->device_bytes));
+  CUDA_OK(cudaMemcpy(base, plan->image.data(), plan->image.size(),
+                     cudaMemcpyHostToDevice));
+  cudaEvent_t ev[5], start, stop;
+  for (cudaEvent_t& e : ev) CUDA_OK(cudaEventCreate(&e));
+  CUDA_OK(cudaEventCreate(&start));
+  CUDA_OK(cudaEventCreate(&stop));
+  const uint8_t* arena = backend.device().arena();
+  // Warm-up (module load, attributes, caches), then timed runs.
+  const int warmup = 2;
+  std::vector<double> times;
+  for (int r = 0; r < warmup + reps; ++r) {
+    CUDA_OK(cudaEventRecord(start, nullptr));
+    CUDA_OK(cuda::LaunchSelectPlan(*plan, base, arena, nullptr, ev));
+    CUDA_OK(cudaEventRecord(stop, nullptr));
+    CUDA_OK(cudaEventSynchronize(stop));
+    float ms = 0;
+    CUDA_OK(cudaEventElapsedTime(&ms, start, stop));
+    if (r >= warmup) times.push_back(ms);
+    if (r == warmup + reps - 1) {
+      for (int s = 0; s < 4; ++s) {
+        float x = 0;
+        CUDA_OK(cudaEventElapsedTime(&x, ev[s], ev[s + 1]));
+        m.stage_ms[s] = x;
+      }
+    }
+  }
+  m.median_ms = Median(times);
+  m.min_ms = *std::min_element(times.begin(), times.end());
+  if (keep_output) {
+    m.positions.resize(plan->out_entries);
+    CUDA_OK(cudaMemcpy(m.positions.data(), base + plan->out_pos_off,
+                       plan->out_entries * 4, cudaMemcpyDeviceToHost));
+    // Sanity: ascending, in [0, t], -1 padded, right count.
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const int32_t* p = m.positions.data() + plan->task_out_offset[i];
+      const int64_t t = rows[i].position;
+      const int64_t want = std::min<int64_t>(kK, t + 1);
+      for (int j = 0; j < kK; ++j) {
+        const bool ok = j < want ? (p[j] >= 0 && p[j] <= t && (j == 0 || p[j] > p[j - 1]))
+                                 : p[j] == -1;
+        if (!ok) {
+          std::fprintf(stderr, "BAD OUTPUT row %zu t=%lld entry %d = %d\n", i,
+                       static_cast<long long>(t), j, p[j]);
+          std::exit(4);
+        }
+      }
+    }
+  }
+  for (cudaEvent_t& e : ev) cudaEventDestroy(e);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  CUDA_OK(cudaFree(base));
+  return m;
+}
+
+// Mean |A ∩ B| / |B| over rows (B = DENSE: HISA's recall of DENSE's set).
+double Recall(const std::vector<int32_t>& a, const std::vector<int32_t>& b,
+              int64_t rows) {
+  double sum = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t* x = a.data() + r * kK;
+    const int32_t* y = b.data() + r * kK;
+    int nx = 0, ny = 0;
+    while (nx < kK && x[nx] >= 0) ++nx;
+    while (ny < kK && y[ny] >= 0) ++ny;
+    int i = 0, j = 0, both = 0;
+    while (i < nx && j < ny) {
+      if (x[i] == y[j]) {
+        ++both;
+        ++i;
+        ++j;
+      } else if (x[i] < y[j]) {
+        ++i;
+      } else {
+        ++j;
+      }
+    }
+    sum += ny ? static_cast<double>(both) / ny : 1.0;
+  }
+  return sum / rows;
+}
+
+struct Output {
+  FILE* f;
+  bool first = true;
+  void Line(const std::string& json) {
+    std::fprintf(f, "%s\n  %s", first ? "" : ",", json.c_str());
+    first = false;
+    std::fflush(f);
+  }
+};
+
+double DenseFlops(const std::vector<QueryRow>& rows) {
+  double f = 0;
+  for (const QueryRow& r : rows) f += 2.0 * kH * kD * (r.position + 1);
+  return f;
+}
+double HisaFlops(const std::vector<QueryRow>& rows) {
+  double f = 0;
+  for (const QueryRow& r : rows) {
+    const int64_t c = r.position / kB;
+    f += 2.0 * kH * kD *
+         ((c + 1) + std::min<int64_t>(int64_t{kM} * kB, r.position + 1));
+  }
+  return f;
+}
+
+}  // namespace
+}  // namespace hisa
+
+int main(int argc, char** argv) {
+  using namespace hisa;
+  const Args args = ParseArgs(argc, argv);
+  const int64_t max_len =
+      *std::max_element(args.lengths.begin(), args.lengths.end());
+  constexpr int kDecodeRequests = 256;
+  const int64_t token_bytes = kD + 4;
+
+  cuda::DeviceOptions options;
+  // The prefill request plus 256 decode requests of max_len tokens each.
+  options.memory_budget_bytes =
+      (kDecodeRequests + 1) * (max_len * token_bytes * 11 / 10 + (int64_t{4} << 20));
+  options.select_contexts = 1;
+  absl::StatusOr<std::unique_ptr<CudaBackend>> made = CudaBackend::Create(options);
+  if (!made.ok()) {
+    std::fprintf(stderr, "backend: %s\n", made.status().ToString().c_str());
+    return 1;
+  }
+  CudaBackend& backend = **made;
+  std::printf("device %s, %d SMs; budget %.1f GB\n",
+              backend.device().device_name().c_str(), backend.device().num_sms(),
+              options.memory_budget_bytes / 1e9);
+
+  FILE* f = std::fopen(args.json.c_str(), "w");
+  if (f == nullptr) {
+    std::perror("json");
+    return 1;
+  }
+  std::fprintf(f, "[");
+  Output out{f};
+
+  // Ceiling: device-to-device copy, bytes read + written.
+  {
+    const size_t bytes = size_t{2} << 30;
+    void *a = nullptr, *b = nullptr;
+    CUDA_OK(cudaMalloc(&a, bytes));
+    CUDA_OK(cudaMalloc(&b, bytes));
+    CUDA_OK(cudaMemset(a, 1, bytes));
+    cudaEvent_t s, e;
+    CUDA_OK(cudaEventCreate(&s));
+    CUDA_OK(cudaEventCreate(&e));
+    std::vector<double> t;
+    for (int r = 0; r < 8; ++r) {
+      CUDA_OK(cudaEventRecord(s, nullptr));
+      CUDA_OK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, nullptr));
+      CUDA_OK(cudaEventRecord(e, nullptr));
+      CUDA_OK(cudaEventSynchronize(e));
+      float ms;
+      CUDA_OK(cudaEventElapsedTime(&ms, s, e));
+      if (r >= 2) t.push_back(ms);
+    }
+    const double gbps = 2.0 * bytes / (Median(t) * 1e-3) / 1e9;
+    std::printf("ceiling: D2D copy %.0f GB/s (read + write)\n", gbps);
+    out.Line(absl::StrCat("{\"kind\":\"ceiling\",\"name\":\"d2d_copy_GBps\",\"value\":", gbps, "}"));
+    cudaFree(a);
+    cudaFree(b);
+    cudaEventDestroy(s);
+    cudaEventDestroy(e);
+  }
+
+  // Keys: Gaussian + per-block offset, FP8 with amax scales.
+  const Fp8Encoder enc;
+  std::mt19937_64 rng(20260402);
+  std::vector<uint8_t> key_bytes;
+  std::vector<float> key_scales;
+  {
+    std::normal_distribution<float> normal;
+    std::vector<float> v(max_len * kD), offset(kD);
+    for (int64_t s = 0; s < max_len; ++s) {
+      if (s % kB == 0) for (float& o : offset) o = 0.5f * normal(rng);
+      for (int d = 0; d < kD; ++d) v[s * kD + d] = normal(rng) + offset[d];
+    }
+    Quantize(v, kD, enc, &key_bytes, &key_scales);
+  }
+  const RequestConfig config{1, kD, kB, KeyFormat::kFp8E4M3, BlockPooling::kMean};
+  auto make_store = [&]() {
+    std::unique_ptr<RequestStore> store = *backend.CreateStore(config);
+    const int64_t chunk = 65536;
+    for (int64_t first = 0; first < max_len; first += chunk) {
+      KeyChunk c;
+      c.request_id = "bench";
+      c.layer = 0;
+      c.first_position = first;
+      c.num_tokens = std::min(chunk, max_len - first);
+      c.format = KeyFormat::kFp8E4M3;
+      c.keys = absl::MakeConstSpan(key_bytes.data() + first * kD, c.num_tokens * kD);
+      c.scales = absl::MakeConstSpan(key_scales.data() + first, c.num_tokens);
+      const absl::Status st = store->Append(c);
+      if (!st.ok()) {
+        std::fprintf(stderr, "append: %s\n", st.ToString().c_str());
+        std::exit(1);
+      }
+    }
+    return store;
+  };
+  const absl::Time t_append = absl::Now();
+  std::unique_ptr<RequestStore> prefill_store = make_store();
+  const double append_s = absl::ToDoubleSeconds(absl::Now() - t_append);
+  std::printf("append: %lld tokens in %.3f s (%.2f GB/s of keys)\n",
+              static_cast<long long>(max_len), append_s,
+              max_len * token_bytes / append_s / 1e9);
+  std::vector<std::unique_ptr<RequestStore>> decode_stores;
+  for (int r = 0; r < kDecodeRequests; ++r) decode_stores.push_back(make_store());
+
+  const QueryPool prefill_q = MakeQueries(rng, 4096, 0.95, enc);
+  const QueryPool independent_q = MakeQueries(rng, 1024, 0.0, enc);
+  const QueryPool decode_q = MakeQueries(rng, kDecodeRequests, 0.0, enc);
+
+  auto report = [&](const char* shape, int64_t L, const char* mode,
+                    int64_t rows, const Measure& m, double flops, double bytes,
+                    const std::string& extra) {
+    const double tflops = flops / (m.median_ms * 1e-3) / 1e12;
+    const double gbps = bytes / (m.median_ms * 1e-3) / 1e9;
+    std::printf("%-16s L=%-7lld %-5s rows=%-6lld %10.4f ms (min %.4f) "
+                "%7.1f TFLOP/s %7.0f GB/s  stages %.3f/%.3f/%.3f/%.3f ms%s\n",
+                shape, static_cast<long long>(L), mode,
+                static_cast<long long>(rows), m.median_ms, m.min_ms, tflops,
+                gbps, m.stage_ms[0], m.stage_ms[1], m.stage_ms[2],
+                m.stage_ms[3], extra.c_str());
+    out.Line(absl::StrCat(
+        "{\"kind\":\"ours\",\"shape\":\"", shape, "\",\"L\":", L,
+        ",\"mode\":\"", mode, "\",\"rows\":", rows, ",\"ms\":", m.median_ms,
+        ",\"min_ms\":", m.min_ms, ",\"flops\":", flops, ",\"bytes\":", bytes,
+        ",\"stages_ms\":[", m.stage_ms[0], ",", m.stage_ms[1], ",",
+        m.stage_ms[2], ",", m.stage_ms[3], "],\"plan_s\":", m.plan_s,
+        ",\"device_bytes\":", m.device_bytes, extra.empty() ? "" : ",",
+        extra, "}"));
+  };
+
+  const double summary_bytes_per_block = kD * 4.0;  // bf16 hi + lo
+  for (int64_t L : args.lengths) {
+    // Prefill shape: 1024 rows at the end of the prefix.
+    {
+      const int64_t rows_n = std::min<int64_t>(1024, L);
+      std::vector<QueryRow> dense, hisa_rows;
+      std::vector<const RequestStore*> stores(rows_n, prefill_store.get());
+      for (int64_t i = 0; i < rows_n; ++i) {
+        const int64_t t = L - rows_n + i;
+        dense.push_back(RowFrom(prefill_q, i, t, SelectMode::kDense));
+        hisa_rows.push_back(RowFrom(prefill_q, i, t, SelectMode::kHisa));
+      }
+      const Measure md = TimeBatch(backend, dense, stores, config, args.reps, true);
+      const Measure mh = TimeBatch(backend, hisa_rows, stores, config, args.reps, true);
+      const double recall = Recall(mh.positions, md.positions, rows_n);
+      const double key_bytes_read = L * static_cast<double>(token_bytes);
+      report("prefill1024", L, "DENSE", rows_n, md, DenseFlops(dense),
+             key_bytes_read, "");
+      report("prefill1024", L, "HISA", rows_n, mh, HisaFlops(hisa_rows),
+             key_bytes_read + (L / kB) * summary_bytes_per_block,
+             absl::StrCat("\"recall_vs_dense\":", recall));
+      if (L == 65536) {
+        std::vector<QueryRow> ind;
+        for (int64_t i = 0; i < rows_n; ++i) {
+          ind.push_back(RowFrom(independent_q, i, L - rows_n + i, SelectMode::kHisa));
+        }
+        const Measure mi = TimeBatch(backend, ind, stores, config, args.reps, false);
+        report("prefill1024_indep", L, "HISA", rows_n, mi, HisaFlops(ind),
+               key_bytes_read + (L / kB) * summary_bytes_per_block, "");
+      }
+    }
+    // Full causal prefill: every row 0..L-1.
+    if (args.causal) {
+      std::vector<QueryRow> dense, hisa_rows;
+      std::vector<const RequestStore*> stores(L, prefill_store.get());
+      for (int64_t t = 0; t < L; ++t) {
+        dense.push_back(RowFrom(prefill_q, t, t, SelectMode::kDense));
+        hisa_rows.push_back(RowFrom(prefill_q, t, t, SelectMode::kHisa));
+      }
+      const int reps = L >= 65536 ? 3 : args.reps;
+      const Measure md = TimeBatch(backend, dense, stores, config, reps, false);
+      const Measure mh = TimeBatch(backend, hisa_rows, stores, config, reps, false);
+      const double key_bytes_read = L * static_cast<double>(token_bytes);
+      report("causal", L, "DENSE", L, md, DenseFlops(dense), key_bytes_read, "");
+      report("causal", L, "HISA", L, mh, HisaFlops(hisa_rows),
+             key_bytes_read + (L / kB) * summary_bytes_per_block, "");
+    }
+    // Decode: one row (t = L - 1) for each of 64 / 256 requests.
+    for (int requests : {64, 256}) {
+      std::vector<QueryRow> dense, hisa_rows;
+      std::vector<const RequestStore*> stores;
+      for (int r = 0; r < requests; ++r) {
+        dense.push_back(RowFrom(decode_q, r, L - 1, SelectMode::kDense));
+        hisa_rows.push_back(RowFrom(decode_q, r, L - 1, SelectMode::kHisa));
+        stores.push_back(decode_stores[r].get());
+      }
+      const Measure md = TimeBatch(backend, dense, stores, config, args.reps, true);
+      const Measure mh = TimeBatch(backend, hisa_rows, stores, config, args.reps, true);
+      const double recall = Recall(mh.positions, md.positions, requests);
+      const double dense_bytes = requests * L * static_cast<double>(token_bytes);
+      const double hisa_bytes =
+          requests * ((L / kB) * summary_bytes_per_block +
+                      std::min<int64_t>(L, int64_t{kM} * kB) * token_bytes);
+      const std::string shape = absl::StrCat("decode", requests);
+      report(shape.c_str(), L, "DENSE", requests, md, DenseFlops(dense),
+             dense_bytes, "");
+      report(shape.c_str(), L, "HISA", requests, mh, HisaFlops(hisa_rows),
+             hisa_bytes, absl::StrCat("\"recall_vs_dense\":", recall));
+      if (requests == 64 && L == 65536) {
+        // End to end through Backend::Select: planning, upload, kernels,
+        // download (what a server pays per decode batch).
+        std::vector<RowResult> results(requests);
+        std::vector<SelectTask> tasks;
+        for (int r = 0; r < requests; ++r) {
+          tasks.push_back(SelectTask{stores[r], &config, &hisa_rows[r],
+                                     SelectMode::kHisa, &results[r]});
+        }
+        std::vector<double> t;
+        for (int rep = 0; rep < 2 + args.reps; ++rep) {
+          const absl::Time s = absl::Now();
+          backend.Select(tasks, nullptr);
+          if (rep >= 2) t.push_back(absl::ToDoubleMilliseconds(absl::Now() - s));
+        }
+        std::printf("decode64 L=65536 HISA end-to-end Backend::Select %.4f ms\n",
+                    Median(t));
+        out.Line(absl::StrCat("{\"kind\":\"end_to_end\",\"shape\":\"decode64\","
+                              "\"L\":65536,\"mode\":\"HISA\",\"ms\":", Median(t), "}"));
+      }
+    }
+  }
+  std::fprintf(f, "\n]\n");
+  std::fclose(f);
+  return 0;
+}

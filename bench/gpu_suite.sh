@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The GPU suite in one command, for a machine with an H100/H200 (sm_90):
+#   1. environment (GPU, driver, nvcc, torch),
+#   2. correctness: hisa_gpu_test (CUDA backend through the Engine against the
+#      float64 oracle and the CPU engine; seed printed),
+#   3. hisa_gpu_bench: kernel-level DENSE / HISA timings (prefill 1024 rows,
+#      full causal prefill, decode 64 / 256 requests) at every length,
+#   4. the PyTorch reference and the card's ceilings,
+#   5. compute-sanitizer memcheck on small cases,
+#   6. a summary table with ratios and the issue's targets (printed last).
+# Full logs and JSON land in $OUT (default ./out-gpu), at most 8 files:
+# suite.log gpu_test.log bench.log bench.json torch.log torch.json
+# memcheck.log summary.md.
+#
+#   OUT=/tmp/gpu bench/gpu_suite.sh
+#   SUITE_PARTS=test,bench BENCH_LENGTHS=8192,65536 bench/gpu_suite.sh
+#
+# Binaries: $HISA_BIN_DIR (default build-gpu-carry/, filled on a build machine
+# by bench/gpu/prepare_carry.sh: hisa_gpu_test, hisa_gpu_bench and the shared
+# libraries they need) or, when absent, a fresh build here (needs Abseil and
+# GoogleTest: cmake -DHISA_ENABLE_CUDA=ON -DHISA_ENABLE_SERVICE=OFF).
+set -u -o pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${OUT:-$ROOT/out-gpu}
+mkdir -p "$OUT"
+PARTS=${SUITE_PARTS:-env,test,bench,torch,memcheck}
+LENGTHS=${BENCH_LENGTHS:-8192,16384,32768,65536,131072}
+BIN=${HISA_BIN_DIR:-$ROOT/build-gpu-carry}
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+has() { [[ ",$PARTS," == *",$1,"* ]]; }
+# Every part gets at most its own limit and what is left of SUITE_BUDGET_S,
+# so that the summary always prints inside one 10-minute device call.
+BUDGET=${SUITE_BUDGET_S:-540}
+T0=$(date +%s)
+limit() { local left=$(( BUDGET - ($(date +%s) - T0) - 15 )); (( left < $1 )) && echo $(( left > 5 ? left : 5 )) || echo "$1"; }
+note() { echo "== $*" | tee -a "$OUT/suite.log"; }
+status_line=()
+
+if has env; then
+  note "environment"
+  { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+    nvcc --version | tail -2; uname -r; (ldd --version | head -1)
+    python3 -c 'import torch; print("torch", torch.__version__, torch.version.cuda)'
+  } 2>&1 | tee -a "$OUT/suite.log"
+fi
+CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+
+if [[ ! -x "$BIN/hisa_gpu_test" ]]; then
+  note "no prebuilt binaries in $BIN: building"
+  BUILD=$ROOT/build-gpu
+  cmake -S "$ROOT" -B "$BUILD" -G Ninja -DHISA_ENABLE_CUDA=ON -DHISA_ENABLE_SERVICE=OFF \
+    -DCMAKE_BUILD_TYPE=Release > "$OUT/suite.build.txt" 2>&1 &&
+    ninja -C "$BUILD" hisa_gpu_test hisa_gpu_bench >> "$OUT/suite.build.txt" 2>&1 ||
+    { note "build failed:"; tail -20 "$OUT/suite.build.txt" | tee -a "$OUT/suite.log"; }
+  rm -f "$OUT/suite.build.txt"
+  BIN=$BUILD
+  [[ -x $BUILD/tests/gpu/hisa_gpu_test ]] && ln -sf "$BUILD/tests/gpu/hisa_gpu_test" "$BUILD/hisa_gpu_test"
+  [[ -x $BUILD/bench/gpu/hisa_gpu_bench ]] && ln -sf "$BUILD/bench/gpu/hisa_gpu_bench" "$BUILD/hisa_gpu_bench"
+fi
+LIBS=""
+[[ -d "$BIN/lib" ]] && LIBS="$BIN/lib"
+run_bin() { LD_LIBRARY_PATH="${LIBS}${LIBS:+:}${LD_LIBRARY_PATH:-}" "$@"; }
+# Fall back to the carried libstdc++ when the system's is older than the build's.
+if [[ -n "$LIBS" ]] && ! run_bin "$BIN/hisa_gpu_test" --gtest_list_tests > /dev/null 2>&1; then
+  [[ -d "$BIN/lib-stdcxx" ]] && LIBS="$LIBS:$BIN/lib-stdcxx"
+  run_bin "$BIN/hisa_gpu_test" --gtest_list_tests 2>&1 > /dev/null | tee -a "$OUT/suite.log"
+  ldd "$BIN/hisa_gpu_test" | grep "not found" | tee -a "$OUT/suite.log"
+fi
+
+if has test; then
+  note "correctness: hisa_gpu_test"
+  start=$(date +%s)
+  timeout $(limit 240) bash -c "LD_LIBRARY_PATH='${LIBS}:${LD_LIBRARY_PATH:-}' '$BIN/hisa_gpu_test'" > "$OUT/gpu_test.log" 2>&1
+  rc=$?
+  grep -E "HISA_TEST_SEED|^device|overlap|\[  (PASSED|FAILED|SKIPPED) |tests ran" "$OUT/gpu_test.log" | tail -40
+  grep -B3 -A12 -m 6 "Failure" "$OUT/gpu_test.log" | head -120
+  status_line+=("tests rc=$rc ($(( $(date +%s) - start )) s): $(grep -E '^\[  PASSED  \]|^\[  FAILED  \] [0-9]+' "$OUT/gpu_test.log" | tr '\n' ' ')")
+fi
+
+if has bench; then
+  note "benchmark: hisa_gpu_bench --lengths=$LENGTHS"
+  start=$(date +%s)
+  timeout $(limit 240) bash -c "LD_LIBRARY_PATH='${LIBS}:${LD_LIBRARY_PATH:-}' '$BIN/hisa_gpu_bench' --lengths=$LENGTHS --json='$OUT/bench.json' ${BENCH_ARGS:-}" 2>&1 | tee "$OUT/bench.log"
+  status_line+=("bench rc=${PIPESTATUS[0]} ($(( $(date +%s) - start )) s)")
+fi
+
+if has torch; then
+  note "PyTorch reference"
+  start=$(date +%s)
+  timeout $(limit 150) python3 "$ROOT/bench/gpu/torch_reference.py" --lengths "$LENGTHS" \
+    --json "$OUT/torch.json" ${TORCH_ARGS:-} 2>&1 | tee "$OUT/torch.log"
+  status_line+=("torch rc=${PIPESTATUS[0]} ($(( $(date +%s) - start )) s)")
+fi
+
+if has memcheck; then
+  note "compute-sanitizer memcheck"
+  start=$(date +%s)
+  FILTER='GpuEdgeTest.OneTokenAndTinyLayers:GpuExactTest.FirstAndOwnBlocksAreAlwaysCandidates:GpuExactTest.BlockTiesGoToTheLowerIndex:*GpuFormatsTest.*keys_FP8_E4M3_q_FP8_E4M3:*GpuFormatsTest.*keys_BF16_q_FP32'
+  timeout $(limit 200) bash -c "LD_LIBRARY_PATH='${LIBS}:${LD_LIBRARY_PATH:-}' compute-sanitizer --tool memcheck --error-exitcode 97 '$BIN/hisa_gpu_test' --gtest_filter='$FILTER'" > "$OUT/memcheck.log" 2>&1
+  rc=$?
+  grep -E "ERROR SUMMARY|\[  (PASSED|FAILED) " "$OUT/memcheck.log" | tail -5
+  grep -m 20 -A8 "Invalid\|========= Error" "$OUT/memcheck.log" | head -60
+  status_line+=("memcheck rc=$rc ($(( $(date +%s) - start )) s): $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1)")
+fi
+
+# Keep every log under the 16 MiB a returned file may hold.
+for f in "$OUT"/*.log; do [[ -f $f ]] && truncate -s '<15M' "$f"; done
+note "summary"
+python3 "$ROOT/bench/gpu/summarize.py" --bench "$OUT/bench.json" --torch "$OUT/torch.json" \
+  --card "$CARD" --out "$OUT/summary.md"
+for s in "${status_line[@]}"; do echo "$s"; done
