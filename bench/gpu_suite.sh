@@ -75,6 +75,17 @@ if has test; then
   grep -E "HISA_TEST_SEED|^device|overlap|\[  (PASSED|FAILED|SKIPPED) |tests ran" "$OUT/gpu_test.log" | tail -40
   grep -B3 -A12 -m 6 "Failure" "$OUT/gpu_test.log" | head -120
   status_line+=("tests rc=$rc ($(( $(date +%s) - start )) s): $(grep -E '^\[  PASSED  \]|^\[  FAILED  \] [0-9]+' "$OUT/gpu_test.log" | tr '\n' ' ')")
+  # The FP8 cases again on the mma.sync token kernel (the fallback variant).
+  note "correctness: FP8 cases with HISA_CUDA_MMA_SYNC=1"
+  start=$(date +%s)
+  FP8='GpuShapesTest.*:*keys_FP8_E4M3_q_FP8_E4M3:GpuExactTest.*:GpuEdgeTest.NegativeFp8Scales:GpuConcurrencyTest.*'
+  echo "==== HISA_CUDA_MMA_SYNC=1 --gtest_filter=$FP8" >> "$OUT/gpu_test.log"
+  timeout $(limit 150) bash -c "HISA_CUDA_MMA_SYNC=1 LD_LIBRARY_PATH='${LIBS}:${LD_LIBRARY_PATH:-}' '$BIN/hisa_gpu_test' --gtest_filter='$FP8'" > "$OUT/gpu_test_mmasync.tmp" 2>&1
+  rc=$?
+  grep -E "\[  (PASSED|FAILED) " "$OUT/gpu_test_mmasync.tmp" | tail -12
+  grep -B3 -A12 -m 4 "Failure" "$OUT/gpu_test_mmasync.tmp" | head -60
+  cat "$OUT/gpu_test_mmasync.tmp" >> "$OUT/gpu_test.log"; rm -f "$OUT/gpu_test_mmasync.tmp"
+  status_line+=("tests (mma.sync) rc=$rc ($(( $(date +%s) - start )) s)")
 fi
 
 if has bench; then

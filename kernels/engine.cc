@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <mutex>
+#include <shared_mutex>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -22,7 +24,7 @@ struct Engine::Request {
   const std::string id;
   const RequestConfig config;
   // Writer: Append. Readers: Select, Matches, GetRequestInfo.
-  mutable absl::Mutex mu;
+  mutable std::shared_mutex mu;
   const std::unique_ptr<RequestStore> store;
   // Lease: clock() of the last Append/Select, in Unix nanoseconds.
   std::atomic<int64_t> last_used_ns{0};
@@ -124,10 +126,23 @@ Engine::~Engine() = default;
 
 absl::StatusOr<std::shared_ptr<Engine::Request>> Engine::Find(
     absl::string_view id) const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = requests_.find(id);
   if (it == requests_.end()) return NotFound(id);
+  if (IdleLocked(*it->second, absl::ToUnixNanos(options_.clock()))) {
+    RemoveLocked(id);
+    ++expired_total_;
+    return absl::NotFoundError(absl::StrCat(
+        "request '", id, "' expired: idle for longer than the TTL of ",
+        absl::FormatDuration(options_.idle_ttl)));
+  }
   return it->second;
+}
+
+bool Engine::IdleLocked(const Request& request, int64_t now_ns) const {
+  if (options_.idle_ttl == absl::InfiniteDuration()) return false;
+  return now_ns - request.last_used_ns.load() >
+         absl::ToInt64Nanoseconds(options_.idle_ttl);
 }
 
 absl::Status Engine::CreateRequest(absl::string_view id,
@@ -140,8 +155,15 @@ absl::Status Engine::CreateRequest(absl::string_view id,
   RETURN_IF_ERROR(ValidateRequestConfig(config, options_.max_layers));
   const int64_t now_ns = absl::ToUnixNanos(options_.clock());
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     auto it = requests_.find(id);
+    if (it != requests_.end() && IdleLocked(*it->second, now_ns)) {
+      // An expired request is gone even if no sweep has run yet: never
+      // revive its old keys.
+      RemoveLocked(id);
+      ++expired_total_;
+      it = requests_.end();
+    }
     if (it != requests_.end()) {
       if (it->second->config != config) {
         return absl::AlreadyExistsError(absl::StrCat(
@@ -162,7 +184,7 @@ absl::Status Engine::CreateRequest(absl::string_view id,
   request->last_used_ns.store(now_ns);
   const int64_t bytes = request->store->bytes_reserved();
 
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   // Another thread may have created the same id meanwhile.
   auto it = requests_.find(id);
   if (it != requests_.end()) {
@@ -234,7 +256,7 @@ absl::StatusOr<int64_t> Engine::Append(const KeyChunk& chunk) {
   RETURN_IF_ERROR(ValidateChunk(*request, chunk));
   const int head_dim = request->config.head_dim;
 
-  absl::MutexLock request_lock(&request->mu);
+  std::lock_guard<std::shared_mutex> request_lock(request->mu);
   if (request->removed.load()) return NotFound(chunk.request_id);
   RequestStore& store = *request->store;
   const int64_t length = store.length(chunk.layer);
@@ -266,7 +288,7 @@ absl::StatusOr<int64_t> Engine::Append(const KeyChunk& chunk) {
   const int64_t delta =
       store.BytesAfterAppend(chunk.layer, tail) - store.bytes_reserved();
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (request->removed.load()) return NotFound(chunk.request_id);
     if (bytes_in_use_ + delta > options_.memory_budget_bytes) {
       return absl::ResourceExhaustedError(absl::StrCat(
@@ -280,7 +302,7 @@ absl::StatusOr<int64_t> Engine::Append(const KeyChunk& chunk) {
   }
   absl::Status appended = store.Append(SubChunk(chunk, length, tail, head_dim));
   if (!appended.ok()) {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     request->accounted_bytes -= delta;
     if (!request->removed.load()) bytes_in_use_ -= delta;
     return appended;
@@ -382,7 +404,7 @@ void Engine::Select(absl::Span<const QueryRow> rows,
   // Reader locks in address order: concurrent batches never wait in a cycle.
   std::sort(to_lock.begin(), to_lock.end());
   to_lock.erase(std::unique(to_lock.begin(), to_lock.end()), to_lock.end());
-  for (Request* request : to_lock) request->mu.ReaderLock();
+  for (Request* request : to_lock) request->mu.lock_shared();
 
   std::vector<SelectTask> tasks;
   tasks.reserve(n);
@@ -414,13 +436,13 @@ void Engine::Select(absl::Span<const QueryRow> rows,
                                mode, &result});
   }
   if (!tasks.empty()) backend_->Select(tasks, times);
-  for (Request* request : to_lock) request->mu.ReaderUnlock();
+  for (Request* request : to_lock) request->mu.unlock_shared();
 
   const int64_t now_ns = absl::ToUnixNanos(options_.clock());
   for (Request* request : to_lock) request->last_used_ns.store(now_ns);
 }
 
-void Engine::RemoveLocked(absl::string_view id) {
+void Engine::RemoveLocked(absl::string_view id) const {
   auto it = requests_.find(id);
   if (it == requests_.end()) return;
   Request& request = *it->second;
@@ -430,7 +452,7 @@ void Engine::RemoveLocked(absl::string_view id) {
 }
 
 bool Engine::Release(absl::string_view id) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (!requests_.contains(id)) return false;
   RemoveLocked(id);
   ++released_total_;
@@ -439,12 +461,10 @@ bool Engine::Release(absl::string_view id) {
 
 std::vector<std::string> Engine::ExpireIdle() {
   std::vector<std::string> expired;
-  if (options_.idle_ttl == absl::InfiniteDuration()) return expired;
   const int64_t now_ns = absl::ToUnixNanos(options_.clock());
-  const int64_t ttl_ns = absl::ToInt64Nanoseconds(options_.idle_ttl);
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   for (const auto& [id, request] : requests_) {
-    if (now_ns - request->last_used_ns.load() > ttl_ns) expired.push_back(id);
+    if (IdleLocked(*request, now_ns)) expired.push_back(id);
   }
   for (const std::string& id : expired) RemoveLocked(id);
   expired_total_ += static_cast<int64_t>(expired.size());
@@ -458,7 +478,7 @@ absl::StatusOr<RequestInfo> Engine::GetRequestInfo(absl::string_view id) const {
   info.config = request->config;
   info.last_used = absl::FromUnixNanos(request->last_used_ns.load());
   {
-    absl::ReaderMutexLock lock(&request->mu);
+    std::shared_lock<std::shared_mutex> lock(request->mu);
     if (request->removed.load()) return NotFound(id);
     info.layer_lengths.resize(request->config.num_layers);
     for (int l = 0; l < request->config.num_layers; ++l) {
@@ -472,7 +492,7 @@ absl::StatusOr<RequestInfo> Engine::GetRequestInfo(absl::string_view id) const {
 std::vector<RequestInfo> Engine::ListRequests() const {
   std::vector<std::string> ids;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     ids.reserve(requests_.size());
     for (const auto& entry : requests_) ids.push_back(entry.first);
   }
@@ -490,7 +510,7 @@ EngineStats Engine::Stats() const {
   EngineStats stats;
   stats.backend = std::string(backend_->name());
   stats.memory_budget_bytes = options_.memory_budget_bytes;
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   stats.bytes_in_use = bytes_in_use_;
   stats.live_requests = static_cast<int64_t>(requests_.size());
   stats.expired_total = expired_total_;

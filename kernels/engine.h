@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include "absl/strings/string_view.h"
 #include <vector>
@@ -32,7 +33,6 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "kernels/backend.h"
@@ -118,21 +118,27 @@ class Engine {
  private:
   struct Request;
 
+  // The live request `id`. A request whose lease ran out is removed here
+  // (NOT_FOUND) even before the next ExpireIdle sweep.
   absl::StatusOr<std::shared_ptr<Request>> Find(absl::string_view id) const;
   absl::Status ValidateChunk(const Request& request,
                              const KeyChunk& chunk) const;
   absl::Status ValidateRow(const Request& request, const QueryRow& row) const;
-  void RemoveLocked(absl::string_view id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RemoveLocked(absl::string_view id) const;
+  bool IdleLocked(const Request& request, int64_t now_ns) const;
 
   const EngineOptions options_;
   const std::unique_ptr<Backend> backend_;
 
-  mutable absl::Mutex mu_;
-  absl::flat_hash_map<std::string, std::shared_ptr<Request>> requests_
-      ABSL_GUARDED_BY(mu_);
-  int64_t bytes_in_use_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t expired_total_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t released_total_ ABSL_GUARDED_BY(mu_) = 0;
+  // std::mutex rather than absl::Mutex: Debian's Abseil is not built with
+  // ThreadSanitizer instrumentation, the C++ library's mutexes are
+  // intercepted, so TSan builds see every lock. Guards everything below.
+  mutable std::mutex mu_;
+  // Mutable: Find() retires expired requests lazily.
+  mutable absl::flat_hash_map<std::string, std::shared_ptr<Request>> requests_;
+  mutable int64_t bytes_in_use_ = 0;
+  mutable int64_t expired_total_ = 0;
+  int64_t released_total_ = 0;
 };
 
 // Validates a RequestConfig against the engine limits (SPEC 2, 4).

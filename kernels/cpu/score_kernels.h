@@ -20,7 +20,7 @@
 // (24 KiB) stay resident. Narrower groups (H not a multiple of 32) take 3, 4
 // or 8 keys at a time. The weighted ReLU sum over heads is vertical per key
 // until one horizontal add at the end. The AVX-512 tier runs full groups as
-// 6 keys x 2 zmm (12 chains, queries in registers) and the narrow last group,
+// 8 keys x 2 zmm (16 chains, queries in registers) and the narrow last group,
 // if any, with the AVX2 code.
 //
 // Precision: fp32 accumulation over d in index order, then over heads. Each

@@ -271,7 +271,9 @@ struct Bf16BlockScorer {
   static constexpr int kSlotsPerWarp = kTileSlots / kWarpsPerRow;
   static constexpr int kNT = kSlotsPerWarp / 8;
   static constexpr bool kBlocks = true;
-  static constexpr int kMinBlocks = 1;
+  // Decode (G == 1): one tile per item and a single stage, so two CTAs per
+  // SM fit in shared memory; cap registers to match.
+  static constexpr int kMinBlocks = G == 1 ? 2 : 1;
   // Decode items score one tile each: a second stage would only cost shared
   // memory (and occupancy).
   static constexpr int kStages = G == 1 ? 1 : 2;
@@ -620,8 +622,11 @@ struct WgmmaTokenScorer {
     if (!__any_sync(0xFFFFFFFFu, any)) return;
 
     float d[kN / 2];
+#pragma unroll
+    for (int i = 0; i < kN / 2; ++i) d[i] = 0.f;
     const uint64_t da = WgmmaDescSw128(qs);
     const uint64_t db = WgmmaDescSw128(stage + col0 * 128);
+    WgmmaFenceOperands(d);
     WgmmaFence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
@@ -634,6 +639,7 @@ struct WgmmaTokenScorer {
     }
     WgmmaCommit();
     WgmmaWaitAll();
+    WgmmaFenceOperands(d);
 
     const float w0 = weights[g * 128 + warp * 16 + gid];
     const float w1 = weights[g * 128 + warp * 16 + gid + 8];

@@ -104,9 +104,23 @@ __device__ __forceinline__ void WgmmaWaitAll() {
 __device__ __forceinline__ void FenceProxyAsync() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
-// Barrier of the 128 threads of one warpgroup (ids 1.. ; 0 is __syncthreads).
+// Pins accumulator registers in place between wgmma asm statements: without
+// it the compiler may read them before wgmma.wait_group (CUTLASS's
+// warpgroup_fence_operand).
+template <int N>
+__device__ __forceinline__ void WgmmaFenceOperands(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+// Barrier of the 128 threads of warpgroup id - 1 (id 1 or 2; 0 is
+// __syncthreads).
+// Immediate ids keep ptxas from reserving all 16 hardware barriers.
 __device__ __forceinline__ void WarpgroupBarrier(int id) {
-  asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory");
+  if (id == 1) {
+    asm volatile("bar.sync 1, 128;\n" ::: "memory");
+  } else {
+    asm volatile("bar.sync 2, 128;\n" ::: "memory");
+  }
 }
 
 #define HISA_WGMMA_ACC8(i)                                                 \

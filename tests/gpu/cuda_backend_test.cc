@@ -25,6 +25,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/device_state.h"
+#include "kernels/cuda/select_plan.h"
 #include "kernels/engine.h"
 #include "kernels/types.h"
 #include "tests/kernels/engine_harness.h"
@@ -155,9 +156,10 @@ TEST(GpuInfoTest, PrintsDeviceAndSeed) {
     return CudaBackend::Create(o);
   }();
   ASSERT_TRUE(backend.ok()) << backend.status();
-  std::printf("device: %s, %d SMs\n",
+  std::printf("device: %s, %d SMs; token kernel for FP8 D=128 H<=64: %s\n",
               (*backend)->device().device_name().c_str(),
-              (*backend)->device().num_sms());
+              (*backend)->device().num_sms(),
+              (*backend)->plan_options().use_wgmma ? "wgmma" : "mma.sync");
 }
 
 class GpuFormatsTest
