@@ -7,6 +7,7 @@
 #      full causal prefill, decode 64 / 256 requests) at every length,
 #   4. the PyTorch reference and the card's ceilings,
 #   5. compute-sanitizer memcheck on small cases,
+#      (optional part "ncu": Nsight Compute sections of each kernel variant),
 #   6. a summary table with ratios and the issue's targets (printed last).
 # Full logs and JSON land in $OUT (default ./out-gpu), at most 8 files:
 # suite.log gpu_test.log bench.log bench.json torch.log torch.json
@@ -75,12 +76,13 @@ if has test; then
   grep -E "HISA_TEST_SEED|^device|overlap|\[  (PASSED|FAILED|SKIPPED) |tests ran" "$OUT/gpu_test.log" | tail -40
   grep -B3 -A12 -m 6 "Failure" "$OUT/gpu_test.log" | head -120
   status_line+=("tests rc=$rc ($(( $(date +%s) - start )) s): $(grep -E '^\[  PASSED  \]|^\[  FAILED  \] [0-9]+' "$OUT/gpu_test.log" | tr '\n' ' ')")
-  # The FP8 cases again on the mma.sync token kernel (the fallback variant).
-  note "correctness: FP8 cases with HISA_CUDA_MMA_SYNC=1"
+  # The FP8 cases again on the other variants: the mma.sync token kernel
+  # (fallback) and paired HISA rows (union of two rows' blocks).
+  note "correctness: FP8 cases with HISA_CUDA_MMA_SYNC=1 HISA_CUDA_PAIR_HISA=1"
   start=$(date +%s)
   FP8='GpuShapesTest.*:*keys_FP8_E4M3_q_FP8_E4M3:GpuExactTest.*:GpuEdgeTest.NegativeFp8Scales:GpuConcurrencyTest.*'
-  echo "==== HISA_CUDA_MMA_SYNC=1 --gtest_filter=$FP8" >> "$OUT/gpu_test.log"
-  timeout $(limit 150) bash -c "HISA_CUDA_MMA_SYNC=1 LD_LIBRARY_PATH='${LIBS}:${LD_LIBRARY_PATH:-}' '$BIN/hisa_gpu_test' --gtest_filter='$FP8'" > "$OUT/gpu_test_mmasync.tmp" 2>&1
+  echo "==== HISA_CUDA_MMA_SYNC=1 HISA_CUDA_PAIR_HISA=1 --gtest_filter=$FP8" >> "$OUT/gpu_test.log"
+  timeout $(limit 150) bash -c "HISA_CUDA_MMA_SYNC=1 HISA_CUDA_PAIR_HISA=1 LD_LIBRARY_PATH='${LIBS}:${LD_LIBRARY_PATH:-}' '$BIN/hisa_gpu_test' --gtest_filter='$FP8'" > "$OUT/gpu_test_mmasync.tmp" 2>&1
   rc=$?
   grep -E "\[  (PASSED|FAILED) " "$OUT/gpu_test_mmasync.tmp" | tail -12
   grep -B3 -A12 -m 4 "Failure" "$OUT/gpu_test_mmasync.tmp" | head -60
@@ -112,6 +114,23 @@ if has memcheck; then
   grep -E "ERROR SUMMARY|\[  (PASSED|FAILED) " "$OUT/memcheck.log" | tail -5
   grep -m 20 -A8 "Invalid\|========= Error" "$OUT/memcheck.log" | head -60
   status_line+=("memcheck rc=$rc ($(( $(date +%s) - start )) s): $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1)")
+fi
+
+if has ncu; then
+  # Nsight Compute on the first launch of each token / block kernel variant
+  # of a 64K run (why the kernels run at the speed they do). Appended to
+  # bench.log.
+  note "ncu: first launch of each selection kernel at L=65536"
+  start=$(date +%s)
+  { echo "==== ncu"
+    timeout $(limit 150) bash -c "LD_LIBRARY_PATH='${LIBS}:${LD_LIBRARY_PATH:-}' ncu \
+      --kernel-name-base mangled --kernel-id '::regex:TileKernel:1' --section SpeedOfLight --section Occupancy \
+      --section WarpStateStats --section ComputeWorkloadAnalysis \
+      '$BIN/hisa_gpu_bench' --lengths=65536 --no-causal --reps=1 --json=/tmp/ncu_bench.json"
+  } > "$OUT/ncu.tmp" 2>&1
+  grep -E "TileKernel|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Executed Ipc A|Issue Slots Busy|Stall|ERR|error" "$OUT/ncu.tmp" | head -80
+  cat "$OUT/ncu.tmp" >> "$OUT/bench.log"; rm -f "$OUT/ncu.tmp"
+  status_line+=("ncu ($(( $(date +%s) - start )) s)")
 fi
 
 # Keep every log under the 16 MiB a returned file may hold.

@@ -125,18 +125,24 @@ __attribute__((target("avx2,fma"), noinline)) float FmaLoopAvx2(int64_t iters) {
          a10 = _mm256_set1_ps(1.1f), a11 = _mm256_set1_ps(1.2f);
   const __m256 b = _mm256_set1_ps(0.99999f), c = _mm256_set1_ps(1e-6f);
   for (int64_t i = 0; i < iters; ++i) {
-    a0 = _mm256_fmadd_ps(a0, b, c); a1 = _mm256_fmadd_ps(a1, b, c);
-    a2 = _mm256_fmadd_ps(a2, b, c); a3 = _mm256_fmadd_ps(a3, b, c);
-    a4 = _mm256_fmadd_ps(a4, b, c); a5 = _mm256_fmadd_ps(a5, b, c);
-    a6 = _mm256_fmadd_ps(a6, b, c); a7 = _mm256_fmadd_ps(a7, b, c);
-    a8 = _mm256_fmadd_ps(a8, b, c); a9 = _mm256_fmadd_ps(a9, b, c);
-    a10 = _mm256_fmadd_ps(a10, b, c); a11 = _mm256_fmadd_ps(a11, b, c);
+    a0 = _mm256_fmadd_ps(a0, b, c);
+    a1 = _mm256_fmadd_ps(a1, b, c);
+    a2 = _mm256_fmadd_ps(a2, b, c);
+    a3 = _mm256_fmadd_ps(a3, b, c);
+    a4 = _mm256_fmadd_ps(a4, b, c);
+    a5 = _mm256_fmadd_ps(a5, b, c);
+    a6 = _mm256_fmadd_ps(a6, b, c);
+    a7 = _mm256_fmadd_ps(a7, b, c);
+    a8 = _mm256_fmadd_ps(a8, b, c);
+    a9 = _mm256_fmadd_ps(a9, b, c);
+    a10 = _mm256_fmadd_ps(a10, b, c);
+    a11 = _mm256_fmadd_ps(a11, b, c);
   }
   __m256 s = _mm256_add_ps(
       _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
       _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
-  s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(a8, a9),
-                                     _mm256_add_ps(a10, a11)));
+  s = _mm256_add_ps(
+      s, _mm256_add_ps(_mm256_add_ps(a8, a9), _mm256_add_ps(a10, a11)));
   float out[8];
   _mm256_storeu_ps(out, s);
   return out[0];
@@ -193,8 +199,8 @@ Peak MeasurePeak(Loop loop, double flops_per_iter, int threads, int trials) {
     }
     for (std::thread& th : pool) th.join();
     const double secs = Seconds(start, Clock::now());
-    best.wall_gflops = std::max(
-        best.wall_gflops, flops_per_iter * iters * threads / secs * 1e-9);
+    best.wall_gflops = std::max(best.wall_gflops,
+                                flops_per_iter * iters * threads / secs * 1e-9);
     double per_core = 0;
     for (int t = 0; t < threads; ++t) {
       per_core += flops_per_iter * iters / cpu[t] * 1e-9 / threads;
@@ -312,8 +318,7 @@ double AppendAll(hisa::Engine& engine, const Workload& w, const Keys& keys,
   const Clock::time_point start = Clock::now();
   for (int64_t first = 0; first < length; first += chunk) {
     const int64_t n = std::min(chunk, length - first);
-    absl::StatusOr<int64_t> len =
-        engine.Append(Chunk(w, keys, id, first, n));
+    absl::StatusOr<int64_t> len = engine.Append(Chunk(w, keys, id, first, n));
     if (!len.ok()) {
       std::fprintf(stderr, "append failed: %s\n",
                    len.status().ToString().c_str());
@@ -417,13 +422,13 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   const bool quick = absl::GetFlag(FLAGS_quick);
   std::vector<int64_t> lengths;
-  for (absl::string_view s :
-       absl::StrSplit(quick ? std::string("8192,16384")
-                            : absl::GetFlag(FLAGS_lengths),
-                      ',', absl::SkipEmpty())) {
+  for (absl::string_view s : absl::StrSplit(
+           quick ? std::string("8192,16384") : absl::GetFlag(FLAGS_lengths),
+           ',', absl::SkipEmpty())) {
     int64_t v;
     if (!absl::SimpleAtoi(s, &v) || v < 1) {
-      std::fprintf(stderr, "bad --lengths entry '%s'\n", std::string(s).c_str());
+      std::fprintf(stderr, "bad --lengths entry '%s'\n",
+                   std::string(s).c_str());
       return 2;
     }
     lengths.push_back(v);
@@ -445,8 +450,7 @@ int main(int argc, char** argv) {
 
   int threads = absl::GetFlag(FLAGS_threads);
   if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
-  const hisa::cpu::CpuIsa isa =
-      hisa::cpu::ResolveCpuIsa(BackendOptions().isa);
+  const hisa::cpu::CpuIsa isa = hisa::cpu::ResolveCpuIsa(BackendOptions().isa);
 
   // Machine ceiling, measured now.
   Peak peak_avx2, peak_avx512;
@@ -484,11 +488,11 @@ int main(int argc, char** argv) {
       "decode: %d timed runs (median) after %d warm-up; prefill: %d rows, %d "
       "timed runs; load average at start: %s\n\n",
       repeats, warmup, prefill_rows, prefill_repeats, LoadAverage().c_str());
-  std::printf(
-      "%-7s %5s %5s %10s %9s %8s %9s %7s %8s %7s   %-29s   %s\n", "shape",
-      "L", "rows", "dense_ms", "hisa_ms", "speedup", "dense_GF/s", "%peak",
-      "cpuGF/s", "%/core", "hisa stages ms: blk  choice  tok  topk",
-      "append GB/s engine / store");
+  std::printf("%-7s %5s %5s %10s %9s %8s %9s %7s %8s %7s   %-29s   %s\n",
+              "shape", "L", "rows", "dense_ms", "hisa_ms", "speedup",
+              "dense_GF/s", "%peak", "cpuGF/s", "%/core",
+              "hisa stages ms: blk  choice  tok  topk",
+              "append GB/s engine / store");
 
   Fp8Source src(seed);
   for (int64_t length : lengths) {
@@ -534,7 +538,8 @@ int main(int argc, char** argv) {
                          const AppendResult* app) {
       const std::vector<hisa::QueryRow> rows = rows_at_end(count);
       Cell cell;
-      for (const hisa::QueryRow& row : rows) cell.scored_tokens += row.position + 1;
+      for (const hisa::QueryRow& row : rows)
+        cell.scored_tokens += row.position + 1;
       const Run dense =
           TimeSelect(engine, rows, hisa::SelectMode::kDense, warmup, reps);
       const Run hisa =

@@ -196,7 +196,7 @@ double Median(std::vector<double> v) {
 Measure TimeBatch(CudaBackend& backend, const std::vector<QueryRow>& rows,
                   const std::vector<const RequestStore*>& stores,
                   const RequestConfig& config, int reps, bool keep_output,
-                  bool use_wgmma = true) {
+                  bool use_wgmma = true, bool pair_hisa = false) {
   std::vector<RowResult> results(rows.size());
   std::vector<SelectTask> tasks(rows.size());
   for (size_t i = 0; i < rows.size(); ++i) {
@@ -207,6 +207,7 @@ Measure TimeBatch(CudaBackend& backend, const std::vector<QueryRow>& rows,
   const absl::Time t0 = absl::Now();
   cuda::PlanOptions opts = backend.plan_options();
   opts.use_wgmma = opts.use_wgmma && use_wgmma;
+  opts.pair_hisa_rows = pair_hisa;
   absl::StatusOr<cuda::SelectPlan> plan = cuda::BuildSelectPlan(tasks, opts);
   m.plan_s = absl::ToDoubleSeconds(absl::Now() - t0);
   if (!plan.ok()) {
@@ -485,6 +486,11 @@ int main(int argc, char** argv) {
                key_bytes_read, "");
         report("prefill1024_mmasync", L, "HISA", rows_n, sh,
                HisaFlops(hisa_rows),
+               key_bytes_read + (L / kB) * summary_bytes_per_block, "");
+        // HISA rows paired (each pair scores the union of its blocks).
+        const Measure sp = TimeBatch(backend, hisa_rows, stores, config,
+                                     args.reps, true, true, /*pair_hisa=*/true);
+        report("prefill1024_paired", L, "HISA", rows_n, sp, HisaFlops(hisa_rows),
                key_bytes_read + (L / kB) * summary_bytes_per_block, "");
         std::vector<QueryRow> ind;
         for (int64_t i = 0; i < rows_n; ++i) {

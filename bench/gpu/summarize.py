@@ -60,7 +60,8 @@ def main():
                  "HISA vs torch | DENSE TFLOP/s | HISA TFLOP/s | HISA GB/s | "
                  "HISA ms: blocks+choice / tokens+top-k | recall |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    shapes = ["prefill1024", "prefill1024_mmasync", "prefill1024_indep", "causal",
+    shapes = ["prefill1024", "prefill1024_mmasync", "prefill1024_paired",
+              "prefill1024_indep", "causal",
               "decode64", "decode256"]
     keys = sorted({(s, L) for (s, L, _) in ours}, key=lambda x: (shapes.index(x[0])
                                                                  if x[0] in shapes else 9, x[1]))

@@ -73,7 +73,7 @@ struct RowPlan {
   bool block_stage = false;
   int64_t num_blocks = 0;  // c + 1
   float* packed = nullptr;
-  float* block_scores = nullptr;  // [num_blocks] when block_stage
+  float* block_scores = nullptr;   // [num_blocks] when block_stage
   std::vector<TokenRange> ranges;  // candidate tokens, ascending, disjoint
   int64_t slot_begin = 0;
   int64_t slot_end = 0;
@@ -118,6 +118,68 @@ ThreadScratch& Scratch() {
   return scratch;
 }
 
+// Splits every block-stage row's blocks 0..c into units of whole summary
+// pages, sized so that the batch has about kUnitsPerThread units per thread.
+std::vector<BlockUnit> BuildBlockUnits(const std::vector<RowPlan>& rows,
+                                       int64_t total_blocks, int64_t threads) {
+  std::vector<BlockUnit> units;
+  if (total_blocks == 0) return units;
+  const int64_t unit =
+      cpu::RoundUp(Clamp(total_blocks / (threads * kUnitsPerThread),
+                         kMinBlockUnit, kMaxBlockUnit),
+                   CpuRequestStore::kSummaryPageBlocks);
+  for (int64_t i = 0; i < static_cast<int64_t>(rows.size()); ++i) {
+    if (!rows[i].block_stage) continue;
+    for (int64_t b = 0; b < rows[i].num_blocks; b += unit) {
+      units.push_back({i, b, std::min(b + unit, rows[i].num_blocks)});
+    }
+  }
+  return units;
+}
+
+// Cuts every row's candidate ranges into segments of at most seg_tokens
+// tokens (a multiple of the score tile, about kUnitsPerThread segments per
+// thread over the batch), in row order, and assigns each segment min(k,
+// tokens) winner slots; fills the rows' segment and slot ranges. Returns the
+// number of slots.
+int64_t BuildSegments(std::vector<RowPlan>& rows, int64_t threads,
+                      std::vector<Segment>* segments) {
+  int64_t total_tokens = 0;
+  for (const RowPlan& row : rows) {
+    for (const TokenRange& r : row.ranges) total_tokens += r.end - r.begin;
+  }
+  const int64_t seg_tokens =
+      cpu::RoundUp(Clamp(total_tokens / (threads * kUnitsPerThread),
+                         kMinSegmentTokens, kMaxSegmentTokens),
+                   cpu::kScoreTileKeys);
+  int64_t num_slots = 0;
+  for (int64_t i = 0; i < static_cast<int64_t>(rows.size()); ++i) {
+    RowPlan& row = rows[i];
+    const size_t first = segments->size();
+    for (int64_t r = 0; r < static_cast<int64_t>(row.ranges.size()); ++r) {
+      for (int64_t s = row.ranges[r].begin; s < row.ranges[r].end;) {
+        if (segments->size() == first ||
+            segments->back().tokens == seg_tokens) {
+          segments->push_back({i, r, s - row.ranges[r].begin, 0, 0, 0});
+        }
+        const int64_t take = std::min(row.ranges[r].end - s,
+                                      seg_tokens - segments->back().tokens);
+        segments->back().tokens += take;
+        s += take;
+      }
+    }
+    row.segment_begin = static_cast<int64_t>(first);
+    row.segment_end = static_cast<int64_t>(segments->size());
+    row.slot_begin = num_slots;
+    for (size_t j = first; j < segments->size(); ++j) {
+      (*segments)[j].slot_begin = num_slots;
+      num_slots += std::min<int64_t>((*segments)[j].tokens, row.k);
+    }
+    row.slot_end = num_slots;
+  }
+  return num_slots;
+}
+
 class CpuBackend final : public Backend {
  public:
   CpuBackend(int num_threads, CpuIsa isa) : isa_(isa), pool_(num_threads) {}
@@ -141,8 +203,7 @@ class CpuBackend final : public Backend {
   // seg.kept); returns the seconds spent in the local top-k. `threshold` is
   // the row's shared lower bound on the final k-th packed key.
   double ScoreSegment(const RowPlan& row, Segment& seg,
-                      std::atomic<uint64_t>& threshold,
-                      uint64_t* slots) const;
+                      std::atomic<uint64_t>& threshold, uint64_t* slots) const;
   void WriteRow(const RowPlan& row, const Segment* segments,
                 uint64_t* slots) const;
 
@@ -343,8 +404,8 @@ void CpuBackend::Select(absl::Span<const SelectTask> tasks,
     row.num_blocks = row.t / row.block_size + 1;
     row.block_stage =
         task.mode == SelectMode::kHisa && row.num_blocks > int64_t{row.m};
-    packed_floats += cpu::RoundUp(
-        cpu::PackedQueryFloats(row.num_heads, row.head_dim), 16);
+    packed_floats +=
+        cpu::RoundUp(cpu::PackedQueryFloats(row.num_heads, row.head_dim), 16);
     if (row.block_stage) total_blocks += row.num_blocks;
   }
   AlignedBuffer<float> packed;
@@ -361,8 +422,8 @@ void CpuBackend::Select(absl::Span<const SelectTask> tasks,
     int64_t b_off = 0;
     for (RowPlan& row : rows) {
       row.packed = packed.data() + q_off;
-      q_off += cpu::RoundUp(
-          cpu::PackedQueryFloats(row.num_heads, row.head_dim), 16);
+      q_off +=
+          cpu::RoundUp(cpu::PackedQueryFloats(row.num_heads, row.head_dim), 16);
       if (row.block_stage) {
         row.block_scores = block_scores.data() + b_off;
         b_off += row.num_blocks;
@@ -375,25 +436,12 @@ void CpuBackend::Select(absl::Span<const SelectTask> tasks,
   const Clock::time_point t1 = Clock::now();
 
   // 2. Block scoring, in units of whole summary pages.
-  std::vector<BlockUnit> block_units;
-  if (total_blocks > 0) {
-    const int64_t unit = cpu::RoundUp(
-        Clamp(total_blocks / (threads * kUnitsPerThread), kMinBlockUnit,
-              kMaxBlockUnit),
-        CpuRequestStore::kSummaryPageBlocks);
-    for (int64_t i = 0; i < num_rows; ++i) {
-      if (!rows[i].block_stage) continue;
-      for (int64_t b = 0; b < rows[i].num_blocks; b += unit) {
-        block_units.push_back(
-            {i, b, std::min(b + unit, rows[i].num_blocks)});
-      }
-    }
-    pool_.ParallelFor(static_cast<int64_t>(block_units.size()),
-                      [&](int64_t u) {
-                        const BlockUnit& bu = block_units[u];
-                        ScoreBlocks(rows[bu.row], bu.begin, bu.end);
-                      });
-  }
+  const std::vector<BlockUnit> block_units =
+      BuildBlockUnits(rows, total_blocks, threads);
+  pool_.ParallelFor(static_cast<int64_t>(block_units.size()), [&](int64_t u) {
+    const BlockUnit& unit = block_units[u];
+    ScoreBlocks(rows[unit.row], unit.begin, unit.end);
+  });
   const Clock::time_point t2 = Clock::now();
 
   // 3. Block choice -> candidate token ranges.
@@ -401,49 +449,18 @@ void CpuBackend::Select(absl::Span<const SelectTask> tasks,
   const Clock::time_point t3 = Clock::now();
 
   // 4. Token scoring in segments, each keeping its own top-k.
-  int64_t total_tokens = 0;
-  for (const RowPlan& row : rows) {
-    for (const TokenRange& r : row.ranges) total_tokens += r.end - r.begin;
-  }
-  const int64_t seg_tokens = cpu::RoundUp(
-      Clamp(total_tokens / (threads * kUnitsPerThread), kMinSegmentTokens,
-            kMaxSegmentTokens),
-      cpu::kScoreTileKeys);
   std::vector<Segment> segments;
-  int64_t num_slots = 0;
-  for (int64_t i = 0; i < num_rows; ++i) {
-    RowPlan& row = rows[i];
-    const size_t first = segments.size();
-    for (int64_t r = 0; r < static_cast<int64_t>(row.ranges.size()); ++r) {
-      for (int64_t s = row.ranges[r].begin; s < row.ranges[r].end;) {
-        if (segments.size() == first || segments.back().tokens == seg_tokens) {
-          segments.push_back({i, r, s - row.ranges[r].begin, 0, 0, 0});
-        }
-        const int64_t take = std::min(row.ranges[r].end - s,
-                                      seg_tokens - segments.back().tokens);
-        segments.back().tokens += take;
-        s += take;
-      }
-    }
-    // A row's segments' winners are contiguous: [slot_begin, slot_end).
-    row.segment_begin = static_cast<int64_t>(first);
-    row.segment_end = static_cast<int64_t>(segments.size());
-    row.slot_begin = num_slots;
-    for (size_t j = first; j < segments.size(); ++j) {
-      segments[j].slot_begin = num_slots;
-      num_slots += std::min<int64_t>(segments[j].tokens, row.k);
-    }
-    row.slot_end = num_slots;
-  }
+  const int64_t num_slots = BuildSegments(rows, threads, &segments);
   // Uninitialized: every slot a row reads back was written by a segment.
-  std::unique_ptr<uint64_t[]> slots(new uint64_t[std::max<int64_t>(num_slots, 1)]);
+  std::unique_ptr<uint64_t[]> slots(
+      new uint64_t[std::max<int64_t>(num_slots, 1)]);
   std::vector<std::atomic<uint64_t>> thresholds(num_rows);
   for (std::atomic<uint64_t>& t : thresholds) t.store(0);  // 0: keep all
   std::atomic<int64_t> select_ns{0};
   pool_.ParallelFor(static_cast<int64_t>(segments.size()), [&](int64_t s) {
     Segment& seg = segments[s];
-    const double secs = ScoreSegment(rows[seg.row], seg, thresholds[seg.row],
-                                     slots.get());
+    const double secs =
+        ScoreSegment(rows[seg.row], seg, thresholds[seg.row], slots.get());
     select_ns.fetch_add(static_cast<int64_t>(secs * 1e9),
                         std::memory_order_relaxed);
   });
@@ -481,8 +498,7 @@ std::unique_ptr<Backend> MakeCpuBackend(const CpuBackendOptions& options) {
     threads = static_cast<int>(std::thread::hardware_concurrency());
     if (threads <= 0) threads = 1;
   }
-  return std::make_unique<CpuBackend>(threads,
-                                      cpu::ResolveCpuIsa(options.isa));
+  return std::make_unique<CpuBackend>(threads, cpu::ResolveCpuIsa(options.isa));
 }
 
 std::unique_ptr<Backend> MakeCpuBackend(int num_threads) {

@@ -22,11 +22,11 @@ CpuRequestStore::CpuRequestStore(const RequestConfig& config, CpuIsa isa)
       key_row_bytes_(int64_t{config.head_dim} *
                      BytesPerValue(config.key_format)),
       scales_offset_(RoundUp(page_tokens_ * key_row_bytes_, kBufferAlignment)),
-      key_page_bytes_(
-          scales_offset_ +
-          (config.key_format == KeyFormat::kFp8E4M3
-               ? RoundUp(page_tokens_ * int64_t{sizeof(float)}, kBufferAlignment)
-               : 0)),
+      key_page_bytes_(scales_offset_ +
+                      (config.key_format == KeyFormat::kFp8E4M3
+                           ? RoundUp(page_tokens_ * int64_t{sizeof(float)},
+                                     kBufferAlignment)
+                           : 0)),
       summary_page_bytes_(RoundUp(int64_t{kSummaryPageBlocks} *
                                       config.head_dim * int64_t{sizeof(float)},
                                   kBufferAlignment)),
@@ -40,8 +40,7 @@ int64_t CpuRequestStore::SummaryPagesFor(int64_t length) const {
   return CeilDiv(CeilDiv(length, config_.block_size), kSummaryPageBlocks);
 }
 
-int64_t CpuRequestStore::BytesAfterAppend(int layer,
-                                          int64_t num_tokens) const {
+int64_t CpuRequestStore::BytesAfterAppend(int layer, int64_t num_tokens) const {
   const int64_t old_len = layers_[layer].length;
   const int64_t new_len = old_len + std::max<int64_t>(num_tokens, 0);
   return bytes_reserved_ +
@@ -55,10 +54,10 @@ absl::StatusOr<bool> CpuRequestStore::Matches(const KeyChunk& chunk) const {
   const int64_t begin = chunk.first_position;
   const int64_t end = begin + chunk.num_tokens;
   if (begin < 0 || end > layer.length) {
-    return absl::InternalError(absl::StrCat(
-        "CPU store: Matches on positions [", begin, ", ", end,
-        ") outside the stored range [0, ", layer.length, ") of layer ",
-        chunk.layer));
+    return absl::InternalError(
+        absl::StrCat("CPU store: Matches on positions [", begin, ", ", end,
+                     ") outside the stored range [0, ", layer.length,
+                     ") of layer ", chunk.layer));
   }
   const bool fp8 = config_.key_format == KeyFormat::kFp8E4M3;
   for (int64_t s = begin; s < end;) {
@@ -85,8 +84,8 @@ absl::Status CpuRequestStore::Append(const KeyChunk& chunk) {
   if (n <= 0) return absl::OkStatus();
   if (chunk.first_position != old_len) {
     return absl::InternalError(absl::StrCat(
-        "CPU store: append at position ", chunk.first_position,
-        " but layer ", chunk.layer, " holds ", old_len, " tokens"));
+        "CPU store: append at position ", chunk.first_position, " but layer ",
+        chunk.layer, " holds ", old_len, " tokens"));
   }
   const int64_t new_len = old_len + n;
   const bool fp8 = config_.key_format == KeyFormat::kFp8E4M3;
@@ -109,10 +108,10 @@ absl::Status CpuRequestStore::Append(const KeyChunk& chunk) {
   for (AlignedBuffer<float>& page : summary_pages) {
     if (!page.Allocate(summary_page_bytes_ / int64_t{sizeof(float)},
                        /*zero=*/false)) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "CPU store: out of host memory allocating ", new_summary_pages,
-          " summary pages of ", summary_page_bytes_, " bytes for layer ",
-          chunk.layer));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("CPU store: out of host memory allocating ",
+                       new_summary_pages, " summary pages of ",
+                       summary_page_bytes_, " bytes for layer ", chunk.layer));
     }
   }
   for (AlignedBuffer<uint8_t>& page : key_pages) {
@@ -121,8 +120,8 @@ absl::Status CpuRequestStore::Append(const KeyChunk& chunk) {
   for (AlignedBuffer<float>& page : summary_pages) {
     layer.summary_pages.push_back(std::move(page));
   }
-  bytes_reserved_ += new_key_pages * key_page_bytes_ +
-                     new_summary_pages * summary_page_bytes_;
+  bytes_reserved_ +=
+      new_key_pages * key_page_bytes_ + new_summary_pages * summary_page_bytes_;
 
   // 2. Copy the keys (and scales) page by page.
   for (int64_t s = old_len; s < new_len;) {

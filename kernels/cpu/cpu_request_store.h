@@ -114,8 +114,8 @@ class CpuRequestStore final : public RequestStore {
   const RequestConfig config_;
   const CpuIsa isa_;
   const int64_t page_tokens_;
-  const int64_t key_row_bytes_;   // D * bytes per value
-  const int64_t scales_offset_;   // byte offset of the scales in a key page
+  const int64_t key_row_bytes_;  // D * bytes per value
+  const int64_t scales_offset_;  // byte offset of the scales in a key page
   const int64_t key_page_bytes_;
   const int64_t summary_page_bytes_;
   std::vector<Layer> layers_;

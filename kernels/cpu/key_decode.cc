@@ -21,7 +21,8 @@ constexpr int kMaxDim = 256;
 const std::array<float, 256>& Fp8Table() {
   static const std::array<float, 256> table = [] {
     std::array<float, 256> t{};
-    for (int i = 0; i < 256; ++i) t[i] = Fp8E4M3ToFloat(static_cast<uint8_t>(i));
+    for (int i = 0; i < 256; ++i)
+      t[i] = Fp8E4M3ToFloat(static_cast<uint8_t>(i));
     return t;
   }();
   return table;
@@ -53,8 +54,8 @@ HISA_TARGET_AVX2 inline __m256i Fp8x16ToHalfBits(const uint8_t* src) {
   return _mm256_and_si256(_mm256_slli_epi16(x, 7), _mm256_set1_epi16(0xBFFF));
 }
 
-HISA_TARGET_AVX2 inline void Fp8x16ToHalfScaled(const uint8_t* src,
-                                                __m256* lo, __m256* hi) {
+HISA_TARGET_AVX2 inline void Fp8x16ToHalfScaled(const uint8_t* src, __m256* lo,
+                                                __m256* hi) {
   const __m256i h = Fp8x16ToHalfBits(src);
   *lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
   *hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
@@ -82,8 +83,8 @@ HISA_TARGET_AVX2 inline __m256 ApplyScaler(const Fp8Scaler& s, __m256 v) {
   return s.two_step ? _mm256_mul_ps(v, s.second) : v;
 }
 
-HISA_TARGET_AVX2 void DecodeFp8Avx2(const uint8_t* src, int64_t n,
-                                    float scale, float* dst) {
+HISA_TARGET_AVX2 void DecodeFp8Avx2(const uint8_t* src, int64_t n, float scale,
+                                    float* dst) {
   const Fp8Scaler s = MakeFp8Scaler(scale);
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
@@ -127,7 +128,8 @@ HISA_TARGET_AVX512 void DecodeFp8RowsAvx512(const uint8_t* src,
     const uint8_t* in = src + r * dim;
     float* out = dst + r * dim;
     for (int d = 0; d < dim; d += 16) {
-      __m512 v = _mm512_mul_ps(_mm512_cvtph_ps(Fp8x16ToHalfBits(in + d)), first);
+      __m512 v =
+          _mm512_mul_ps(_mm512_cvtph_ps(Fp8x16ToHalfBits(in + d)), first);
       if (two_step) v = _mm512_mul_ps(v, second);
       _mm512_storeu_ps(out + d, v);
     }
@@ -137,9 +139,8 @@ HISA_TARGET_AVX512 void DecodeFp8RowsAvx512(const uint8_t* src,
 #pragma GCC diagnostic pop
 
 // fp8 rows with per-row scales (dim % 16 == 0), AVX2.
-HISA_TARGET_AVX2 void DecodeFp8RowsAvx2(const uint8_t* src,
-                                        const float* scales, int64_t rows,
-                                        int dim, float* dst) {
+HISA_TARGET_AVX2 void DecodeFp8RowsAvx2(const uint8_t* src, const float* scales,
+                                        int64_t rows, int dim, float* dst) {
   for (int64_t r = 0; r < rows; ++r) {
     const Fp8Scaler s = MakeFp8Scaler(scales[r]);
     const uint8_t* in = src + r * dim;

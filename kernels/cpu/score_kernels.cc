@@ -17,8 +17,7 @@ int GroupWidth(int num_vectors, int first_vector) {
 }
 
 void ScoreKeysScalar(const float* packed, int num_heads, int head_dim,
-                     const float* keys, int64_t stride, int64_t n,
-                     float* out) {
+                     const float* keys, int64_t stride, int64_t n, float* out) {
   const int hpad = PaddedHeads(num_heads);
   const int num_vectors = hpad / 8;
   const float* weights = packed + int64_t{hpad} * head_dim;
@@ -56,10 +55,9 @@ void ScoreKeysScalar(const float* packed, int num_heads, int head_dim,
 // noinline keeps register allocation local: inlined into the tile loop, GCC
 // hoists the weight vectors into registers and spills accumulators instead.
 template <int KB, int G>
-HISA_TARGET_AVX2 __attribute__((noinline)) void ScoreGroupBlock(const float* group,
-                                             const float* w, int head_dim,
-                                             const float* const* key,
-                                             __m256* part) {
+HISA_TARGET_AVX2 __attribute__((noinline)) void ScoreGroupBlock(
+    const float* group, const float* w, int head_dim, const float* const* key,
+    __m256* part) {
   __m256 acc[KB][G];
 #pragma GCC unroll 8
   for (int j = 0; j < KB; ++j) {
@@ -76,7 +74,8 @@ HISA_TARGET_AVX2 __attribute__((noinline)) void ScoreGroupBlock(const float* gro
     for (int g = 0; g < G; ++g) {
 #pragma GCC unroll 8
       for (int j = 0; j < KB; ++j) {
-        acc[j][g] = _mm256_fmadd_ps(_mm256_load_ps(qd + 8 * g), k[j], acc[j][g]);
+        acc[j][g] =
+            _mm256_fmadd_ps(_mm256_load_ps(qd + 8 * g), k[j], acc[j][g]);
       }
     }
   }
@@ -102,7 +101,8 @@ HISA_TARGET_AVX2 void ScoreGroupTile(const float* group, const float* w,
   for (int j0 = 0; j0 < n; j0 += KB) {
     const float* key[KB];
 #pragma GCC unroll 8
-    for (int j = 0; j < KB; ++j) key[j] = keys + std::min(j0 + j, n - 1) * stride;
+    for (int j = 0; j < KB; ++j)
+      key[j] = keys + std::min(j0 + j, n - 1) * stride;
     ScoreGroupBlock<KB, G>(group, w, head_dim, key, part + j0);
   }
 }
@@ -130,10 +130,18 @@ HISA_TARGET_AVX2 void ScoreTileGroupsAvx2(const float* packed, int num_heads,
     const float* w = weights + 8 * v0;
     if (!(skip_full && g == kGroupVectors)) {
       switch (g) {
-        case 4: ScoreGroupTile<3, 4>(group, w, head_dim, tile, stride, nt, part); break;
-        case 3: ScoreGroupTile<3, 3>(group, w, head_dim, tile, stride, nt, part); break;
-        case 2: ScoreGroupTile<4, 2>(group, w, head_dim, tile, stride, nt, part); break;
-        default: ScoreGroupTile<8, 1>(group, w, head_dim, tile, stride, nt, part); break;
+        case 4:
+          ScoreGroupTile<3, 4>(group, w, head_dim, tile, stride, nt, part);
+          break;
+        case 3:
+          ScoreGroupTile<3, 3>(group, w, head_dim, tile, stride, nt, part);
+          break;
+        case 2:
+          ScoreGroupTile<4, 2>(group, w, head_dim, tile, stride, nt, part);
+          break;
+        default:
+          ScoreGroupTile<8, 1>(group, w, head_dim, tile, stride, nt, part);
+          break;
       }
     }
     group += int64_t{head_dim} * 8 * g;
@@ -210,8 +218,7 @@ HISA_TARGET_AVX512 inline float HorizontalSum512(__m512 v) {
 
 HISA_TARGET_AVX512 void ScoreKeysAvx512(const float* packed, int num_heads,
                                         int head_dim, const float* keys,
-                                        int64_t stride, int64_t n,
-                                        float* out) {
+                                        int64_t stride, int64_t n, float* out) {
   const int hpad = PaddedHeads(num_heads);
   const int num_vectors = hpad / 8;
   const float* weights = packed + int64_t{hpad} * head_dim;
@@ -259,7 +266,8 @@ void PackQuery(const float* q, const float* weights, int num_heads,
                int head_dim, float* packed) {
   const int hpad = PaddedHeads(num_heads);
   const int num_vectors = hpad / 8;
-  std::memset(packed, 0, sizeof(float) * PackedQueryFloats(num_heads, head_dim));
+  std::memset(packed, 0,
+              sizeof(float) * PackedQueryFloats(num_heads, head_dim));
   float* group = packed;
   for (int v0 = 0; v0 < num_vectors; v0 += kGroupVectors) {
     const int width = 8 * GroupWidth(num_vectors, v0);

@@ -28,10 +28,11 @@
 // position in a tile or the tile's length, so the same (query, key) always
 // gets the same score bits within one ISA: HISA with every block chosen
 // returns DENSE's answer exactly. The ISAs differ by rounding only (FMA vs
-// mul+add in the scalar path, the order of the final sum over heads). Error bound against exact arithmetic, per head:
-// |fl(q.k) - q.k| <= D * 2^-24 * sum_d |q_d k_d| (+ one rounding of the
-// ReLU/weight step), i.e. well inside SPEC 4.4's tolerance, which is set in
-// units of sum_h |w_h| sum_d |q_hd k_sd| times a few D * 2^-24.
+// mul+add in the scalar path, the order of the final sum over heads). Error
+// bound against exact arithmetic, per head: |fl(q.k) - q.k| <= D * 2^-24 *
+// sum_d |q_d k_d| (+ one rounding of the ReLU/weight step), i.e. well inside
+// SPEC 4.4's tolerance, which is set in units of sum_h |w_h| sum_d |q_hd k_sd|
+// times a few D * 2^-24.
 #ifndef HISA_KERNELS_CPU_SCORE_KERNELS_H_
 #define HISA_KERNELS_CPU_SCORE_KERNELS_H_
 

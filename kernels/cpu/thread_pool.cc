@@ -81,9 +81,8 @@ void ThreadPool::WorkerLoop() {
     if (queue_.empty()) {
       const uint64_t seen = generation_.load(std::memory_order_acquire);
       lock.unlock();
-      SpinUntil([&] {
-        return generation_.load(std::memory_order_relaxed) != seen;
-      });
+      SpinUntil(
+          [&] { return generation_.load(std::memory_order_relaxed) != seen; });
       lock.lock();
       work_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
       continue;

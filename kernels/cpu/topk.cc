@@ -89,7 +89,8 @@ void RadixSortByPosition(uint64_t* keys, int64_t n) {
       sum += c;
     }
     for (int64_t i = 0; i < n; ++i) {
-      dst[counts[(UnpackPosition(src[i]) >> shift) & (kBuckets - 1)]++] = src[i];
+      dst[counts[(UnpackPosition(src[i]) >> shift) & (kBuckets - 1)]++] =
+          src[i];
     }
     std::swap(src, dst);
   }
@@ -127,7 +128,8 @@ void WriteSelection(uint64_t* keys, int64_t count, int k, bool with_scores,
   std::fill(result->positions.begin() + count, result->positions.end(), -1);
   if (with_scores) {
     result->scores.resize(k);
-    for (int64_t i = 0; i < count; ++i) result->scores[i] = UnpackScore(keys[i]);
+    for (int64_t i = 0; i < count; ++i)
+      result->scores[i] = UnpackScore(keys[i]);
     std::fill(result->scores.begin() + count, result->scores.end(),
               std::nanf(""));
   } else {

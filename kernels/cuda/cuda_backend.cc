@@ -54,8 +54,13 @@ CudaBackend::CudaBackend(std::unique_ptr<cuda::DeviceState> device)
     : device_(std::move(device)),
       plan_options_(std::make_unique<cuda::PlanOptions>()) {
   plan_options_->num_sms = device_->num_sms();
-  const char* mma_sync = std::getenv("HISA_CUDA_MMA_SYNC");
-  plan_options_->use_wgmma = mma_sync == nullptr || std::string(mma_sync) != "1";
+  // A/B switches for tests and benchmarks (select_plan.h PlanOptions).
+  auto env_is_1 = [](const char* name) {
+    const char* v = std::getenv(name);
+    return v != nullptr && std::string(v) == "1";
+  };
+  plan_options_->use_wgmma = !env_is_1("HISA_CUDA_MMA_SYNC");
+  plan_options_->pair_hisa_rows = env_is_1("HISA_CUDA_PAIR_HISA");
 }
 
 CudaBackend::~CudaBackend() = default;

@@ -27,8 +27,8 @@ CudaRequestStore::CudaRequestStore(DeviceState* device,
 
 CudaRequestStore::~CudaRequestStore() {
   for (const Layer& l : layers_) {
-    device_->FreePages(l.key_pages);
-    device_->FreePages(l.summary_pages);
+    if (!l.key_pages.empty()) device_->FreePages(l.key_pages);
+    if (!l.summary_pages.empty()) device_->FreePages(l.summary_pages);
   }
 }
 

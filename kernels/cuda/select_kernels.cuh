@@ -90,9 +90,10 @@ __device__ __forceinline__ int64_t MapSlot(const ItemContext<G>& ic,
 // Scorers.
 
 // Per-tile shared state every scorer sees.
+inline constexpr int kMaxStages = 3;
 struct TileShared {
-  int32_t pos[2][kTileSlots];
-  uint8_t rows[2][kTileSlots];
+  int32_t pos[kMaxStages][kTileSlots];
+  uint8_t rows[kMaxStages][kTileSlots];
 };
 
 template <int MT, int KS, int G>
@@ -293,14 +294,15 @@ struct Bf16BlockScorer {
     head_groups = MT == 4 ? qh / 64 : 1;
     // Copy every row's bf16 query into shared memory (16-byte vectors).
     constexpr int kVecPerHead = kD * 2 / 16;
+    // Asynchronous: lands with the first tile (same cp.async group).
     for (int gg = 0; gg < ic.num_rows; ++gg) {
       const uint8_t* src = b.q + b.rows[ic.group->rows[gg]].q_offset +
                            static_cast<int64_t>(qh) * kD;  // after the fp8 copy
       uint8_t* dst = persist + gg * kMaxQHeads * kStride;
       for (int v = threadIdx.x; v < qh * kVecPerHead; v += kSelectThreads) {
         const int h = v / kVecPerHead, part = v % kVecPerHead;
-        *reinterpret_cast<uint4*>(dst + h * kStride + part * 16) =
-            __ldg(reinterpret_cast<const uint4*>(src + h * kD * 2 + part * 16));
+        CpAsync16(dst + h * kStride + part * 16, src + h * kD * 2 + part * 16,
+                  true);
       }
     }
     qs = persist + g * kMaxQHeads * kStride;
@@ -542,7 +544,8 @@ struct WgmmaTokenScorer {
   static constexpr int kPersistBytes = G * kQBytes + 2 * 4 * kN * 4;
   static constexpr bool kBlocks = false;
   static constexpr int kMinBlocks = 2;
-  static constexpr int kStages = 2;
+  // G == 1 (decode, HISA rows) reads keys from HBM: one more tile in flight.
+  static constexpr int kStages = G == 2 ? 2 : 3;
   // Two CTAs per SM must fit in shared memory.
   static constexpr int kCap = G == 2 ? 3072 : kCandidateCap;
 
@@ -559,16 +562,16 @@ struct WgmmaTokenScorer {
     col0 = G == 2 ? 0 : wg * kN;
     qs = persist + g * kQBytes;
     red = reinterpret_cast<float*>(persist + G * kQBytes) + wg * 4 * kN;
-    // Queries (64 heads x 128 B per row) into the swizzled layout.
+    // Queries (64 heads x 128 B per row) into the swizzled layout,
+    // asynchronously: they land with the first tile (same cp.async group,
+    // made visible to the tensor cores by AfterWait's proxy fence).
     for (int i = threadIdx.x; i < ic.num_rows * 512; i += kSelectThreads) {
       const int gg = i >> 9, h = (i >> 3) & 63, c = i & 7;
       const uint8_t* src =
           b.q + b.rows[ic.group->rows[gg]].q_offset + h * 128 + c * 16;
-      *reinterpret_cast<uint4*>(persist + gg * kQBytes + h * 128 +
-                                ((c ^ (h & 7)) << 4)) =
-          __ldg(reinterpret_cast<const uint4*>(src));
+      CpAsync16(persist + gg * kQBytes + h * 128 + ((c ^ (h & 7)) << 4), src,
+                true);
     }
-    FenceProxyAsync();
   }
 
   __device__ void AfterWait() const { FenceProxyAsync(); }
@@ -795,39 +798,62 @@ __device__ __forceinline__ void WriteFinal(const SelectBuffers& b,
   }
 }
 
-// Merge of a split group (run by the group's last token CTA): each row's
-// split lists, concatenated in split order, are still position-ordered; they
-// stream through the row's candidate buffer (compacted to k whenever full).
-template <int G, int CAP>
+// Merge of a split group (run by the group's last token CTA): for each row,
+// one radix select over all its split lists, read in place from global
+// memory (list s, entry j at virtual index s * stride + j; holes past a
+// list's count read as composite 0, below every real entry), then one
+// ordered compaction straight into the output. Lists concatenated in split
+// order are position-ordered, so the output is too.
+template <int G>
 __device__ void FinalizeGroup(const SelectBuffers& b, const GroupDesc& grp,
-                              uint32_t* buf_keys, int32_t* buf_pos,
                               RadixShared& rs) {
   const int k = grp.k;
+  const int stride = b.partial_stride;
+  const int64_t span = static_cast<int64_t>(grp.num_splits) * stride;
   for (int g = 0; g < grp.num_rows; ++g) {
-    uint32_t* keys = buf_keys + g * CAP;
-    int32_t* pos = buf_pos + g * CAP;
-    int count = 0;
-    for (int s = 0; s < grp.num_splits; ++s) {
-      const int list = grp.partial_index + s * G + g;
-      const int cnt = __ldcg(b.partial_counts + list);
-      const int32_t* ppos =
-          b.partial_pos + static_cast<int64_t>(list) * b.partial_stride;
-      const uint32_t* pkey =
-          b.partial_key + static_cast<int64_t>(list) * b.partial_stride;
-      for (int done = 0; done < cnt;) {
-        if (count == CAP) CompactRow<CAP>(keys, pos, &count, k, rs);
-        const int take = min(cnt - done, CAP - count);
-        for (int i = threadIdx.x; i < take; i += kSelectThreads) {
-          keys[count + i] = __ldcg(pkey + done + i);
-          pos[count + i] = __ldcg(ppos + done + i);
-        }
-        __syncthreads();
-        count += take;
-        done += take;
+    auto list_of = [&](int64_t i) {
+      return static_cast<int64_t>(grp.partial_index) +
+             (i / stride) * G + g;
+    };
+    auto composite = [&](int64_t i) -> uint64_t {
+      const int64_t list = list_of(i);
+      const int j = static_cast<int>(i % stride);
+      if (j >= __ldcg(b.partial_counts + list)) return 0;
+      const int64_t e = list * stride + j;
+      return Composite(__ldcg(b.partial_key + e),
+                       static_cast<uint32_t>(__ldcg(b.partial_pos + e)));
+    };
+    if (threadIdx.x == 0) {
+      int n = 0;
+      for (int s = 0; s < grp.num_splits; ++s) {
+        n += __ldcg(b.partial_counts + grp.partial_index + s * G + g);
       }
+      rs.total = n;
     }
-    if (count > k) CompactRow<CAP>(keys, pos, &count, k, rs);
-    WriteFinal(b, b.rows[grp.rows[g]], k, keys, pos, count);
+    __syncthreads();
+    const int n = rs.total;
+    __syncthreads();
+    Threshold th;  // keeps every real entry
+    if (n > k) th = RadixSelect(span, k, composite, rs);
+    const RowDesc& row = b.rows[grp.rows[g]];
+    int32_t* out_pos = b.out_pos + row.out_offset;
+    float* out_scores = b.out_scores + row.out_offset;
+    const int64_t kept = CompactStream(
+        span,
+        [&](int64_t i) -> uint32_t {
+          const uint64_t c = composite(i);
+          return c != 0 && Keeps(th, c) ? 1u : 0u;
+        },
+        [&](int64_t dst, int64_t i, uint32_t) {
+          const int64_t e = list_of(i) * stride + i % stride;
+          out_pos[dst] = __ldcg(b.partial_pos + e);
+          out_scores[dst] = KeyToFloat(__ldcg(b.partial_key + e));
+        },
+        rs);
+    for (int64_t i = kept + threadIdx.x; i < k; i += kSelectThreads) {
+      out_pos[i] = -1;
+      out_scores[i] = __int_as_float(0x7FC00000);
+    }
   }
 }
 
@@ -902,24 +928,30 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
 
   const int64_t span = ic.slot_end - ic.slot_begin;
   const int64_t num_tiles = span > 0 ? (span + kTileSlots - 1) / kTileSlots : 0;
-  if (kStages == 2 && num_tiles > 0) {
-    scorer.Issue(b, ic, stages, ts, 0, ic.slot_begin);
+  // kStages - 1 tiles in flight ahead of the one being scored. Every
+  // iteration commits one cp.async group (empty past the end), so waiting
+  // for all but the newest kStages - 1 groups means tile `it` has landed.
+  static_assert(kStages >= 1 && kStages <= kMaxStages, "stages");
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < num_tiles) {
+      scorer.Issue(b, ic, stages + s * Scorer::kStageBytes, ts, s,
+                   ic.slot_begin + s * kTileSlots);
+    }
     CpAsyncCommit();
   }
 #pragma unroll 1
   for (int64_t it = 0; it < num_tiles; ++it) {
-    const int st = kStages == 2 ? static_cast<int>(it & 1) : 0;
-    if (kStages == 1) {
-      scorer.Issue(b, ic, stages, ts, 0, ic.slot_begin + it * kTileSlots);
+    const int st = static_cast<int>(it % kStages);
+    {
+      const int64_t next = it + kStages - 1;
+      const int ns = static_cast<int>(next % kStages);
+      if (next < num_tiles) {
+        scorer.Issue(b, ic, stages + ns * Scorer::kStageBytes, ts, ns,
+                     ic.slot_begin + next * kTileSlots);
+      }
       CpAsyncCommit();
-      CpAsyncWait<0>();
-    } else if (it + 1 < num_tiles) {
-      scorer.Issue(b, ic, stages + (st ^ 1) * Scorer::kStageBytes, ts, st ^ 1,
-                   ic.slot_begin + (it + 1) * kTileSlots);
-      CpAsyncCommit();
-      CpAsyncWait<1>();
-    } else {
-      CpAsyncWait<0>();
+      CpAsyncWait<kStages - 1>();
     }
     scorer.AfterWait();
     __syncthreads();  // tile `it` and its slot map are visible
@@ -991,6 +1023,11 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
     }
   }
 
+  // Scorers may have started copies before the first tile (queries): none
+  // may be outstanding when the CTA's shared memory goes away.
+  CpAsyncCommit();
+  CpAsyncWait<0>();
+
   // The last CTA of a group (atomic ticket; counters reset for the next
   // launch) runs the group's next step: block choice after block scoring,
   // the merge of split lists after token top-k.
@@ -1034,8 +1071,7 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
       }
     }
     if (grp.num_splits > 1 && last_of_group(1, grp.num_splits)) {
-      __syncthreads();  // this CTA's own buffers are free again
-      FinalizeGroup<G, kCap>(b, grp, buf_keys, buf_pos, rs);
+      FinalizeGroup<G>(b, grp, rs);
       if (threadIdx.x == 0) b.counters[2 * item.group + 1] = 0;
     }
   }

@@ -198,11 +198,24 @@ absl::StatusOr<SelectPlan> BuildSelectPlan(absl::Span<const SelectTask> tasks,
     std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) {
       return tasks[a].row->position < tasks[b].row->position;
     });
-    const int per = options.pair_rows ? kMaxGroupRows : 1;
-    for (size_t j = 0; j < idx.size(); j += per) {
+    const bool hisa_key = key.mode == static_cast<int>(SelectMode::kHisa);
+    // A HISA row with c + 1 <= m chooses every block: it is a DENSE row.
+    auto dense_equivalent = [&](int i) {
+      return tasks[i].row->position / tasks[i].config->block_size + 1 <=
+             tasks[i].row->m;
+    };
+    for (size_t j = 0; j < idx.size();) {
+      bool pair = j + 1 < idx.size();
+      if (!hisa_key) {
+        pair = pair && options.pair_rows;
+      } else if (!options.pair_hisa_rows) {
+        pair = pair && options.pair_rows && dense_equivalent(idx[j]) &&
+               dense_equivalent(idx[j + 1]);
+      }
       GroupBuild gb;
-      gb.num_rows = static_cast<int>(std::min<size_t>(per, idx.size() - j));
+      gb.num_rows = pair ? 2 : 1;
       for (int g = 0; g < gb.num_rows; ++g) gb.tasks[g] = idx[j + g];
+      j += gb.num_rows;
       const SelectTask& t0 = tasks[gb.tasks[0]];
       if (t0.mode == SelectMode::kHisa) {
         // Rows whose every eligible block is chosen are DENSE rows (SPEC 4.2:

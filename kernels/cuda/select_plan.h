@@ -39,14 +39,22 @@ namespace hisa::cuda {
 
 struct PlanOptions {
   int num_sms = 132;
-  // Pair neighbouring rows of one (request, layer) into one work item.
+  // Pair neighbouring DENSE rows of one (request, layer) into one work item
+  // (they score the same keys: loads and tiles are shared).
   bool pair_rows = true;
+  // Pair HISA rows too. Off by default: a pair scores the union of both
+  // rows' blocks, and measured unions of neighbouring rows were close to
+  // 2 m blocks (bench/gpu/RESULTS_gpu.md), so pairs cost more than they save.
+  // HISA rows with c + 1 <= m (every block chosen) are DENSE rows and pair
+  // as DENSE rows do.
+  bool pair_hisa_rows = false;
   // Split a group's candidates over several work items when there are too
   // few groups to fill the GPU.
   bool allow_splits = true;
   // Token scoring on warpgroup MMA where it applies (FP8, D = 128, 33..64
   // heads); otherwise mma.sync. The backend turns it off when the
-  // environment sets HISA_CUDA_MMA_SYNC=1 (A/B comparisons).
+  // environment sets HISA_CUDA_MMA_SYNC=1 (A/B comparisons; likewise
+  // HISA_CUDA_PAIR_HISA=1 sets pair_hisa_rows).
   bool use_wgmma = true;
 };
 

@@ -65,8 +65,8 @@ ref::EncodedKeys BlockyKeys(std::mt19937_64& rng, KeyFormat format,
   return ref::EncodeKeys(format, dim, v);
 }
 
-ref::EncodedQuery RandomQuery(std::mt19937_64& rng, KeyFormat format,
-                              int heads, int dim) {
+ref::EncodedQuery RandomQuery(std::mt19937_64& rng, KeyFormat format, int heads,
+                              int dim) {
   std::normal_distribution<float> normal;
   std::vector<float> q(heads * dim), w(heads);
   for (float& x : q) x = normal(rng);
@@ -138,10 +138,12 @@ TEST(CpuBackendTest, MatchesOracleEveryFormatPoolingIsaAndThreadCount) {
           }
           for (int i = 0; i < 12; ++i) {
             const int m = 1 + static_cast<int>(rng() % 12);
-            const int k = 1 + static_cast<int>(rng() % std::min(m * block, 300));
-            const int64_t t = i < 3 ? static_cast<int64_t>(rng() % 40)
-                                    : tokens - 1 - static_cast<int64_t>(rng() % 500);
-            const SelectMode mode = i % 3 == 0 ? SelectMode::kDense
+            const int k =
+                1 + static_cast<int>(rng() % std::min(m * block, 300));
+            const int64_t t =
+                i < 3 ? static_cast<int64_t>(rng() % 40)
+                      : tokens - 1 - static_cast<int64_t>(rng() % 500);
+            const SelectMode mode = i % 3 == 0   ? SelectMode::kDense
                                     : i % 3 == 1 ? SelectMode::kHisa
                                                  : SelectMode::kAuto;
             rows.push_back(queries[i].Row(l.id, l.layer, t, mode, k, m,
@@ -161,9 +163,9 @@ TEST(CpuBackendTest, MatchesOracleEveryFormatPoolingIsaAndThreadCount) {
                 *oracle, results[i], tol,
                 absl::StrCat(ref::SeedNote(), " ", cpu::CpuIsaName(isa),
                              " threads ", threads, " ", FormatName(format),
-                             " pooling ", static_cast<int>(pooling), " row ",
-                             i, " t ", rows[i].position, " k ", rows[i].k,
-                             " m ", rows[i].m, " H ", rows[i].num_heads)));
+                             " pooling ", static_cast<int>(pooling), " row ", i,
+                             " t ", rows[i].position, " k ", rows[i].k, " m ",
+                             rows[i].m, " H ", rows[i].num_heads)));
           }
         }
       }
@@ -188,10 +190,12 @@ TEST(CpuBackendTest, HisaEqualsDenseExactlyWhenEveryBlockIsChosen) {
       const ref::EncodedQuery q =
           RandomQuery(rng, KeyFormat::kFp8E4M3, 64, 128);
       const int m = 8 + static_cast<int>(rng() % 60);
-      const int64_t t = static_cast<int64_t>(rng() % std::min<int64_t>(m * 64, 4096));
+      const int64_t t =
+          static_cast<int64_t>(rng() % std::min<int64_t>(m * 64, 4096));
       const int k = 1 + static_cast<int>(rng() % 2048) % (m * 64);
-      const QueryRow rows[2] = {q.Row("r", 0, t, SelectMode::kHisa, k, m, true),
-                                q.Row("r", 0, t, SelectMode::kDense, k, m, true)};
+      const QueryRow rows[2] = {
+          q.Row("r", 0, t, SelectMode::kHisa, k, m, true),
+          q.Row("r", 0, t, SelectMode::kDense, k, m, true)};
       RowResult results[2];
       engine->Select(rows, absl::MakeSpan(results));
       ASSERT_TRUE(SameBits(results[0], results[1]))
@@ -224,15 +228,17 @@ TEST(CpuBackendTest, ResultsIndependentOfThreadsAndBatching) {
       for (const char* id : {"a", "b"}) {
         ASSERT_TRUE(engine->CreateRequest(id, config).ok());
         for (int layer = 0; layer < 3; ++layer) {
-          ASSERT_TRUE(engine->Append(keys.Chunk(id, layer, 0, keys.num_tokens)).ok());
+          ASSERT_TRUE(
+              engine->Append(keys.Chunk(id, layer, 0, keys.num_tokens)).ok());
         }
       }
       std::vector<QueryRow> rows;
       for (int i = 0; i < 24; ++i) {
         const int64_t t = 8999 - 37 * i;
-        rows.push_back(queries[i].Row(i % 2 ? "a" : "b", i % 3, t,
-                                      i % 4 ? SelectMode::kHisa : SelectMode::kDense,
-                                      /*k=*/512, /*m=*/24, /*return_scores=*/true));
+        rows.push_back(
+            queries[i].Row(i % 2 ? "a" : "b", i % 3, t,
+                           i % 4 ? SelectMode::kHisa : SelectMode::kDense,
+                           /*k=*/512, /*m=*/24, /*return_scores=*/true));
       }
       std::vector<RowResult> batch(rows.size());
       engine->Select(rows, absl::MakeSpan(batch));
@@ -263,7 +269,8 @@ TEST(CpuBackendTest, ConcurrentCallersShareThePool) {
   config.block_size = 16;
   config.key_format = KeyFormat::kFp8E4M3;
   ASSERT_TRUE(engine->CreateRequest("r", config).ok());
-  const ref::EncodedKeys keys = BlockyKeys(rng, config.key_format, 5000, 64, 16);
+  const ref::EncodedKeys keys =
+      BlockyKeys(rng, config.key_format, 5000, 64, 16);
   ASSERT_TRUE(engine->Append(keys.Chunk("r", 0, 0, keys.num_tokens)).ok());
   std::vector<ref::EncodedQuery> queries;
   std::vector<QueryRow> rows;
@@ -271,9 +278,9 @@ TEST(CpuBackendTest, ConcurrentCallersShareThePool) {
     queries.push_back(RandomQuery(rng, KeyFormat::kFp32, 8, 64));
   }
   for (int i = 0; i < 6; ++i) {
-    rows.push_back(queries[i].Row("r", 0, 4999 - i, i % 2 ? SelectMode::kHisa
-                                                          : SelectMode::kDense,
-                                  256, 20, true));
+    rows.push_back(queries[i].Row(
+        "r", 0, 4999 - i, i % 2 ? SelectMode::kHisa : SelectMode::kDense, 256,
+        20, true));
   }
   std::vector<RowResult> want(rows.size());
   engine->Select(rows, absl::MakeSpan(want));
@@ -306,7 +313,8 @@ TEST(CpuBackendTest, MOneKeepsBothForcedBlocks) {
   config.key_format = KeyFormat::kFp32;
   Layer l{"r", 0, config, ref::LayerOracle(32, 64, BlockPooling::kMean)};
   ASSERT_TRUE(engine->CreateRequest("r", config).ok());
-  AppendChunked(rng, *engine, l, BlockyKeys(rng, config.key_format, 1000, 32, 64));
+  AppendChunked(rng, *engine, l,
+                BlockyKeys(rng, config.key_format, 1000, 32, 64));
   const ref::EncodedQuery q = RandomQuery(rng, KeyFormat::kFp32, 4, 32);
   const QueryRow row = q.Row("r", 0, 900, SelectMode::kHisa, /*k=*/64, /*m=*/1);
   RowResult result;

@@ -1,8 +1,6 @@
 // Tests of kernels/cpu/key_decode.h: vector fp8/bf16 decode against the
 // scalar definitions in kernels/formats.h (bit for bit), and the running
 // block pooling of both ISAs against each other.
-#include "kernels/cpu/key_decode.h"
-
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -13,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/key_decode.h"
 #include "kernels/formats.h"
 #include "tests/reference/test_seed.h"
 
@@ -36,8 +35,9 @@ std::vector<CpuIsa> Isas() {
 // Scales that exercise every path: ordinary, negative, zero, subnormal, and
 // so large that 256 * scale overflows (the AVX2 two-step multiply).
 std::vector<float> TestScales(std::mt19937_64& rng) {
-  std::vector<float> scales = {1.0f,          -1.0f,         0.0f,
-                               -0.0f,         FLT_MAX,       -FLT_MAX,
+  std::vector<float> scales = {1.0f,          -1.0f,
+                               0.0f,          -0.0f,
+                               FLT_MAX,       -FLT_MAX,
                                FLT_MAX / 300, std::ldexp(1.0f, 120),
                                FLT_TRUE_MIN,  3 * FLT_TRUE_MIN,
                                FLT_MIN,       1.0f / 448};
@@ -68,8 +68,8 @@ TEST(CpuKeyDecodeTest, Fp8AllCodesTimesRandomScalesMatchFormatsBitForBit) {
         const float want = Fp8E4M3ToFloat(codes[i]) * scale;
         ASSERT_EQ(Bits(out[i]), Bits(want))
             << CpuIsaName(isa) << " code 0x" << std::hex << int{codes[i]}
-            << std::dec << " scale " << scale << ": got " << out[i]
-            << " want " << want;
+            << std::dec << " scale " << scale << ": got " << out[i] << " want "
+            << want;
       }
     }
   }
@@ -105,8 +105,8 @@ TEST(CpuKeyDecodeTest, DecodeRowsAppliesPerRowScales) {
   for (float& s : scales) s = std::uniform_real_distribution<float>(-2, 2)(rng);
   for (CpuIsa isa : Isas()) {
     std::vector<float> out(rows * dim);
-    DecodeRows(isa, KeyFormat::kFp8E4M3, codes.data(), scales.data(), rows,
-               dim, out.data());
+    DecodeRows(isa, KeyFormat::kFp8E4M3, codes.data(), scales.data(), rows, dim,
+               out.data());
     for (int r = 0; r < rows; ++r) {
       for (int d = 0; d < dim; ++d) {
         ASSERT_EQ(Bits(out[r * dim + d]),
@@ -154,7 +154,8 @@ Rows RandomRows(std::mt19937_64& rng, KeyFormat format, int rows, int dim) {
   }
   if (format == KeyFormat::kFp8E4M3) {
     for (int r = 0; r < rows; ++r) {
-      out.scales.push_back(std::uniform_real_distribution<float>(0.001f, 0.02f)(rng));
+      out.scales.push_back(
+          std::uniform_real_distribution<float>(0.001f, 0.02f)(rng));
     }
   }
   return out;
@@ -175,11 +176,11 @@ TEST(CpuKeyDecodeTest, PoolRowsIsaPathsAreBitIdenticalAndMatchDefinition) {
         std::vector<float> a(dim, 123.0f), b(dim, 123.0f);
         PoolRows(CpuIsa::kScalar, format, pooling, in.bytes.data(), scales,
                  rows, dim, /*init=*/true, a.data());
-        PoolRows(CpuIsa::kAvx2, format, pooling, in.bytes.data(), scales,
-                 rows, dim, /*init=*/true, b.data());
+        PoolRows(CpuIsa::kAvx2, format, pooling, in.bytes.data(), scales, rows,
+                 dim, /*init=*/true, b.data());
         const std::string ctx = absl::StrCat(FormatName(format), " pooling ",
-                                             static_cast<int>(pooling),
-                                             " dim ", dim, " rows ", rows);
+                                             static_cast<int>(pooling), " dim ",
+                                             dim, " rows ", rows);
         for (int d = 0; d < dim; ++d) {
           ASSERT_EQ(Bits(a[d]), Bits(b[d])) << ctx << " d " << d;
         }
@@ -191,8 +192,9 @@ TEST(CpuKeyDecodeTest, PoolRowsIsaPathsAreBitIdenticalAndMatchDefinition) {
                      scales ? scales + r : nullptr, 1, dim, row.data());
           for (int d = 0; d < dim; ++d) {
             want[d] = r == 0 ? row[d]
-                      : pooling == BlockPooling::kMax ? std::max(want[d], row[d])
-                                                      : want[d] + row[d];
+                      : pooling == BlockPooling::kMax
+                          ? std::max(want[d], row[d])
+                          : want[d] + row[d];
           }
         }
         for (int d = 0; d < dim; ++d) {

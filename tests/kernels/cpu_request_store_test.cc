@@ -32,8 +32,8 @@ ref::EncodedKeys RandomKeys(std::mt19937_64& rng, KeyFormat format,
   return ref::EncodeKeys(format, dim, v);
 }
 
-RequestConfig Config(KeyFormat format, BlockPooling pooling, int dim,
-                     int block, int layers = 2) {
+RequestConfig Config(KeyFormat format, BlockPooling pooling, int dim, int block,
+                     int layers = 2) {
   RequestConfig c;
   c.num_layers = layers;
   c.head_dim = dim;
@@ -49,8 +49,8 @@ void AppendInRandomChunks(std::mt19937_64& rng, CpuRequestStore& store,
                           int layer, const ref::EncodedKeys& keys) {
   const int block = store.config().block_size;
   for (int64_t first = 0; first < keys.num_tokens;) {
-    const int64_t n = std::min<int64_t>(keys.num_tokens - first,
-                                        1 + rng() % (3 * block));
+    const int64_t n =
+        std::min<int64_t>(keys.num_tokens - first, 1 + rng() % (3 * block));
     const int64_t predicted = store.BytesAfterAppend(layer, n);
     ASSERT_TRUE(store.Append(keys.Chunk("r", layer, first, n)).ok());
     ASSERT_EQ(store.bytes_reserved(), predicted);
@@ -79,10 +79,9 @@ TEST_P(CpuRequestStoreTest, IncrementalSummariesEqualRecomputeAndOracle) {
 
         ref::LayerOracle oracle(dim, block, pooling);
         ASSERT_TRUE(oracle.Append(keys.Chunk("r", 1, 0, tokens)).ok());
-        const std::string ctx =
-            absl::StrCat(FormatName(format), " pooling ",
-                         static_cast<int>(pooling), " ", CpuIsaName(isa),
-                         " D ", dim, " B ", block, " L ", tokens);
+        const std::string ctx = absl::StrCat(
+            FormatName(format), " pooling ", static_cast<int>(pooling), " ",
+            CpuIsaName(isa), " D ", dim, " B ", block, " L ", tokens);
         const int64_t row_bytes = int64_t{dim} * BytesPerValue(format);
         const int64_t num_blocks = (tokens + block - 1) / block;
         for (int64_t b = 0; b < num_blocks; ++b) {
@@ -92,8 +91,9 @@ TEST_P(CpuRequestStoreTest, IncrementalSummariesEqualRecomputeAndOracle) {
           std::vector<float> want(dim);
           PoolRows(CpuIsa::kScalar, format, pooling,
                    keys.bytes.data() + b * block * row_bytes,
-                   format == KeyFormat::kFp8E4M3 ? keys.scales.data() + b * block
-                                                 : nullptr,
+                   format == KeyFormat::kFp8E4M3
+                       ? keys.scales.data() + b * block
+                       : nullptr,
                    count, dim, /*init=*/true, want.data());
           const float* got = store.Summary(1, b);
           ASSERT_EQ(std::memcmp(got, want.data(), dim * sizeof(float)), 0)
@@ -132,8 +132,8 @@ TEST(CpuRequestStoreBytesTest, StoredBytesRoundTripAcrossPages) {
   const ref::EncodedKeys keys = RandomKeys(rng, config.key_format, tokens, 128);
   AppendInRandomChunks(rng, store, 0, keys);
   for (int64_t s = 0; s < tokens; ++s) {
-    ASSERT_EQ(std::memcmp(store.KeyBytes(0, s), keys.bytes.data() + s * 128, 128),
-              0)
+    ASSERT_EQ(
+        std::memcmp(store.KeyBytes(0, s), keys.bytes.data() + s * 128, 128), 0)
         << "token " << s;
     ASSERT_EQ(*store.KeyScales(0, s), keys.scales[s]) << "token " << s;
   }
@@ -159,12 +159,15 @@ TEST(CpuRequestStoreBytesTest, AccountingIsExactAndNearRawSize) {
   const int64_t tokens = 20000;
   const ref::EncodedKeys keys = RandomKeys(rng, config.key_format, tokens, 128);
   AppendInRandomChunks(rng, store, 2, keys);
-  const int64_t key_pages = (tokens + store.page_tokens() - 1) / store.page_tokens();
+  const int64_t key_pages =
+      (tokens + store.page_tokens() - 1) / store.page_tokens();
   const int64_t blocks = (tokens + 127) / 128;
-  const int64_t summary_pages = (blocks + CpuRequestStore::kSummaryPageBlocks - 1) /
-                                CpuRequestStore::kSummaryPageBlocks;
-  EXPECT_EQ(store.bytes_reserved(), key_pages * store.key_page_bytes() +
-                                        summary_pages * store.summary_page_bytes());
+  const int64_t summary_pages =
+      (blocks + CpuRequestStore::kSummaryPageBlocks - 1) /
+      CpuRequestStore::kSummaryPageBlocks;
+  EXPECT_EQ(store.bytes_reserved(),
+            key_pages * store.key_page_bytes() +
+                summary_pages * store.summary_page_bytes());
   // Raw keys + summaries (4 D / B bytes per token) + at most one partial
   // page of each kind.
   const int64_t raw = tokens * 132;
@@ -198,7 +201,8 @@ TEST(CpuRequestStoreBytesTest, MatchesComparesKeysAndScales) {
 
     if (format == KeyFormat::kFp8E4M3) {
       ref::EncodedKeys rescaled = keys;
-      rescaled.scales[first + 9] = std::nextafter(rescaled.scales[first + 9], 1e9f);
+      rescaled.scales[first + 9] =
+          std::nextafter(rescaled.scales[first + 9], 1e9f);
       same = store.Matches(rescaled.Chunk("r", 0, first, n));
       ASSERT_TRUE(same.ok());
       EXPECT_FALSE(*same);

@@ -3,8 +3,6 @@
 // head counts that exercise every head-group shape, and the property HISA ==
 // DENSE relies on: a key's score bits do not depend on the tile or batch it
 // is scored in.
-#include "kernels/cpu/score_kernels.h"
-
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -15,6 +13,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/aligned_buffer.h"
 #include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/score_kernels.h"
 #include "tests/reference/test_seed.h"
 
 namespace hisa::cpu {
@@ -123,11 +122,10 @@ TEST(CpuScoreKernelsTest, ScoreBitsDoNotDependOnTileOrBatch) {
         std::vector<float> part(len);
         ScoreKeys(isa, p.packed.data(), heads, dim,
                   p.keys.data() + off * p.stride, p.stride, len, part.data());
-        ASSERT_EQ(std::memcmp(part.data(), all.data() + off,
-                              len * sizeof(float)),
-                  0)
-            << CpuIsaName(isa) << " H " << heads << " offset " << off
-            << " len " << len;
+        ASSERT_EQ(
+            std::memcmp(part.data(), all.data() + off, len * sizeof(float)), 0)
+            << CpuIsaName(isa) << " H " << heads << " offset " << off << " len "
+            << len;
       }
     }
   }

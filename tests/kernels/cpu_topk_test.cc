@@ -2,8 +2,6 @@
 // selection edge cases (n = 0 / 1, k >= n, all-equal scores, infinities,
 // NaN), and the output contract of WriteSelection. RAFT-style: the edge
 // cases live here, in their own file.
-#include "kernels/cpu/topk.h"
-
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
@@ -14,6 +12,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cpu/topk.h"
 #include "tests/reference/test_seed.h"
 
 namespace hisa::cpu {
@@ -31,9 +30,9 @@ bool RanksHigher(float sa, int64_t pa, float sb, int64_t pb) {
 }
 
 std::vector<float> SpecialScores() {
-  return {0.0f,      -0.0f,    1.0f,     -1.0f,       kInf,     -kInf,
-          FLT_MAX,   -FLT_MAX, FLT_MIN,  -FLT_MIN,    FLT_TRUE_MIN,
-          -FLT_TRUE_MIN, 3.5f, std::nanf(""), -std::nanf("")};
+  return {0.0f,         -0.0f,         1.0f,     -1.0f,         kInf,
+          -kInf,        FLT_MAX,       -FLT_MAX, FLT_MIN,       -FLT_MIN,
+          FLT_TRUE_MIN, -FLT_TRUE_MIN, 3.5f,     std::nanf(""), -std::nanf("")};
 }
 
 TEST(CpuTopKTest, PackedOrderIsScoreDescThenPositionAsc) {
@@ -74,7 +73,8 @@ TEST(CpuTopKTest, UnpackRoundTrips) {
 
 std::vector<uint64_t> Pack(const std::vector<float>& scores) {
   std::vector<uint64_t> keys;
-  for (size_t i = 0; i < scores.size(); ++i) keys.push_back(PackScore(scores[i], i));
+  for (size_t i = 0; i < scores.size(); ++i)
+    keys.push_back(PackScore(scores[i], i));
   return keys;
 }
 
@@ -184,11 +184,16 @@ TEST(CpuTopKTest, LargeInputsWithSpecialValuesMatchFullSort) {
     std::vector<float> s(n);
     for (float& v : s) {
       switch (rng() % 4) {
-        case 0: v = special[rng() % special.size()]; break;
-        case 1: v = std::ldexp(std::normal_distribution<float>()(rng),
-                               static_cast<int>(rng() % 200) - 100);
-                break;
-        default: v = std::normal_distribution<float>()(rng); break;
+        case 0:
+          v = special[rng() % special.size()];
+          break;
+        case 1:
+          v = std::ldexp(std::normal_distribution<float>()(rng),
+                         static_cast<int>(rng() % 200) - 100);
+          break;
+        default:
+          v = std::normal_distribution<float>()(rng);
+          break;
       }
     }
     RowResult r;

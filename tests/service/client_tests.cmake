@@ -12,17 +12,27 @@ endif()
 find_package(gRPC CONFIG REQUIRED)
 include(GoogleTest)
 
+set(_client_test_env "")
+if(HISA_SANITIZE STREQUAL "thread")
+  set(_client_test_env
+    "TSAN_OPTIONS=halt_on_error=1 second_deadlock_stack=1 suppressions=${CMAKE_CURRENT_LIST_DIR}/client_tsan.supp")
+elseif(HISA_SANITIZE STREQUAL "address")
+  set(_client_test_env "UBSAN_OPTIONS=halt_on_error=1 print_stacktrace=1")
+endif()
+
 add_executable(hisa_client_compact_positions_test
   ${CMAKE_CURRENT_LIST_DIR}/client_compact_positions_test.cc)
 target_link_libraries(hisa_client_compact_positions_test PRIVATE hisa_wire
   hisa_reference GTest::gtest_main)
-gtest_discover_tests(hisa_client_compact_positions_test DISCOVERY_MODE PRE_TEST)
+gtest_discover_tests(hisa_client_compact_positions_test DISCOVERY_MODE PRE_TEST
+  PROPERTIES TIMEOUT 120 ENVIRONMENT "${_client_test_env}")
 
 add_executable(hisa_client_library_test
   ${CMAKE_CURRENT_LIST_DIR}/client_library_test.cc)
 target_link_libraries(hisa_client_library_test PRIVATE hisa_client
   hisa_client_tools hisa_reference gRPC::grpc++ GTest::gtest_main)
-gtest_discover_tests(hisa_client_library_test DISCOVERY_MODE PRE_TEST)
+gtest_discover_tests(hisa_client_library_test DISCOVERY_MODE PRE_TEST
+  PROPERTIES TIMEOUT 120 ENVIRONMENT "${_client_test_env}")
 
 if(TARGET hisa_server AND TARGET hisa_cli)
   add_executable(hisa_client_e2e_test
@@ -33,5 +43,6 @@ if(TARGET hisa_server AND TARGET hisa_cli)
     HISA_SERVER_BINARY="$<TARGET_FILE:hisa_server>"
     HISA_CLI_BINARY="$<TARGET_FILE:hisa_cli>")
   add_dependencies(hisa_client_e2e_test hisa_server hisa_cli)
-  gtest_discover_tests(hisa_client_e2e_test DISCOVERY_MODE PRE_TEST)
+  gtest_discover_tests(hisa_client_e2e_test DISCOVERY_MODE PRE_TEST
+    PROPERTIES TIMEOUT 300 ENVIRONMENT "${_client_test_env}")
 endif()

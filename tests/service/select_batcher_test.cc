@@ -184,7 +184,15 @@ class SelectBatcherTest : public ::testing::Test {
   void TearDown() override {
     backend_->SetOpen(true);
     batcher_.reset();
-    executor_.reset();
+    executor_.reset();  // every callback has run: jobs may go
+    jobs_.clear();
+  }
+
+  // Jobs outlive every callback even when an assertion ends a test early.
+  Job& NewJob(int num_rows, int64_t first_position = 0) {
+    std::lock_guard<std::mutex> lock(jobs_mu_);
+    jobs_.push_back(std::make_unique<Job>(num_rows, first_position));
+    return *jobs_.back();
   }
 
   void MakeBatcher(int max_rows, absl::Duration max_wait, int concurrent) {
@@ -198,11 +206,13 @@ class SelectBatcherTest : public ::testing::Test {
   std::unique_ptr<Executor> executor_;
   std::unique_ptr<ServiceMetrics> metrics_;
   std::unique_ptr<SelectBatcher> batcher_;
+  std::mutex jobs_mu_;
+  std::vector<std::unique_ptr<Job>> jobs_;
 };
 
 TEST_F(SelectBatcherTest, LoneJobAtIdleEngineDoesNotWaitForTheWindow) {
   MakeBatcher(/*max_rows=*/64, /*max_wait=*/absl::Seconds(30), 2);
-  Job job(1);
+  Job& job = NewJob(1);
   const absl::Time start = absl::Now();
   batcher_->Submit(job.MakeJob());
   ASSERT_TRUE(job.WaitDone());
@@ -217,14 +227,14 @@ TEST_F(SelectBatcherTest, LoneJobAtIdleEngineDoesNotWaitForTheWindow) {
 TEST_F(SelectBatcherTest, JobsArrivingWhileBusyRunAsOneBatch) {
   MakeBatcher(/*max_rows=*/64, /*max_wait=*/absl::Seconds(30), 2);
   backend_->SetOpen(false);
-  Job first(1);
+  Job& first = NewJob(1);
   batcher_->Submit(first.MakeJob());
   ASSERT_TRUE(backend_->WaitEntered(1));
-  std::vector<std::unique_ptr<Job>> later;
+  std::vector<Job*> later;
   std::vector<std::thread> threads;
-  for (int i = 0; i < 3; ++i) later.push_back(std::make_unique<Job>(1, i + 1));
-  for (auto& job : later) {
-    threads.emplace_back([&batcher = batcher_, &job] {
+  for (int i = 0; i < 3; ++i) later.push_back(&NewJob(1, i + 1));
+  for (Job* job : later) {
+    threads.emplace_back([&batcher = batcher_, job] {
       batcher->Submit(job->MakeJob());
     });
   }
@@ -234,7 +244,7 @@ TEST_F(SelectBatcherTest, JobsArrivingWhileBusyRunAsOneBatch) {
   EXPECT_EQ(backend_->entered(), 1);
   backend_->SetOpen(true);
   ASSERT_TRUE(first.WaitDone());
-  for (auto& job : later) {
+  for (Job* job : later) {
     ASSERT_TRUE(job->WaitDone());
     ASSERT_TRUE(job->results[0].status.ok()) << job->results[0].status;
     EXPECT_EQ(job->results[0].positions[0], job->rows[0].position);
@@ -246,19 +256,19 @@ TEST_F(SelectBatcherTest, JobsArrivingWhileBusyRunAsOneBatch) {
 TEST_F(SelectBatcherTest, FullQueueStartsAConcurrentBatchOfAtMostMaxRows) {
   MakeBatcher(/*max_rows=*/4, /*max_wait=*/absl::Seconds(30), 2);
   backend_->SetOpen(false);
-  Job first(1);
+  Job& first = NewJob(1);
   batcher_->Submit(first.MakeJob());
   ASSERT_TRUE(backend_->WaitEntered(1));
-  std::vector<std::unique_ptr<Job>> later;
+  std::vector<Job*> later;
   for (int i = 0; i < 5; ++i) {
-    later.push_back(std::make_unique<Job>(2, 2 * i));
+    later.push_back(&NewJob(2, 2 * i));
     batcher_->Submit(later.back()->MakeJob());
   }
   // 10 queued rows >= 4: a second batch starts although one is running.
   ASSERT_TRUE(backend_->WaitEntered(2));
   backend_->SetOpen(true);
   ASSERT_TRUE(first.WaitDone());
-  for (auto& job : later) ASSERT_TRUE(job->WaitDone());
+  for (Job* job : later) ASSERT_TRUE(job->WaitDone());
   const std::vector<int> calls = backend_->calls();
   EXPECT_EQ(std::accumulate(calls.begin(), calls.end(), 0), 11);
   EXPECT_THAT(calls, Each(Le(4)));
@@ -268,10 +278,10 @@ TEST_F(SelectBatcherTest, FullQueueStartsAConcurrentBatchOfAtMostMaxRows) {
 TEST_F(SelectBatcherTest, MaxWaitStartsAConcurrentBatch) {
   MakeBatcher(/*max_rows=*/64, /*max_wait=*/absl::Milliseconds(20), 2);
   backend_->SetOpen(false);
-  Job first(1);
+  Job& first = NewJob(1);
   batcher_->Submit(first.MakeJob());
   ASSERT_TRUE(backend_->WaitEntered(1));
-  Job second(1, 5);
+  Job& second = NewJob(1, 5);
   const absl::Time submitted = absl::Now();
   batcher_->Submit(second.MakeJob());
   ASSERT_TRUE(backend_->WaitEntered(2));
@@ -285,21 +295,22 @@ TEST_F(SelectBatcherTest, MaxWaitStartsAConcurrentBatch) {
 TEST_F(SelectBatcherTest, ConcurrencyLimitHoldsQueuedJobs) {
   MakeBatcher(/*max_rows=*/1, /*max_wait=*/absl::ZeroDuration(), 1);
   backend_->SetOpen(false);
-  Job first(1);
-  Job second(1, 1);
+  Job& first = NewJob(1);
+  Job& second = NewJob(1, 1);
   batcher_->Submit(first.MakeJob());
   ASSERT_TRUE(backend_->WaitEntered(1));
   batcher_->Submit(second.MakeJob());
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   EXPECT_EQ(backend_->entered(), 1);
   backend_->SetOpen(true);
+  ASSERT_TRUE(first.WaitDone());
   ASSERT_TRUE(second.WaitDone());
   EXPECT_THAT(backend_->calls(), ElementsAre(1, 1));
 }
 
 TEST_F(SelectBatcherTest, JobLargerThanMaxRowsRunsWhole) {
   MakeBatcher(/*max_rows=*/2, /*max_wait=*/absl::ZeroDuration(), 2);
-  Job big(7);
+  Job& big = NewJob(7);
   batcher_->Submit(big.MakeJob());
   ASSERT_TRUE(big.WaitDone());
   EXPECT_THAT(backend_->calls(), ElementsAre(7));
@@ -309,15 +320,16 @@ TEST_F(SelectBatcherTest, JobLargerThanMaxRowsRunsWhole) {
 TEST_F(SelectBatcherTest, CancelledJobSkipsTheEngine) {
   MakeBatcher(/*max_rows=*/64, /*max_wait=*/absl::Seconds(30), 2);
   backend_->SetOpen(false);
-  Job first(1);
+  Job& first = NewJob(1);
   batcher_->Submit(first.MakeJob());
   ASSERT_TRUE(backend_->WaitEntered(1));
-  Job cancelled(3);
-  Job kept(1, 9);
+  Job& cancelled = NewJob(3);
+  Job& kept = NewJob(1, 9);
   batcher_->Submit(cancelled.MakeJob());
   batcher_->Submit(kept.MakeJob());
   cancelled.cancelled.store(true);
   backend_->SetOpen(true);
+  ASSERT_TRUE(first.WaitDone());
   ASSERT_TRUE(cancelled.WaitDone());
   ASSERT_TRUE(kept.WaitDone());
   for (const RowResult& result : cancelled.results) {
@@ -330,15 +342,16 @@ TEST_F(SelectBatcherTest, CancelledJobSkipsTheEngine) {
 TEST_F(SelectBatcherTest, BadRowFailsOnlyItselfInAMergedBatch) {
   MakeBatcher(/*max_rows=*/64, /*max_wait=*/absl::Seconds(30), 2);
   backend_->SetOpen(false);
-  Job first(1);
+  Job& first = NewJob(1);
   batcher_->Submit(first.MakeJob());
   ASSERT_TRUE(backend_->WaitEntered(1));
-  Job good(1, 3);
-  Job bad(1);
+  Job& good = NewJob(1, 3);
+  Job& bad = NewJob(1);
   bad.rows[0].position = kLength + 5;  // not appended yet
   batcher_->Submit(good.MakeJob());
   batcher_->Submit(bad.MakeJob());
   backend_->SetOpen(true);
+  ASSERT_TRUE(first.WaitDone());
   ASSERT_TRUE(good.WaitDone());
   ASSERT_TRUE(bad.WaitDone());
   EXPECT_TRUE(good.results[0].status.ok());
@@ -349,7 +362,7 @@ TEST_F(SelectBatcherTest, BadRowFailsOnlyItselfInAMergedBatch) {
 TEST_F(SelectBatcherTest, SubmitAfterStopIsUnavailable) {
   MakeBatcher(/*max_rows=*/64, /*max_wait=*/absl::Milliseconds(1), 2);
   batcher_->Stop();
-  Job job(2);
+  Job& job = NewJob(2);
   batcher_->Submit(job.MakeJob());
   ASSERT_TRUE(job.WaitDone());
   for (const RowResult& result : job.results) {
@@ -362,12 +375,12 @@ TEST_F(SelectBatcherTest, ManyThreadsEveryJobCompletesOnce) {
   MakeBatcher(/*max_rows=*/16, /*max_wait=*/absl::Microseconds(200), 2);
   constexpr int kThreads = 4;
   constexpr int kJobsPerThread = 50;
-  std::vector<std::vector<std::unique_ptr<Job>>> jobs(kThreads);
+  std::vector<std::vector<Job*>> jobs(kThreads);
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       for (int j = 0; j < kJobsPerThread; ++j) {
-        jobs[t].push_back(std::make_unique<Job>(1 + j % 3, t + j));
+        jobs[t].push_back(&NewJob(1 + j % 3, t + j));
         batcher_->Submit(jobs[t].back()->MakeJob());
       }
     });
@@ -375,7 +388,7 @@ TEST_F(SelectBatcherTest, ManyThreadsEveryJobCompletesOnce) {
   for (std::thread& thread : threads) thread.join();
   int rows = 0;
   for (auto& per_thread : jobs) {
-    for (auto& job : per_thread) {
+    for (Job* job : per_thread) {
       ASSERT_TRUE(job->WaitDone());
       for (const RowResult& result : job->results) {
         EXPECT_TRUE(result.status.ok()) << result.status;

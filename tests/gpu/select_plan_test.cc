@@ -1,0 +1,204 @@
+// Host-side tests of the CUDA backend's batch planner (select_plan.h): no
+// GPU needed (stores are never appended to, so no device memory is touched),
+// so these run in CI. They check how rows become groups (DENSE rows paired,
+// HISA rows alone unless every block is chosen), that every row gets its own
+// k output entries, that work items tile each group's slots exactly, and the
+// page-count byte accounting.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+#include "kernels/cuda/cuda_store.h"
+#include "kernels/cuda/select_layout.h"
+#include "kernels/cuda/select_plan.h"
+#include "kernels/types.h"
+#include "tests/reference/test_seed.h"
+
+namespace hisa::cuda {
+namespace {
+
+struct Batch {
+  std::vector<QueryRow> rows;
+  std::vector<RowResult> results;
+  std::vector<SelectTask> tasks;
+  std::vector<uint8_t> q;
+  std::vector<float> scales, weights;
+};
+
+// `positions` rows of one store in `mode` (fp8, H = 64, D = 128).
+void AddRows(Batch& b, const RequestStore* store, const RequestConfig* config,
+             const std::vector<int64_t>& positions, SelectMode mode, int k,
+             int m) {
+  constexpr int kH = 64, kD = 128;
+  if (b.q.empty()) {
+    b.q.assign(kH * kD, 0x38);  // 1.0
+    b.scales.assign(kH, 1.0f);
+    b.weights.assign(kH, 0.5f);
+  }
+  for (int64_t t : positions) {
+    QueryRow row;
+    row.request_id = "r";
+    row.position = t;
+    row.num_heads = kH;
+    row.q_format = KeyFormat::kFp8E4M3;
+    row.q = b.q;
+    row.q_scales = b.scales;
+    row.weights = b.weights;
+    row.mode = mode;
+    row.k = k;
+    row.m = m;
+    b.rows.push_back(row);
+  }
+  b.results.resize(b.rows.size());
+  b.tasks.clear();
+  for (size_t i = 0; i < b.rows.size(); ++i) {
+    b.tasks.push_back(SelectTask{store, config, &b.rows[i], b.rows[i].mode,
+                                 &b.results[i]});
+  }
+}
+
+template <class T>
+std::vector<T> Read(const SelectPlan& plan, int64_t off, int64_t n) {
+  std::vector<T> v(n);
+  std::memcpy(v.data(), plan.image.data() + off, n * sizeof(T));
+  return v;
+}
+
+TEST(SelectPlanTest, GroupsOutputsAndItems) {
+  const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
+                             BlockPooling::kMean};
+  // Never appended to: the planner only reads lengths and page tables.
+  CudaRequestStore store(nullptr, config);
+  Batch b;
+  // m = 16, B = 128: rows below 2048 choose every block (DENSE rows).
+  std::vector<int64_t> small = {100, 101, 500, 2000};
+  std::vector<int64_t> large = {5000, 5001, 9000};
+  AddRows(b, &store, &config, small, SelectMode::kHisa, 1024, 16);
+  AddRows(b, &store, &config, large, SelectMode::kHisa, 1024, 16);
+  AddRows(b, &store, &config, {300, 301, 9000}, SelectMode::kDense, 512, 16);
+  PlanOptions options;
+  options.num_sms = 132;
+  absl::StatusOr<SelectPlan> plan = BuildSelectPlan(b.tasks, options);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+
+  // Outputs: k entries per task, disjoint, covering out_entries.
+  std::vector<std::pair<int64_t, int>> spans;
+  for (size_t i = 0; i < b.tasks.size(); ++i) {
+    ASSERT_GE(plan->task_out_offset[i], 0);
+    spans.push_back({plan->task_out_offset[i], b.rows[i].k});
+  }
+  std::sort(spans.begin(), spans.end());
+  int64_t next = 0;
+  for (const auto& [off, k] : spans) {
+    EXPECT_EQ(off, next);
+    next = off + k;
+  }
+  EXPECT_EQ(next, plan->out_entries);
+
+  // Groups: the 4 small HISA rows pair as DENSE rows (2 groups of 2); the 3
+  // large HISA rows stay alone; the 3 DENSE rows make a pair and a single.
+  const auto groups =
+      Read<GroupDesc>(*plan, plan->groups_off, plan->num_groups);
+  const auto rows = Read<RowDesc>(*plan, plan->rows_off, b.tasks.size());
+  int hisa_groups = 0, dense_pairs = 0, dense_single = 0;
+  for (const GroupDesc& g : groups) {
+    if (g.mode == kModeHisa) {
+      ++hisa_groups;
+      EXPECT_EQ(g.num_rows, 1);
+      EXPECT_GE(rows[g.rows[0]].position, 16 * 128);
+      EXPECT_EQ(g.block_items, 1);  // <= 128 blocks: one block tile
+    } else {
+      (g.num_rows == 2 ? dense_pairs : dense_single)++;
+    }
+    if (g.num_rows == 2) {
+      EXPECT_LT(rows[g.rows[0]].position, rows[g.rows[1]].position);
+    }
+  }
+  EXPECT_EQ(hisa_groups, 3);
+  EXPECT_EQ(dense_pairs, 3);  // (100,101) (500,2000) (300,301)
+  EXPECT_EQ(dense_single, 1);
+
+  // Work items of every launch tile their group's slots without gaps.
+  int64_t total_items = 0;
+  for (const LaunchSpec& s : plan->launches) total_items += s.num_items;
+  const auto items = Read<WorkItem>(*plan, plan->items_off, total_items);
+  std::map<std::pair<int, int>, std::vector<std::pair<int64_t, int64_t>>> cover;
+  for (const LaunchSpec& s : plan->launches) {
+    EXPECT_EQ(s.rows, groups[items[s.first_item].group].num_rows);
+    for (int64_t i = s.first_item; i < s.first_item + s.num_items; ++i) {
+      const WorkItem& w = items[i];
+      EXPECT_EQ(groups[w.group].num_rows, s.rows);
+      if (s.stage == LaunchSpec::kTokens) {
+        // FP8, D = 128, 64 heads: the warpgroup-MMA token kernel.
+        EXPECT_EQ(s.scorer, LaunchSpec::kWgmma);
+      }
+      cover[{static_cast<int>(s.stage), w.group}].push_back(
+          {w.slot_begin, w.slot_end});
+    }
+  }
+  for (auto& [key, ranges] : cover) {
+    std::sort(ranges.begin(), ranges.end());
+    const GroupDesc& g = groups[key.second];
+    int64_t at = 0;
+    for (const auto& [lo, hi] : ranges) {
+      EXPECT_EQ(lo, at);
+      EXPECT_GT(hi, lo);
+      at = hi;
+    }
+    if (key.first == LaunchSpec::kBlockScores) {
+      EXPECT_EQ(at, g.max_position / 128 + 1);
+    } else if (g.mode == kModeDense) {
+      EXPECT_EQ(at, g.max_position + 1);
+      EXPECT_EQ(static_cast<int>(ranges.size()), g.num_splits);
+    }
+  }
+
+  // The A/B options: mma.sync everywhere, HISA rows paired.
+  options.use_wgmma = false;
+  options.pair_hisa_rows = true;
+  plan = BuildSelectPlan(b.tasks, options);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  for (const LaunchSpec& s : plan->launches) {
+    EXPECT_NE(s.scorer, LaunchSpec::kWgmma);
+  }
+  const auto paired = Read<GroupDesc>(*plan, plan->groups_off, plan->num_groups);
+  int hisa_pairs = 0;
+  for (const GroupDesc& g : paired) hisa_pairs += g.mode == kModeHisa && g.num_rows == 2;
+  EXPECT_EQ(hisa_pairs, 1);  // (5000, 5001)
+}
+
+// Byte accounting is whole pages: key pages of P tokens and summary pages of
+// BPP blocks, kPageBytes each.
+TEST(SelectPlanTest, BytesAfterAppendCountsPages) {
+  std::mt19937_64 rng(ref::TestSeed() + 71);
+  for (KeyFormat f : {KeyFormat::kFp8E4M3, KeyFormat::kBf16, KeyFormat::kFp32}) {
+    for (int d : {64, 128}) {
+      const RequestConfig config{2, d, 64, f, BlockPooling::kMean};
+      CudaRequestStore store(nullptr, config);
+      const PageGeometry geo = MakeGeometry(d, static_cast<int>(f), 64, 1);
+      EXPECT_EQ(store.bytes_reserved(), 0);
+      for (int trial = 0; trial < 20; ++trial) {
+        const int64_t n = std::uniform_int_distribution<int64_t>(1, 200000)(rng);
+        const int64_t blocks = (n + 63) / 64;
+        const int64_t pages = (n + geo.tokens_per_page - 1) / geo.tokens_per_page +
+                              (blocks + geo.blocks_per_page - 1) / geo.blocks_per_page;
+        EXPECT_EQ(store.BytesAfterAppend(1, n), pages * kPageBytes)
+            << FormatName(f) << " D=" << d << " n=" << n;
+        // Never less than the keys themselves.
+        EXPECT_GE(store.BytesAfterAppend(1, n),
+                  n * (d * BytesPerValue(f) + (f == KeyFormat::kFp8E4M3 ? 4 : 0)));
+      }
+    }
+  }
+  // FP8, D = 128: 132 B per token, 496 tokens per 64 KiB page.
+  EXPECT_EQ(MakeGeometry(128, 1, 128, 1).tokens_per_page, 496);
+}
+
+}  // namespace
+}  // namespace hisa::cuda
