@@ -2,7 +2,8 @@
 # The GPU suite in one command, for a machine with an H100/H200 (sm_90):
 #   1. environment (GPU, driver, nvcc, torch),
 #   2. correctness: hisa_gpu_test (CUDA backend through the Engine against the
-#      float64 oracle and the CPU engine; seed printed),
+#      float64 oracle and the CPU engine; seed printed), then ("test2") its
+#      FP8 cases again on the mma.sync kernel with paired HISA rows,
 #   3. hisa_gpu_bench: kernel-level DENSE / HISA timings (prefill 1024 rows,
 #      full causal prefill, decode 64 / 256 requests) at every length,
 #   4. the PyTorch reference and the card's ceilings,
@@ -24,7 +25,7 @@ set -u -o pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/out-gpu}
 mkdir -p "$OUT"
-PARTS=${SUITE_PARTS:-env,test,bench,torch,memcheck}
+PARTS=${SUITE_PARTS:-env,test,test2,bench,torch,memcheck}
 LENGTHS=${BENCH_LENGTHS:-8192,16384,32768,65536,131072}
 BIN=${HISA_BIN_DIR:-$ROOT/build-gpu-carry}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -76,6 +77,8 @@ if has test; then
   grep -E "HISA_TEST_SEED|^device|overlap|\[  (PASSED|FAILED|SKIPPED) |tests ran" "$OUT/gpu_test.log" | tail -40
   grep -B3 -A12 -m 6 "Failure" "$OUT/gpu_test.log" | head -120
   status_line+=("tests rc=$rc ($(( $(date +%s) - start )) s): $(grep -E '^\[  PASSED  \]|^\[  FAILED  \] [0-9]+' "$OUT/gpu_test.log" | tr '\n' ' ')")
+fi
+if has test2; then
   # The FP8 cases again on the other variants: the mma.sync token kernel
   # (fallback) and paired HISA rows (union of two rows' blocks).
   note "correctness: FP8 cases with HISA_CUDA_MMA_SYNC=1 HISA_CUDA_PAIR_HISA=1"

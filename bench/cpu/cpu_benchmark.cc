@@ -21,9 +21,12 @@
 //   dense_GF/s          2 * H * D * (scored tokens) / dense_ms, end to end
 //                       (includes top-k and all overheads);
 //   %peak               dense_GF/s over the measured FMA peak;
-//   cpu_GF/s/core       the same FLOPs per CPU-second of this process during
-//                       the DENSE Select (median run), and its %peak/core
-//                       against peak / threads. Unlike wall time it is not
+//   cpuGF/s, %/core     the same FLOPs per CPU-second of this process,
+//                       aggregated over DENSE runs totalling >= 0.5 s (the
+//                       timed runs plus extra ones when those are shorter:
+//                       Linux refreshes another running thread's CPU time
+//                       only at ticks, so short runs undercount it), and its
+//                       share of peak / threads. Unlike wall time it is not
 //                       inflated when other processes share the cores, so it
 //                       shows the kernels' efficiency on a busy machine; the
 //                       load average is printed at the start and the end.
@@ -353,7 +356,7 @@ double AppendStore(const Workload& w, const Keys& keys) {
 
 struct Cell {
   double dense_ms = 0;
-  double dense_cpu_s = 0;  // process CPU seconds of the median DENSE run
+  double dense_cpu_s = 0;  // process CPU seconds per DENSE run (aggregate)
   double hisa_ms = 0;
   double scored_tokens = 0;  // DENSE tokens per batch
   hisa::SelectStageTimes hisa_stages;
@@ -361,24 +364,33 @@ struct Cell {
 
 struct Run {
   double wall_s;
-  double cpu_s;
   hisa::SelectStageTimes stages;
 };
 
-// The median (by wall time) of `repeats` timed Selects over `rows` in
-// `mode`, after `warmup` untimed ones.
-Run TimeSelect(hisa::Engine& engine, std::vector<hisa::QueryRow> rows,
-               hisa::SelectMode mode, int warmup, int repeats) {
+struct Timing {
+  Run median;                // by wall time, over the timed runs
+  double cpu_s_per_run = 0;  // process CPU seconds per run, aggregated
+};
+
+// Minimum total wall time over which CPU time is aggregated.
+constexpr double kMinCpuWindow = 0.5;
+
+// `repeats` timed Selects over `rows` in `mode` after `warmup` untimed ones;
+// more runs follow (for the CPU aggregate only) until the runs since the
+// warm-up total kMinCpuWindow seconds.
+Timing TimeSelect(hisa::Engine& engine, std::vector<hisa::QueryRow> rows,
+                  hisa::SelectMode mode, int warmup, int repeats) {
   for (hisa::QueryRow& row : rows) row.mode = mode;
   std::vector<hisa::RowResult> results(rows.size());
   std::vector<Run> runs;
-  for (int i = 0; i < warmup + repeats; ++i) {
+  double cpu_start = 0, window = 0;
+  int counted = 0;
+  for (int i = 0; i < warmup + repeats || window < kMinCpuWindow; ++i) {
+    if (i == warmup) cpu_start = ProcessCpuSeconds();
     hisa::SelectStageTimes times;
-    const double cpu_start = ProcessCpuSeconds();
     const Clock::time_point start = Clock::now();
     engine.Select(rows, absl::MakeSpan(results), &times);
     const double secs = Seconds(start, Clock::now());
-    const double cpu = ProcessCpuSeconds() - cpu_start;
     for (const hisa::RowResult& r : results) {
       if (!r.status.ok()) {
         std::fprintf(stderr, "select failed: %s\n",
@@ -386,11 +398,18 @@ Run TimeSelect(hisa::Engine& engine, std::vector<hisa::QueryRow> rows,
         std::exit(1);
       }
     }
-    if (i >= warmup) runs.push_back({secs, cpu, times});
+    if (i >= warmup) {
+      if (i < warmup + repeats) runs.push_back({secs, times});
+      window += secs;
+      ++counted;
+    }
   }
+  Timing timing;
+  timing.cpu_s_per_run = (ProcessCpuSeconds() - cpu_start) / counted;
   std::sort(runs.begin(), runs.end(),
             [](const Run& a, const Run& b) { return a.wall_s < b.wall_s; });
-  return runs[runs.size() / 2];
+  timing.median = runs[runs.size() / 2];
+  return timing;
 }
 
 void PrintRow(const char* shape, int64_t length, int rows, const Cell& cell,
@@ -540,14 +559,14 @@ int main(int argc, char** argv) {
       Cell cell;
       for (const hisa::QueryRow& row : rows)
         cell.scored_tokens += row.position + 1;
-      const Run dense =
+      const Timing dense =
           TimeSelect(engine, rows, hisa::SelectMode::kDense, warmup, reps);
-      const Run hisa =
+      const Timing hisa =
           TimeSelect(engine, rows, hisa::SelectMode::kHisa, warmup, reps);
-      cell.dense_ms = 1e3 * dense.wall_s;
-      cell.dense_cpu_s = dense.cpu_s;
-      cell.hisa_ms = 1e3 * hisa.wall_s;
-      cell.hisa_stages = hisa.stages;
+      cell.dense_ms = 1e3 * dense.median.wall_s;
+      cell.dense_cpu_s = dense.cpu_s_per_run;
+      cell.hisa_ms = 1e3 * hisa.median.wall_s;
+      cell.hisa_stages = hisa.median.stages;
       PrintRow(shape, length, static_cast<int>(rows.size()), cell, peak,
                threads, app);
     };

@@ -8,15 +8,18 @@
 //
 // Method. Keys are appended through the backend (real pages, real
 // summaries). Each measured batch is planned once (select_plan.h), uploaded
-// once, and its launch sequence (block scoring, block choice, token top-k,
-// finalize) is timed with CUDA events around LaunchSelectPlan after warm-up:
-// inputs and outputs stay on the device, like the paper's kernel-level
-// numbers; host planning, upload and download are excluded (one
-// end-to-end Backend::Select line shows them). Medians of --reps runs.
-// Ceilings measured in the same run: device-to-device copy bandwidth (bytes
-// read + written). Required FLOPs count 2 * H * D per (row, scored item):
-// DENSE t + 1 tokens; HISA c + 1 block means + min(m * B, t + 1) tokens.
-// Minimal bytes: every key / summary the shape needs, read once.
+// once, and its launch sequence (DENSE: token top-k; HISA: block scoring +
+// choice, then token top-k; split rows merged inside) is timed with CUDA
+// events around LaunchSelectPlan after warm-up: inputs and outputs stay on
+// the device, like the paper's kernel-level numbers; host planning, upload
+// and download are excluded (one end-to-end Backend::Select line shows
+// them). Medians of --reps runs (3 for causal at L >= 64K). Ceilings
+// measured in the same run: device-to-device copy bandwidth (bytes read +
+// written); the GEMM ceilings come from torch_reference.py. Required FLOPs
+// count 2 * H * D per (row, scored item): DENSE t + 1 tokens; HISA c + 1
+// block means + min(m * B, t + 1) tokens. Minimal bytes: every key /
+// summary the shape needs, read once. A/B lines at 64K: the mma.sync token
+// kernel, paired HISA rows, independent queries.
 //
 // Queries of neighbouring prefill rows are correlated (AR(1) per element,
 // rho = 0.95), as real indexer queries of consecutive tokens are; one extra

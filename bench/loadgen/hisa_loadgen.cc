@@ -15,10 +15,12 @@
 //   decode R:   one message = R rows from R different requests, t = L - 1,
 //               H = 64 fp8 heads, k = 2048, m = 64 (B = 128 from the request);
 //   prefill P:  one message = P rows of one request at t = L-P .. L-1.
-// Right after each HISA phase the same S streams send echo messages of the
-// same serialized request size and ask for replies of the mean
-// SelectResponse size, through the same client stream code
-// (client/bidi_stream.h), to a hisa_echo_server process (or in-process).
+// Alternating with the HISA rounds of each phase (--rounds), the same S
+// streams send echo messages of the same serialized request size and ask for
+// replies of the mean SelectResponse size, through the same client stream
+// code (client/bidi_stream.h), to a hisa_echo_server process (or
+// in-process); alternating keeps load from elsewhere on the machine from
+// favouring either side.
 //
 // Reported per phase: messages, rows/s, latency p50/p99/p99.9, the server's
 // own time per message (SelectResponse.server_seconds: read to reply ready,
@@ -94,7 +96,10 @@ ABSL_FLAG(int, block_size, 128, "HISA block size B.");
 ABSL_FLAG(int, k, 2048, "Top-k.");
 ABSL_FLAG(int, m, 64, "HISA block budget.");
 ABSL_FLAG(std::string, mode, "hisa", "hisa | dense | auto.");
-ABSL_FLAG(double, seconds, 3.0, "Measured seconds per phase.");
+ABSL_FLAG(double, seconds, 3.0, "Measured seconds per phase (HISA; echo the same).");
+ABSL_FLAG(int, rounds, 3,
+          "Each phase alternates this many HISA and echo rounds of "
+          "seconds/rounds each.");
 ABSL_FLAG(int, warmup, 10, "Unmeasured messages per stream before a phase.");
 ABSL_FLAG(uint64_t, seed, 7, "Workload seed.");
 ABSL_FLAG(std::string, results_md, "",
@@ -253,6 +258,8 @@ class LoadGen {
     }
   }
 
+  // Alternates HISA and echo rounds (--rounds of --seconds / rounds each),
+  // so that load from elsewhere on the machine affects both alike.
   absl::StatusOr<PhaseResult> RunPhase(bool prefill, int rows, int streams) {
     PhaseResult result;
     result.shape = prefill ? "prefill" : "decode";
@@ -261,12 +268,67 @@ class LoadGen {
     std::vector<StreamWork> work(streams);
     for (int s = 0; s < streams; ++s) BuildMessage(prefill, rows, s, &work[s].request);
     result.request_bytes = static_cast<int64_t>(work[0].request.ByteSizeLong());
-    const int warmup = absl::GetFlag(FLAGS_warmup);
+    const int rounds = std::max(1, absl::GetFlag(FLAGS_rounds));
+    const double round_seconds = absl::GetFlag(FLAGS_seconds) / rounds;
+    std::vector<double> echo_samples;
+    bench::EchoRequest echo_request;
+    for (int round = 0; round < rounds; ++round) {
+      result.seconds += RunHisaRound(&work, round_seconds);
+      for (const StreamWork& w : work) {
+        if (!w.status.ok()) return w.status;
+      }
+      if (round == 0) {
+        double response_sum = 0;
+        int64_t messages = 0;
+        for (const StreamWork& w : work) {
+          response_sum += w.response_bytes_sum;
+          messages += static_cast<int64_t>(w.latency.size());
+        }
+        if (messages == 0) return absl::InternalError("no Select completed in a round");
+        echo_request = SizedEchoRequest(result.request_bytes,
+                                        static_cast<int64_t>(response_sum / messages));
+      }
+      RETURN_IF_ERROR(RunEchoRound(echo_request, streams, round_seconds, &echo_samples));
+    }
 
-    result.seconds = RunConcurrently(
-        streams, absl::GetFlag(FLAGS_seconds),
-        [&](int s, std::atomic<int>& ready, std::atomic<bool>& go, double seconds) {
-          StreamWork& w = work[s];
+    std::vector<double> latency, server, remainder;
+    double response_sum = 0, compact_sum = 0;
+    for (const StreamWork& w : work) {
+      latency.insert(latency.end(), w.latency.begin(), w.latency.end());
+      server.insert(server.end(), w.server.begin(), w.server.end());
+      remainder.insert(remainder.end(), w.remainder.begin(), w.remainder.end());
+      response_sum += w.response_bytes_sum;
+      compact_sum += w.compact_bytes_sum;
+      result.row_errors += w.row_errors;
+      if (result.first_error.empty()) result.first_error = w.first_error;
+    }
+    result.messages = static_cast<int64_t>(latency.size());
+    result.response_bytes = response_sum / static_cast<double>(result.messages);
+    result.compact_bytes_per_row =
+        compact_sum / static_cast<double>(result.messages) / rows;
+    result.latency = Summarize(std::move(latency));
+    result.server = Summarize(std::move(server));
+    result.remainder = Summarize(std::move(remainder));
+    result.echo_messages = static_cast<int64_t>(echo_samples.size());
+    result.echo = Summarize(std::move(echo_samples));
+    return result;
+  }
+
+  double append_seconds() const { return append_seconds_; }
+  double append_bytes() const { return append_bytes_; }
+  void set_mode(SelectMode mode) { mode_ = mode; }
+
+ private:
+  using EchoStream = BidiStream<bench::EchoRequest, bench::EchoResponse>;
+
+  // One round of Select ping-pong on every stream; samples accumulate in
+  // `work`. Returns the measured wall time.
+  double RunHisaRound(std::vector<StreamWork>* work, double seconds) {
+    const int warmup = absl::GetFlag(FLAGS_warmup);
+    return RunConcurrently(
+        static_cast<int>(work->size()), seconds,
+        [&](int s, std::atomic<int>& ready, std::atomic<bool>& go, double limit) {
+          StreamWork& w = (*work)[s];
           absl::StatusOr<std::unique_ptr<SelectStream>> stream =
               client_->OpenSelectStream();
           bool alive = stream.ok();
@@ -301,76 +363,48 @@ class LoadGen {
           ready.fetch_add(1);
           while (!go.load()) std::this_thread::yield();
           const Clock::time_point start = Clock::now();
-          while (alive && Since(start) < seconds) alive = one(true);
+          while (alive && Since(start) < limit) alive = one(true);
           if (stream.ok()) (*stream)->Close().IgnoreError();
         });
-
-    std::vector<double> latency, server, remainder;
-    double response_sum = 0, compact_sum = 0;
-    for (const StreamWork& w : work) {
-      if (!w.status.ok()) return w.status;
-      latency.insert(latency.end(), w.latency.begin(), w.latency.end());
-      server.insert(server.end(), w.server.begin(), w.server.end());
-      remainder.insert(remainder.end(), w.remainder.begin(), w.remainder.end());
-      response_sum += w.response_bytes_sum;
-      compact_sum += w.compact_bytes_sum;
-      result.row_errors += w.row_errors;
-      if (result.first_error.empty()) result.first_error = w.first_error;
-    }
-    result.messages = static_cast<int64_t>(latency.size());
-    if (result.messages == 0) {
-      return absl::InternalError("no message completed in the phase");
-    }
-    result.response_bytes = response_sum / static_cast<double>(result.messages);
-    result.compact_bytes_per_row =
-        compact_sum / static_cast<double>(result.messages) / rows;
-    result.latency = Summarize(std::move(latency));
-    result.server = Summarize(std::move(server));
-    result.remainder = Summarize(std::move(remainder));
-    RETURN_IF_ERROR(RunEcho(&result));
-    return result;
   }
 
-  double append_seconds() const { return append_seconds_; }
-  double append_bytes() const { return append_bytes_; }
-  void set_mode(SelectMode mode) { mode_ = mode; }
-
- private:
-  using EchoStream = BidiStream<bench::EchoRequest, bench::EchoResponse>;
-
-  // The echo phase with the HISA phase's message sizes.
-  absl::Status RunEcho(PhaseResult* result) {
+  // An echo request of `request_bytes` serialized bytes asking for a reply of
+  // `response_bytes` (two passes settle the varint length prefixes).
+  static bench::EchoRequest SizedEchoRequest(int64_t request_bytes,
+                                             int64_t response_bytes) {
     bench::EchoRequest request;
     request.set_message_id(1);
-    const int64_t want_request = result->request_bytes;
-    const int64_t want_response = static_cast<int64_t>(result->response_bytes);
-    // Two passes settle the varint length prefixes.
-    int64_t payload = std::max<int64_t>(0, want_request - 8);
-    request.set_response_bytes(static_cast<uint32_t>(std::max<int64_t>(0, want_response - 8)));
+    request.set_response_bytes(
+        static_cast<uint32_t>(std::max<int64_t>(0, response_bytes - 8)));
+    int64_t payload = std::max<int64_t>(0, request_bytes - 8);
     for (int pass = 0; pass < 2; ++pass) {
       request.set_payload(std::string(static_cast<size_t>(payload), 'q'));
       payload = std::max<int64_t>(
-          0, payload + want_request - static_cast<int64_t>(request.ByteSizeLong()));
+          0, payload + request_bytes - static_cast<int64_t>(request.ByteSizeLong()));
     }
     request.set_payload(std::string(static_cast<size_t>(payload), 'q'));
     bench::EchoResponse probe;
     probe.set_message_id(1);
-    int64_t reply_payload = std::max<int64_t>(0, want_response - 8);
+    int64_t reply_payload = std::max<int64_t>(0, response_bytes - 8);
     for (int pass = 0; pass < 2; ++pass) {
       probe.set_payload(std::string(static_cast<size_t>(reply_payload), 'x'));
       reply_payload = std::max<int64_t>(
-          0, reply_payload + want_response - static_cast<int64_t>(probe.ByteSizeLong()));
+          0, reply_payload + response_bytes - static_cast<int64_t>(probe.ByteSizeLong()));
     }
     request.set_response_bytes(static_cast<uint32_t>(reply_payload));
+    return request;
+  }
 
-    const int streams = result->streams;
+  // One round of echo ping-pong with `request` on `streams` streams.
+  absl::Status RunEchoRound(const bench::EchoRequest& request, int streams,
+                            double seconds, std::vector<double>* out) {
     const int warmup = absl::GetFlag(FLAGS_warmup);
     std::vector<std::vector<double>> samples(streams);
     std::vector<absl::Status> statuses(streams);
     const absl::Duration op_timeout = client_->options().deadline;
     RunConcurrently(
-        streams, absl::GetFlag(FLAGS_seconds),
-        [&](int s, std::atomic<int>& ready, std::atomic<bool>& go, double seconds) {
+        streams, seconds,
+        [&](int s, std::atomic<int>& ready, std::atomic<bool>& go, double limit) {
           bench::EchoRequest mine = request;
           bench::EchoResponse reply;
           absl::StatusOr<std::unique_ptr<EchoStream>> stream = EchoStream::Open(
@@ -401,19 +435,16 @@ class LoadGen {
           ready.fetch_add(1);
           while (!go.load()) std::this_thread::yield();
           const Clock::time_point start = Clock::now();
-          while (alive && Since(start) < seconds) alive = one(true);
+          while (alive && Since(start) < limit) alive = one(true);
           if (stream.ok()) (*stream)->Close().IgnoreError();
         });
-    std::vector<double> all;
     for (int s = 0; s < streams; ++s) {
       if (!statuses[s].ok()) {
         return absl::Status(statuses[s].code(),
                             absl::StrCat("echo baseline: ", statuses[s].message()));
       }
-      all.insert(all.end(), samples[s].begin(), samples[s].end());
+      out->insert(out->end(), samples[s].begin(), samples[s].end());
     }
-    result->echo_messages = static_cast<int64_t>(all.size());
-    result->echo = Summarize(std::move(all));
     return absl::OkStatus();
   }
 
@@ -438,6 +469,14 @@ std::string CpuModel() {
     }
   }
   return "unknown CPU";
+}
+
+// The 1-minute load average (other processes on a shared machine).
+std::string LoadAverage() {
+  std::ifstream in("/proc/loadavg");
+  std::string one;
+  in >> one;
+  return one.empty() ? "unknown" : one;
 }
 
 struct Anchor {
@@ -540,6 +579,7 @@ absl::Status Run(int argc, char** argv) {
                                gen.append_bytes() / 1048576.0,
                                gen.append_seconds(), append_mibs);
 
+  const std::string load_before = LoadAverage();
   std::vector<PhaseResult> results;
   for (int streams : stream_counts) {
     std::vector<std::pair<bool, int>> shapes;
@@ -640,13 +680,17 @@ absl::Status Run(int argc, char** argv) {
               "Workload: %d requests x L = %d fp8 tokens (D %d, B %d); rows: "
               "H = %d fp8 heads, k = %d, m = %d, mode %s; decode rows at t = "
               "L-1 (one per request), prefill rows at t = L-P..L-1 of one "
-              "request. Each stream sends ping-pong for %.1f s after %d "
-              "warm-up messages. Append (setup): %.0f MiB/s.\n\n",
+              "request. Each stream sends ping-pong for %.1f s in %d rounds "
+              "alternating with the echo, each after %d warm-up messages. "
+              "Append (setup): %.0f MiB/s. 1-minute load average %s before "
+              "the phases, %s after (client, servers and anything else on "
+              "the machine share its cores).\n\n",
               num_requests, context, absl::GetFlag(FLAGS_head_dim),
               absl::GetFlag(FLAGS_block_size), absl::GetFlag(FLAGS_heads),
               absl::GetFlag(FLAGS_k), absl::GetFlag(FLAGS_m),
               absl::GetFlag(FLAGS_mode), absl::GetFlag(FLAGS_seconds),
-              absl::GetFlag(FLAGS_warmup), append_mibs)
+              absl::GetFlag(FLAGS_rounds), absl::GetFlag(FLAGS_warmup), append_mibs,
+              load_before, LoadAverage())
        << "Columns: latency is client-observed per message (send to decoded "
           "reply); `server` is SelectResponse.server_seconds (read to reply "
           "ready: queueing + engine); `rest` = latency - server per message "

@@ -14,9 +14,12 @@
 // kernels are built for sm_90a) and RESOURCE_EXHAUSTED when the reservation
 // does not fit. Byte accounting: cuda_store.h. Kernels: select_kernels.cuh.
 // Numerics (SPEC 4.4): FP8 keys with FP8 queries and D in {64, 128} are
-// scored on tensor cores (FP8 products exact, fp32 accumulation; block
-// scores on bf16 hi + lo means, about 16 significant bits); every other
-// combination runs an fp32 FMA path on dequantized values.
+// scored on tensor cores (FP8 products exact, tensor-core fp32
+// accumulation: Hopper wgmma for D = 128 and 33..64 heads, mma.sync
+// otherwise; block scores on bf16 hi + lo means, about 16 significant
+// bits); every other combination runs an fp32 FMA path on dequantized
+// values. A/B switches read at creation: HISA_CUDA_MMA_SYNC=1 (no wgmma),
+// HISA_CUDA_PAIR_HISA=1 (pair HISA rows; select_plan.h).
 //
 // Thread safety: Backend (backend.h). Selects run concurrently on up to
 // DeviceOptions::select_contexts streams; a further Select waits for one.

@@ -1,5 +1,10 @@
 // Helper for kernel_registry.h implementations: raises a kernel's dynamic
-// shared memory limit once and returns its handle.
+// shared memory limit once (per process and kernel) and returns its handle.
+//
+//   return MakeHandle<&TileKernel<S, G>>(TileLayout<S, G>::kBytes);
+//
+// A failure of cudaFuncSetAttribute is not reported here: it surfaces as the
+// launch error of the first launch, which the launcher returns.
 #ifndef HISA_KERNELS_CUDA_REGISTRY_UTIL_CUH_
 #define HISA_KERNELS_CUDA_REGISTRY_UTIL_CUH_
 

@@ -294,15 +294,14 @@ struct Bf16BlockScorer {
     head_groups = MT == 4 ? qh / 64 : 1;
     // Copy every row's bf16 query into shared memory (16-byte vectors).
     constexpr int kVecPerHead = kD * 2 / 16;
-    // Asynchronous: lands with the first tile (same cp.async group).
     for (int gg = 0; gg < ic.num_rows; ++gg) {
       const uint8_t* src = b.q + b.rows[ic.group->rows[gg]].q_offset +
                            static_cast<int64_t>(qh) * kD;  // after the fp8 copy
       uint8_t* dst = persist + gg * kMaxQHeads * kStride;
       for (int v = threadIdx.x; v < qh * kVecPerHead; v += kSelectThreads) {
         const int h = v / kVecPerHead, part = v % kVecPerHead;
-        CpAsync16(dst + h * kStride + part * 16, src + h * kD * 2 + part * 16,
-                  true);
+        *reinterpret_cast<uint4*>(dst + h * kStride + part * 16) =
+            __ldg(reinterpret_cast<const uint4*>(src + h * kD * 2 + part * 16));
       }
     }
     qs = persist + g * kMaxQHeads * kStride;
@@ -562,16 +561,16 @@ struct WgmmaTokenScorer {
     col0 = G == 2 ? 0 : wg * kN;
     qs = persist + g * kQBytes;
     red = reinterpret_cast<float*>(persist + G * kQBytes) + wg * 4 * kN;
-    // Queries (64 heads x 128 B per row) into the swizzled layout,
-    // asynchronously: they land with the first tile (same cp.async group,
-    // made visible to the tensor cores by AfterWait's proxy fence).
+    // Queries (64 heads x 128 B per row) into the swizzled layout.
     for (int i = threadIdx.x; i < ic.num_rows * 512; i += kSelectThreads) {
       const int gg = i >> 9, h = (i >> 3) & 63, c = i & 7;
       const uint8_t* src =
           b.q + b.rows[ic.group->rows[gg]].q_offset + h * 128 + c * 16;
-      CpAsync16(persist + gg * kQBytes + h * 128 + ((c ^ (h & 7)) << 4), src,
-                true);
+      *reinterpret_cast<uint4*>(persist + gg * kQBytes + h * 128 +
+                                ((c ^ (h & 7)) << 4)) =
+          __ldg(reinterpret_cast<const uint4*>(src));
     }
+    FenceProxyAsync();
   }
 
   __device__ void AfterWait() const { FenceProxyAsync(); }
@@ -798,62 +797,39 @@ __device__ __forceinline__ void WriteFinal(const SelectBuffers& b,
   }
 }
 
-// Merge of a split group (run by the group's last token CTA): for each row,
-// one radix select over all its split lists, read in place from global
-// memory (list s, entry j at virtual index s * stride + j; holes past a
-// list's count read as composite 0, below every real entry), then one
-// ordered compaction straight into the output. Lists concatenated in split
-// order are position-ordered, so the output is too.
-template <int G>
+// Merge of a split group (run by the group's last token CTA): each row's
+// split lists, concatenated in split order, are still position-ordered; they
+// stream through the row's candidate buffer (compacted to k whenever full).
+template <int G, int CAP>
 __device__ void FinalizeGroup(const SelectBuffers& b, const GroupDesc& grp,
+                              uint32_t* buf_keys, int32_t* buf_pos,
                               RadixShared& rs) {
   const int k = grp.k;
-  const int stride = b.partial_stride;
-  const int64_t span = static_cast<int64_t>(grp.num_splits) * stride;
   for (int g = 0; g < grp.num_rows; ++g) {
-    auto list_of = [&](int64_t i) {
-      return static_cast<int64_t>(grp.partial_index) +
-             (i / stride) * G + g;
-    };
-    auto composite = [&](int64_t i) -> uint64_t {
-      const int64_t list = list_of(i);
-      const int j = static_cast<int>(i % stride);
-      if (j >= __ldcg(b.partial_counts + list)) return 0;
-      const int64_t e = list * stride + j;
-      return Composite(__ldcg(b.partial_key + e),
-                       static_cast<uint32_t>(__ldcg(b.partial_pos + e)));
-    };
-    if (threadIdx.x == 0) {
-      int n = 0;
-      for (int s = 0; s < grp.num_splits; ++s) {
-        n += __ldcg(b.partial_counts + grp.partial_index + s * G + g);
+    uint32_t* keys = buf_keys + g * CAP;
+    int32_t* pos = buf_pos + g * CAP;
+    int count = 0;
+    for (int s = 0; s < grp.num_splits; ++s) {
+      const int list = grp.partial_index + s * G + g;
+      const int cnt = __ldcg(b.partial_counts + list);
+      const int32_t* ppos =
+          b.partial_pos + static_cast<int64_t>(list) * b.partial_stride;
+      const uint32_t* pkey =
+          b.partial_key + static_cast<int64_t>(list) * b.partial_stride;
+      for (int done = 0; done < cnt;) {
+        if (count == CAP) CompactRow<CAP>(keys, pos, &count, k, rs);
+        const int take = min(cnt - done, CAP - count);
+        for (int i = threadIdx.x; i < take; i += kSelectThreads) {
+          keys[count + i] = __ldcg(pkey + done + i);
+          pos[count + i] = __ldcg(ppos + done + i);
+        }
+        __syncthreads();
+        count += take;
+        done += take;
       }
-      rs.total = n;
     }
-    __syncthreads();
-    const int n = rs.total;
-    __syncthreads();
-    Threshold th;  // keeps every real entry
-    if (n > k) th = RadixSelect(span, k, composite, rs);
-    const RowDesc& row = b.rows[grp.rows[g]];
-    int32_t* out_pos = b.out_pos + row.out_offset;
-    float* out_scores = b.out_scores + row.out_offset;
-    const int64_t kept = CompactStream(
-        span,
-        [&](int64_t i) -> uint32_t {
-          const uint64_t c = composite(i);
-          return c != 0 && Keeps(th, c) ? 1u : 0u;
-        },
-        [&](int64_t dst, int64_t i, uint32_t) {
-          const int64_t e = list_of(i) * stride + i % stride;
-          out_pos[dst] = __ldcg(b.partial_pos + e);
-          out_scores[dst] = KeyToFloat(__ldcg(b.partial_key + e));
-        },
-        rs);
-    for (int64_t i = kept + threadIdx.x; i < k; i += kSelectThreads) {
-      out_pos[i] = -1;
-      out_scores[i] = __int_as_float(0x7FC00000);
-    }
+    if (count > k) CompactRow<CAP>(keys, pos, &count, k, rs);
+    WriteFinal(b, b.rows[grp.rows[g]], k, keys, pos, count);
   }
 }
 
@@ -1023,11 +999,6 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
     }
   }
 
-  // Scorers may have started copies before the first tile (queries): none
-  // may be outstanding when the CTA's shared memory goes away.
-  CpAsyncCommit();
-  CpAsyncWait<0>();
-
   // The last CTA of a group (atomic ticket; counters reset for the next
   // launch) runs the group's next step: block choice after block scoring,
   // the merge of split lists after token top-k.
@@ -1071,7 +1042,8 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
       }
     }
     if (grp.num_splits > 1 && last_of_group(1, grp.num_splits)) {
-      FinalizeGroup<G>(b, grp, rs);
+      __syncthreads();  // this CTA's own buffers are free again
+      FinalizeGroup<G, kCap>(b, grp, buf_keys, buf_pos, rs);
       if (threadIdx.x == 0) b.counters[2 * item.group + 1] = 0;
     }
   }

@@ -192,7 +192,6 @@ struct RadixShared {
   int32_t need;
   int32_t bucket;
   int32_t ticket;
-  int32_t total;
   int32_t warp_total[kSelectThreads / 32];
 };
 
@@ -206,8 +205,7 @@ struct Threshold {
 // composites get(0..n-1). MSB-first radix select with 8-bit digits that stops
 // as soon as the remaining entries of the current bucket are all kept.
 template <class Get>
-__device__ Threshold RadixSelect(int64_t n, int need, Get get,
-                                 RadixShared& rs) {
+__device__ Threshold RadixSelect(int n, int need, Get get, RadixShared& rs) {
   const int tid = threadIdx.x;
   uint64_t prefix = 0;
   int shift = 64;
@@ -216,7 +214,7 @@ __device__ Threshold RadixSelect(int64_t n, int need, Get get,
     shift -= 8;
     for (int i = tid; i < 256; i += kSelectThreads) rs.hist[i] = 0;
     __syncthreads();
-    for (int64_t i = tid; i < n; i += kSelectThreads) {
+    for (int i = tid; i < n; i += kSelectThreads) {
       const uint64_t c = get(i);
       if (pass == 0 || (c >> (shift + 8)) == prefix) {
         atomicAdd(&rs.hist[static_cast<uint32_t>(c >> shift) & 255u], 1u);

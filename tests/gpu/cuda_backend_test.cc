@@ -310,7 +310,7 @@ TEST(GpuShapesTest, PrefillBatchOfConsecutiveRows) {
 }
 
 // Decode shape: one row for each of many requests of different lengths, in
-// one batch (split work items merged by the finalize kernel).
+// one batch (split work items, merged by the last CTA of each request).
 TEST(GpuShapesTest, DecodeBatchOverManyRequests) {
   SKIP_WITHOUT_GPU();
   for (int variant = 0; variant < 3; ++variant) {
