@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Sets up and runs every test (the README's test command; CI runs it too):
+#   1. Release build with -Werror (CUDA sources compiled when nvcc exists),
+#      every test (GPU-labelled tests only when a GPU is present);
+#   2. ASan + UBSan build (CPU backend), every non-GPU test;
+#   3. ThreadSanitizer build (CPU backend): the concurrency-labelled tests
+#      (engine under concurrent append/select/release/expiry, the server).
+# Build trees: build/, build-asan/, build-tsan/. Needs root or sudo for
+# apt-get on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+gpu_filter=(-LE gpu)
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  gpu_filter=()
+fi
+
+echo "== [1/3] release build (-Werror)"
+scripts/build.sh build -DHISA_WERROR=ON
+ctest --test-dir build --output-on-failure -j "$(nproc)" "${gpu_filter[@]}"
+
+echo "== [2/3] ASan + UBSan build"
+scripts/build.sh build-asan -DHISA_SANITIZE=address -DHISA_ENABLE_CUDA=OFF \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  ctest --test-dir build-asan --output-on-failure -j "$(nproc)" -LE gpu
+
+echo "== [3/3] ThreadSanitizer build"
+scripts/build.sh build-tsan -DHISA_SANITIZE=thread -DHISA_ENABLE_CUDA=OFF \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo
+TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+  ctest --test-dir build-tsan --output-on-failure -j "$(nproc)" -L tsan
