@@ -146,16 +146,19 @@ class HisaService::AppendReactor final
     if (finished_) return actions;
     if (!stopped() && !writing_ && !acks_.empty()) {
       writing_ = true;
+      ++starting_;
       actions.write = &acks_.front();
     }
     if (!stopped() && !draining_ && !read_closed_ && !reading_ &&
         !processing_ &&
         static_cast<int>(acks_.size()) < service_->options_.max_queued_acks) {
       reading_ = true;
+      ++starting_;
       actions.read = &chunk_;
     }
     const bool ending = stopped() || draining_ || read_closed_;
-    if (ending && !processing_ && !writing_ && (stopped() || acks_.empty())) {
+    if (ending && starting_ == 0 && !processing_ && !writing_ &&
+        (stopped() || acks_.empty())) {
       finished_ = true;
       if (stopped()) {
         actions.finish = grpc::Status(grpc::StatusCode::CANCELLED,
@@ -174,13 +177,31 @@ class HisaService::AppendReactor final
     return Plan();
   }
 
+  // Starts what Plan decided. Operations are started outside the lock, so
+  // Plan counts them in starting_ and never decides Finish while one is
+  // decided but not started: a StartRead/StartWrite issued after Finish
+  // could reach a call whose OnDone has already run.
   void Act(Actions actions) {
-    if (actions.write != nullptr) StartWrite(actions.write);
-    if (actions.read != nullptr) StartRead(actions.read);
-    if (actions.finish.has_value()) {
-      service_->metrics_->CountError(RpcMethod::kAppend,
-                                     actions.finish->error_code());
-      Finish(*std::move(actions.finish));
+    while (true) {
+      if (actions.finish.has_value()) {
+        service_->metrics_->CountError(RpcMethod::kAppend,
+                                       actions.finish->error_code());
+        Finish(*std::move(actions.finish));
+        return;
+      }
+      int started = 0;
+      if (actions.write != nullptr) {
+        StartWrite(actions.write);
+        ++started;
+      }
+      if (actions.read != nullptr) {
+        StartRead(actions.read);
+        ++started;
+      }
+      if (started == 0) return;
+      std::lock_guard<std::mutex> lock(mu_);
+      starting_ -= started;
+      actions = Plan();
     }
   }
 
@@ -231,6 +252,8 @@ class HisaService::AppendReactor final
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // Reads and writes decided by Plan and not yet started by Act.
+  int starting_ ABSL_GUARDED_BY(mu_) = 0;
   // The read target; touched by one of: gRPC (while reading_), Process
   // (while processing_).
   v1::AppendChunk chunk_;
@@ -354,6 +377,7 @@ class HisaService::SelectReactor final
     if (!stopped() && !writing_ && !inflight_.empty() &&
         inflight_.front()->ready) {
       writing_ = true;
+      ++starting_;
       actions.write = &inflight_.front()->response;
     }
     const int in_flight = static_cast<int>(inflight_.size()) + admitting_;
@@ -361,6 +385,7 @@ class HisaService::SelectReactor final
         !reading_ &&
         in_flight < service_->options_.max_select_messages_in_flight) {
       reading_ = true;
+      ++starting_;
       if (next_ == nullptr) next_ = std::make_unique<Message>();
       actions.read = &next_->request;
     }
@@ -368,7 +393,7 @@ class HisaService::SelectReactor final
         stopped() || error_.has_value() || draining_ || read_closed_;
     // Completions still to run reference their messages: wait for them even
     // when stopped. Otherwise every admitted message must be written first.
-    if (ending && incomplete_ == 0 && !writing_ &&
+    if (ending && starting_ == 0 && incomplete_ == 0 && !writing_ &&
         (stopped() || inflight_.empty())) {
       finished_ = true;
       if (stopped()) {
@@ -390,13 +415,31 @@ class HisaService::SelectReactor final
     return Plan();
   }
 
+  // Starts what Plan decided. Operations are started outside the lock, so
+  // Plan counts them in starting_ and never decides Finish while one is
+  // decided but not started: a StartRead/StartWrite issued after Finish
+  // could reach a call whose OnDone has already run.
   void Act(Actions actions) {
-    if (actions.write != nullptr) StartWrite(actions.write);
-    if (actions.read != nullptr) StartRead(actions.read);
-    if (actions.finish.has_value()) {
-      service_->metrics_->CountError(RpcMethod::kSelect,
-                                     actions.finish->error_code());
-      Finish(*std::move(actions.finish));
+    while (true) {
+      if (actions.finish.has_value()) {
+        service_->metrics_->CountError(RpcMethod::kSelect,
+                                       actions.finish->error_code());
+        Finish(*std::move(actions.finish));
+        return;
+      }
+      int started = 0;
+      if (actions.write != nullptr) {
+        StartWrite(actions.write);
+        ++started;
+      }
+      if (actions.read != nullptr) {
+        StartRead(actions.read);
+        ++started;
+      }
+      if (started == 0) return;
+      std::lock_guard<std::mutex> lock(mu_);
+      starting_ -= started;
+      actions = Plan();
     }
   }
 
@@ -523,6 +566,8 @@ class HisaService::SelectReactor final
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // Reads and writes decided by Plan and not yet started by Act.
+  int starting_ ABSL_GUARDED_BY(mu_) = 0;
   std::optional<grpc::Status> error_ ABSL_GUARDED_BY(mu_);
   // Messages read and not yet in inflight_ (being admitted).
   int admitting_ ABSL_GUARDED_BY(mu_) = 0;

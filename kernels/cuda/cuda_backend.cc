@@ -93,6 +93,13 @@ void CudaBackend::Select(absl::Span<const SelectTask> tasks,
   device_->ReleaseContext(ctx);
 }
 
+// The request path of one batch: the plan's image is written straight into
+// the context's pinned staging, uploaded with one async copy, the kernels
+// run, the outputs (positions, and scores when a row wants them) come back
+// with one async copy into the same staging, and the stream is synchronized
+// once. Planning reuses a per-thread SelectPlan and scratch (select_plan.h),
+// so a batch no bigger than the thread's earlier ones allocates nothing
+// here; only the results' own vectors grow.
 void CudaBackend::RunBatch(absl::Span<const SelectTask> tasks, void* context,
                            SelectStageTimes* times) {
   auto* ctx = static_cast<cuda::SelectContext*>(context);
@@ -106,16 +113,22 @@ void CudaBackend::RunBatch(absl::Span<const SelectTask> tasks, void* context,
   const absl::Time start = absl::Now();
   cudaError_t err = cudaSetDevice(device_->device());
   if (err != cudaSuccess) return fail(cuda::CudaError(err, "cudaSetDevice"));
-  absl::StatusOr<cuda::SelectPlan> plan =
-      cuda::BuildSelectPlan(tasks, *plan_options_);
-  if (!plan.ok()) return fail(plan.status());
+  // Reused across calls on this thread. A halved batch (below) plans again
+  // into it, after which this call no longer reads it.
+  thread_local cuda::SelectPlan plan;
+  const absl::Status planned = cuda::BuildSelectPlanInto(
+      tasks, *plan_options_, ctx->host, ctx->host_bytes, &plan);
+  if (!planned.ok()) return fail(planned);
   const bool want_scores =
       std::any_of(tasks.begin(), tasks.end(),
                   [](const SelectTask& t) { return t.row->return_scores; });
-  const int64_t download = plan->out_entries * 4 * (want_scores ? 2 : 1);
-  if (plan->device_bytes > ctx->device_bytes ||
-      static_cast<int64_t>(plan->image.size()) > ctx->host_bytes ||
-      download > ctx->host_bytes) {
+  // Positions and scores are adjacent in the device region (scores at
+  // out_scores_off, after positions' alignment padding): one download.
+  const int64_t scores_at = plan.out_scores_off - plan.out_pos_off;
+  const int64_t download =
+      want_scores ? scores_at + plan.out_entries * 4 : plan.out_entries * 4;
+  if (plan.device_bytes > ctx->device_bytes ||
+      plan.image_bytes > ctx->host_bytes || download > ctx->host_bytes) {
     if (tasks.size() > 1) {  // the estimate was optimistic: halve
       const size_t half = tasks.size() / 2;
       RunBatch(tasks.subspan(0, half), context, times);
@@ -123,36 +136,36 @@ void CudaBackend::RunBatch(absl::Span<const SelectTask> tasks, void* context,
       return;
     }
     return fail(absl::ResourceExhaustedError(absl::StrCat(
-        "select row needs ", plan->device_bytes,
+        "select row needs ", plan.device_bytes,
         " bytes of GPU scratch; a select context holds ", ctx->device_bytes)));
   }
-  std::memcpy(ctx->host, plan->image.data(), plan->image.size());
   const absl::Time prepared = absl::Now();
   cudaStream_t stream = ctx->stream;
-  err = cudaMemcpyAsync(ctx->device, ctx->host, plan->image.size(),
+  err = cudaMemcpyAsync(ctx->device, ctx->host, plan.image_bytes,
                         cudaMemcpyHostToDevice, stream);
   if (err != cudaSuccess) return fail(cuda::CudaError(err, "select upload"));
-  err = cuda::LaunchSelectPlan(*plan, ctx->device, device_->arena(), stream,
-                               ctx->events);
+  // Stage events only when the caller wants stage times.
+  cudaEvent_t* events = times != nullptr ? ctx->events : nullptr;
+  err = cuda::LaunchSelectPlan(plan, ctx->device, device_->arena(), stream,
+                               events);
   if (err != cudaSuccess) return fail(cuda::CudaError(err, "select launch"));
-  err = cudaMemcpyAsync(ctx->host, ctx->device + plan->out_pos_off,
-                        plan->out_entries * 4, cudaMemcpyDeviceToHost, stream);
-  if (err == cudaSuccess && want_scores) {
-    err = cudaMemcpyAsync(ctx->host + plan->out_entries * 4,
-                          ctx->device + plan->out_scores_off,
-                          plan->out_entries * 4, cudaMemcpyDeviceToHost, stream);
+  // The download overwrites the staging the upload read: stream order puts
+  // it after the upload and the kernels.
+  err = cudaMemcpyAsync(ctx->host, ctx->device + plan.out_pos_off, download,
+                        cudaMemcpyDeviceToHost, stream);
+  if (err == cudaSuccess && events != nullptr) {
+    err = cudaEventRecord(events[5], stream);
   }
-  if (err == cudaSuccess) err = cudaEventRecord(ctx->events[5], stream);
   if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
   if (err != cudaSuccess) return fail(cuda::CudaError(err, "select kernels"));
 
   const int32_t* out_pos = reinterpret_cast<const int32_t*>(ctx->host);
   const float* out_scores =
-      reinterpret_cast<const float*>(ctx->host + plan->out_entries * 4);
+      reinterpret_cast<const float*>(ctx->host + scores_at);
   for (size_t i = 0; i < tasks.size(); ++i) {
     const SelectTask& t = tasks[i];
     RowResult& r = *t.result;
-    const int64_t off = plan->task_out_offset[i];
+    const int64_t off = plan.task_out_offset[i];
     const int k = t.row->k;
     r.status = absl::OkStatus();
     r.mode_used = t.mode;

@@ -2,10 +2,13 @@
 
 #include <cuda_runtime.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <map>
 #include <tuple>
 #include <utility>
 
@@ -69,13 +72,90 @@ const uint16_t* Fp8ToBf16Table() {
   return table;
 }
 
+// dst[i] = bf16 bits of e4m3 src[i], NaN -> 0 (the table above), n values.
+void Fp8ToBf16Scalar(const uint8_t* src, uint16_t* dst, int64_t n) {
+  const uint16_t* to_bf16 = Fp8ToBf16Table();
+  for (int64_t i = 0; i < n; ++i) dst[i] = to_bf16[src[i]];
+}
+
+#if defined(__x86_64__)
+// The same, 16 values per step with byte shuffles (SSSE3). Normal e4m3
+// (exponent E >= 1): bf16 = sign | (E + 120) << 7 | M << 4, i.e. low byte =
+// low nibble << 4 and high byte = sign | ((E >> 1) + 0x3C); subnormals (E =
+// 0: M * 2^-9) and zeros come from an 8-entry table on M; NaN -> 0.
+__attribute__((target("ssse3"))) void Fp8ToBf16Ssse3(const uint8_t* src,
+                                                     uint16_t* dst,
+                                                     int64_t n) {
+  const __m128i lo_normal = _mm_setr_epi8(
+      0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, char(0x80), char(0x90),
+      char(0xA0), char(0xB0), char(0xC0), char(0xD0), char(0xE0), char(0xF0));
+  const __m128i hi_normal = _mm_setr_epi8(
+      0x3C, 0x3D, 0x3E, 0x3F, 0x40, 0x41, 0x42, 0x43, char(0xBC), char(0xBD),
+      char(0xBE), char(0xBF), char(0xC0), char(0xC1), char(0xC2), char(0xC3));
+  const __m128i lo_sub = _mm_setr_epi8(0, 0, char(0x80), char(0xC0), 0, 0x20,
+                                       0x40, 0x60, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m128i hi_sub = _mm_setr_epi8(0, 0x3B, 0x3B, 0x3B, 0x3C, 0x3C, 0x3C,
+                                       0x3C, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m128i nibble = _mm_set1_epi8(0x0F);
+  const __m128i exp_bits = _mm_set1_epi8(0x78);
+  const __m128i sign_bit = _mm_set1_epi8(char(0x80));
+  const __m128i magnitude = _mm_set1_epi8(0x7F);
+  const __m128i zero = _mm_setzero_si128();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m128i x =
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    const __m128i lo_idx = _mm_and_si128(x, nibble);
+    const __m128i hi_idx = _mm_and_si128(_mm_srli_epi16(x, 4), nibble);
+    const __m128i sub = _mm_cmpeq_epi8(_mm_and_si128(x, exp_bits), zero);
+    const __m128i nan = _mm_cmpeq_epi8(_mm_and_si128(x, magnitude), magnitude);
+    __m128i lo = _mm_or_si128(
+        _mm_and_si128(sub, _mm_shuffle_epi8(lo_sub, lo_idx)),
+        _mm_andnot_si128(sub, _mm_shuffle_epi8(lo_normal, lo_idx)));
+    __m128i hi = _mm_or_si128(
+        _mm_and_si128(sub, _mm_or_si128(_mm_shuffle_epi8(hi_sub, lo_idx),
+                                        _mm_and_si128(x, sign_bit))),
+        _mm_andnot_si128(sub, _mm_shuffle_epi8(hi_normal, hi_idx)));
+    lo = _mm_andnot_si128(nan, lo);
+    hi = _mm_andnot_si128(nan, hi);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm_unpacklo_epi8(lo, hi));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i + 8),
+                     _mm_unpackhi_epi8(lo, hi));
+  }
+  Fp8ToBf16Scalar(src + i, dst + i, n - i);
+}
+
+// SSSE3 when the CPU has it and it agrees with the table on all 256 bytes
+// (checked once), else the table.
+void Fp8ToBf16(const uint8_t* src, uint16_t* dst, int64_t n) {
+  static const bool use_simd = [] {
+    if (!__builtin_cpu_supports("ssse3")) return false;
+    uint8_t all[256];
+    uint16_t simd[256], table[256];
+    for (int b = 0; b < 256; ++b) all[b] = static_cast<uint8_t>(b);
+    Fp8ToBf16Ssse3(all, simd, 256);
+    Fp8ToBf16Scalar(all, table, 256);
+    return std::memcmp(simd, table, sizeof(simd)) == 0;
+  }();
+  if (use_simd) {
+    Fp8ToBf16Ssse3(src, dst, n);
+  } else {
+    Fp8ToBf16Scalar(src, dst, n);
+  }
+}
+#else
+void Fp8ToBf16(const uint8_t* src, uint16_t* dst, int64_t n) {
+  Fp8ToBf16Scalar(src, dst, n);
+}
+#endif
+
 void PackQuery(const SelectTask& task, const RowShape& s, bool hisa,
                uint8_t* q, float* w) {
   const QueryRow& row = *task.row;
   const int D = task.config->head_dim;
   const int H = row.num_heads;
   if (s.fast) {
-    const uint16_t* to_bf16 = Fp8ToBf16Table();
     uint8_t* q8 = q;
     uint16_t* qb = reinterpret_cast<uint16_t*>(q + int64_t{s.q_heads} * D);
     std::memcpy(q8, row.q.data(), int64_t{H} * D);
@@ -94,8 +174,7 @@ void PackQuery(const SelectTask& task, const RowShape& s, bool hisa,
       w[h] = row.weights[h] * std::fabs(scale);
     }
     if (hisa) {
-      const int64_t n = int64_t{s.q_heads} * D;
-      for (int64_t i = 0; i < n; ++i) qb[i] = to_bf16[q8[i]];
+      Fp8ToBf16(q8, qb, int64_t{s.q_heads} * D);
     }
   } else {
     float* qf = reinterpret_cast<float*>(q);
@@ -138,14 +217,423 @@ struct ItemBuild {
   int rows;
   int64_t work;
   WorkItem item;
+  int64_t seq = 0;  // creation order: ties keep it (a stable sort)
   auto SpecKey() const {
     return std::make_tuple(static_cast<int>(scorer), mt, ks, rows);
   }
 };
 
+// Everything a plan is built from besides the SelectPlan itself. Vectors are
+// cleared, never shrunk, so a scratch reused across batches (one per thread
+// in BuildSelectPlanInto) stops allocating once it has seen the largest one.
+struct PlanScratch {
+  struct Run {
+    int begin = 0, end = 0, first = 0;  // range of `order`, lowest task index
+  };
+  std::vector<GroupKey> keys;         // per task
+  std::vector<int> order;             // task indices sorted by key, position
+  std::vector<Run> runs;              // one per distinct key
+  std::vector<GroupBuild> groups;
+  std::vector<std::pair<int, int>> layer_runs;  // (group, first group) sorted
+  std::vector<int> group_layer;       // per group: run id, then layer index
+  std::vector<int> run_layer;         // per (store, layer) run: layer index
+  std::vector<LayerView> layers;
+  std::vector<uint32_t> tables;
+  std::vector<RowDesc> rows;
+  std::vector<int> row_group;         // per row: its group
+  std::vector<int> row_task;          // per row: its task
+  std::vector<GroupDesc> gdesc;
+  std::vector<int64_t> union_cap;
+  std::vector<ItemBuild> block_items, token_items;
+  std::vector<WorkItem> items;
+  int64_t q_bytes = 0;  // end of the last row's query in the q region
+  int64_t w_count = 0;  // floats in the weight region
+
+  void Clear() {
+    keys.clear();
+    order.clear();
+    runs.clear();
+    groups.clear();
+    layer_runs.clear();
+    group_layer.clear();
+    run_layer.clear();
+    layers.clear();
+    tables.clear();
+    rows.clear();
+    row_group.clear();
+    row_task.clear();
+    gdesc.clear();
+    union_cap.clear();
+    block_items.clear();
+    token_items.clear();
+    items.clear();
+    q_bytes = 0;
+    w_count = 0;
+  }
+};
+
+// Empties `plan`, keeping the capacity of its vectors.
+void ResetPlan(SelectPlan* plan) {
+  std::vector<uint8_t> image = std::move(plan->image);
+  std::vector<LaunchSpec> launches = std::move(plan->launches);
+  std::vector<int64_t> task_out_offset = std::move(plan->task_out_offset);
+  image.clear();
+  launches.clear();
+  task_out_offset.clear();
+  *plan = SelectPlan();
+  plan->image = std::move(image);
+  plan->launches = std::move(launches);
+  plan->task_out_offset = std::move(task_out_offset);
+}
+
+// Plans `tasks` into `s` and every field of `plan` except the image bytes
+// (plan->image stays empty; plan->image_bytes is set).
+void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
+            PlanScratch& s, SelectPlan* plan) {
+  s.Clear();
+  ResetPlan(plan);
+  const int n = static_cast<int>(tasks.size());
+  plan->task_out_offset.assign(n, -1);
+
+  // 1. Groups: rows of one (store, layer, mode, k, m, query shape) sorted by
+  // position (ties: task order), neighbours paired; keys in order of their
+  // first task.
+  for (int i = 0; i < n; ++i) {
+    const SelectTask& t = tasks[i];
+    s.keys.push_back(GroupKey{t.store,
+                              t.row->layer,
+                              static_cast<int>(t.mode),
+                              t.row->k,
+                              t.mode == SelectMode::kHisa ? t.row->m : 0,
+                              t.row->num_heads,
+                              static_cast<int>(t.row->q_format)});
+    s.order.push_back(i);
+  }
+  std::sort(s.order.begin(), s.order.end(), [&](int a, int b) {
+    if (s.keys[a] < s.keys[b]) return true;
+    if (s.keys[b] < s.keys[a]) return false;
+    const int64_t pa = tasks[a].row->position, pb = tasks[b].row->position;
+    return pa != pb ? pa < pb : a < b;
+  });
+  for (int i = 0; i < n;) {
+    PlanScratch::Run run;
+    run.begin = i;
+    run.first = s.order[i];
+    const GroupKey& key = s.keys[s.order[i]];
+    while (i < n && !(key < s.keys[s.order[i]])) {
+      run.first = std::min(run.first, s.order[i]);
+      ++i;
+    }
+    run.end = i;
+    s.runs.push_back(run);
+  }
+  std::sort(s.runs.begin(), s.runs.end(),
+            [](const PlanScratch::Run& a, const PlanScratch::Run& b) {
+              return a.first < b.first;
+            });
+  for (const PlanScratch::Run& run : s.runs) {
+    const int* idx = s.order.data() + run.begin;
+    const size_t count = static_cast<size_t>(run.end - run.begin);
+    const bool hisa_key =
+        s.keys[run.first].mode == static_cast<int>(SelectMode::kHisa);
+    // A HISA row with c + 1 <= m chooses every block: it is a DENSE row.
+    auto dense_equivalent = [&](int i) {
+      return tasks[i].row->position / tasks[i].config->block_size + 1 <=
+             tasks[i].row->m;
+    };
+    for (size_t j = 0; j < count;) {
+      bool pair = j + 1 < count;
+      if (!hisa_key) {
+        pair = pair && options.pair_rows;
+      } else if (!options.pair_hisa_rows) {
+        pair = pair && options.pair_rows && dense_equivalent(idx[j]) &&
+               dense_equivalent(idx[j + 1]);
+      }
+      GroupBuild gb;
+      gb.num_rows = pair ? 2 : 1;
+      for (int g = 0; g < gb.num_rows; ++g) gb.tasks[g] = idx[j + g];
+      j += gb.num_rows;
+      const SelectTask& t0 = tasks[gb.tasks[0]];
+      if (t0.mode == SelectMode::kHisa) {
+        // Rows whose every eligible block is chosen are DENSE rows (SPEC 4.2:
+        // the same answer); the group needs block selection only if some
+        // row has c + 1 > m.
+        for (int g = 0; g < gb.num_rows; ++g) {
+          const SelectTask& t = tasks[gb.tasks[g]];
+          const int64_t c = t.row->position / t.config->block_size;
+          if (c + 1 > t.row->m) gb.hisa = true;
+        }
+      }
+      gb.shape = ShapeOf(*t0.config, *t0.row, gb.hisa);
+      s.groups.push_back(gb);
+    }
+  }
+  const int num_groups = static_cast<int>(s.groups.size());
+  plan->num_groups = num_groups;
+
+  // 2. Layer views and page tables, one per (store, layer) in the batch, in
+  // order of the first group that reads it.
+  auto layer_key = [&](int gi) {
+    const SelectTask& t = tasks[s.groups[gi].tasks[0]];
+    return std::make_pair(t.store, t.row->layer);
+  };
+  for (int gi = 0; gi < num_groups; ++gi) s.layer_runs.push_back({gi, gi});
+  std::sort(s.layer_runs.begin(), s.layer_runs.end(),
+            [&](const std::pair<int, int>& a, const std::pair<int, int>& b) {
+              const auto ka = layer_key(a.first), kb = layer_key(b.first);
+              return ka != kb ? ka < kb : a.first < b.first;
+            });
+  s.group_layer.assign(num_groups, 0);
+  int num_runs = 0;
+  for (int i = 0; i < num_groups; ++i) {
+    if (i > 0 && layer_key(s.layer_runs[i].first) ==
+                     layer_key(s.layer_runs[i - 1].first)) {
+      s.group_layer[s.layer_runs[i].first] = num_runs - 1;
+    } else {
+      s.group_layer[s.layer_runs[i].first] = num_runs++;
+    }
+  }
+  s.run_layer.assign(num_runs, -1);
+  for (int gi = 0; gi < num_groups; ++gi) {
+    int& index = s.run_layer[s.group_layer[gi]];
+    if (index < 0) {
+      const SelectTask& t = tasks[s.groups[gi].tasks[0]];
+      const auto* store = static_cast<const CudaRequestStore*>(t.store);
+      const CudaRequestStore::Layer& l = store->layer(t.row->layer);
+      LayerView v;
+      v.geo = store->geometry();
+      v.tokens_per_page_magic = DivMagic(v.geo.tokens_per_page);
+      v.blocks_per_page_magic = DivMagic(v.geo.blocks_per_page);
+      v.length = l.length;
+      v.key_table = static_cast<int64_t>(s.tables.size());
+      s.tables.insert(s.tables.end(), l.key_pages.begin(), l.key_pages.end());
+      v.summary_table = static_cast<int64_t>(s.tables.size());
+      s.tables.insert(s.tables.end(), l.summary_pages.begin(),
+                      l.summary_pages.end());
+      index = static_cast<int>(s.layers.size());
+      s.layers.push_back(v);
+    }
+    s.group_layer[gi] = index;
+  }
+
+  // 3. Rows, query offsets, group descriptors. Queries are packed later,
+  // straight into the image (WriteImage).
+  s.gdesc.resize(num_groups);
+  s.union_cap.assign(num_groups, 0);
+  int64_t j_total = 0, out_total = 0, union_total = 0;
+  int union_groups = 0;
+  for (int gi = 0; gi < num_groups; ++gi) {
+    const GroupBuild& gb = s.groups[gi];
+    const SelectTask& t0 = tasks[gb.tasks[0]];
+    GroupDesc& gd = s.gdesc[gi];
+    gd.layer = s.group_layer[gi];
+    gd.mode = gb.hisa ? kModeHisa : kModeDense;
+    gd.num_rows = gb.num_rows;
+    gd.heads = t0.row->num_heads;
+    gd.q_heads = gb.shape.q_heads;
+    gd.k = t0.row->k;
+    gd.m = t0.row->m;
+    gd.max_position = 0;
+    int64_t cap = 0;
+    const int block = t0.config->block_size;
+    for (int g = 0; g < gb.num_rows; ++g) {
+      const SelectTask& t = tasks[gb.tasks[g]];
+      RowDesc r;
+      r.position = t.row->position;
+      r.k = t.row->k;
+      r.q_offset = AlignUp(s.q_bytes, 16);
+      s.q_bytes = r.q_offset + gb.shape.q_bytes;
+      r.w_offset = s.w_count;
+      s.w_count += gb.shape.w_count;
+      const int64_t c = r.position / block;
+      if (gb.hisa) {
+        r.j_offset = j_total;
+        j_total += c + 1;
+        cap += ChosenBlocks(c, gd.m);
+      }
+      r.out_offset = out_total;
+      plan->task_out_offset[gb.tasks[g]] = out_total;
+      out_total += r.k;
+      gd.rows[g] = static_cast<int32_t>(s.rows.size());
+      s.rows.push_back(r);
+      s.row_group.push_back(gi);
+      s.row_task.push_back(gb.tasks[g]);
+      gd.max_position = std::max(gd.max_position, r.position);
+    }
+    if (gb.num_rows == 1) gd.rows[1] = gd.rows[0];
+    if (gb.hisa) {
+      cap = std::min(cap, gd.max_position / block + 1);
+      s.union_cap[gi] = cap;
+      gd.union_offset = union_total;
+      gd.union_index = union_groups++;
+      union_total += cap;
+    }
+  }
+
+  // 4. Work items.
+  const int64_t target_items = 2 * int64_t{std::max(1, options.num_sms)};
+  const int64_t split_target =
+      options.allow_splits && plan->num_groups < target_items
+          ? CeilDiv(target_items, std::max<int64_t>(1, plan->num_groups))
+          : 1;
+  int64_t total_block_tiles = 0;
+  for (int gi = 0; gi < num_groups; ++gi) {
+    if (!s.groups[gi].hisa) continue;
+    const int block = tasks[s.groups[gi].tasks[0]].config->block_size;
+    total_block_tiles +=
+        CeilDiv(s.gdesc[gi].max_position / block + 1, kTileSlots);
+  }
+  const int64_t tiles_per_block_item =
+      std::max<int64_t>(1, total_block_tiles / target_items);
+  int64_t partial_lists = 0;
+  int32_t partial_stride = 0;
+  for (int gi = 0; gi < num_groups; ++gi) {
+    const GroupBuild& gb = s.groups[gi];
+    GroupDesc& gd = s.gdesc[gi];
+    const RequestConfig& cfg = *tasks[gb.tasks[0]].config;
+    const int D = cfg.head_dim;
+    const int G = gb.num_rows;
+    int64_t slots;
+    const LaunchSpec::Scorer block_scorer =
+        gb.shape.fast ? LaunchSpec::kMmaSync : LaunchSpec::kGeneric;
+    LaunchSpec::Scorer token_scorer = block_scorer;
+    if (gb.shape.fast && options.use_wgmma && D == 128 &&
+        gb.shape.q_heads == 64) {
+      token_scorer = LaunchSpec::kWgmma;
+    }
+    if (gb.hisa) {
+      const int64_t blocks = gd.max_position / cfg.block_size + 1;
+      for (int64_t b = 0; b < blocks; b += tiles_per_block_item * kTileSlots) {
+        WorkItem w;
+        w.group = gi;
+        w.slot_begin = b;
+        w.slot_end = std::min(blocks, b + tiles_per_block_item * kTileSlots);
+        s.block_items.push_back(
+            {LaunchSpec::kBlockScores, block_scorer, gb.shape.mt, D / 16, G,
+             w.slot_end - w.slot_begin, w,
+             static_cast<int64_t>(s.block_items.size())});
+        ++gd.block_items;
+      }
+      slots = s.union_cap[gi] * cfg.block_size;
+    } else {
+      slots = gd.max_position + 1;
+    }
+    const int64_t tiles = CeilDiv(slots, kTileSlots);
+    int64_t splits = std::min<int64_t>(split_target, tiles);
+    splits = std::min<int64_t>(splits, kFinalizeCap / gd.k);
+    splits = std::max<int64_t>(splits, 1);
+    const int64_t per = CeilDiv(tiles, splits);
+    splits = CeilDiv(tiles, per);
+    gd.num_splits = static_cast<int32_t>(splits);
+    if (splits > 1) {
+      gd.partial_index = static_cast<int32_t>(partial_lists);
+      partial_lists += splits * G;
+      partial_stride = std::max(partial_stride, gd.k);
+    }
+    for (int64_t sp = 0; sp < splits; ++sp) {
+      WorkItem w;
+      w.group = gi;
+      w.split = static_cast<int32_t>(sp);
+      w.slot_begin = sp * per * kTileSlots;
+      w.slot_end = std::min(slots, (sp + 1) * per * kTileSlots);
+      s.token_items.push_back({LaunchSpec::kTokens, token_scorer, gb.shape.mt,
+                               D / 32, G, w.slot_end - w.slot_begin, w,
+                               static_cast<int64_t>(s.token_items.size())});
+    }
+  }
+  // Stable order without std::stable_sort's temporary buffer: ties keep
+  // creation order through `seq`.
+  auto by_spec_then_work = [](const ItemBuild& a, const ItemBuild& b) {
+    if (a.SpecKey() != b.SpecKey()) return a.SpecKey() < b.SpecKey();
+    if (a.work != b.work) return a.work > b.work;  // longest first: a better tail
+    return a.seq < b.seq;
+  };
+  std::sort(s.block_items.begin(), s.block_items.end(), by_spec_then_work);
+  std::sort(s.token_items.begin(), s.token_items.end(), by_spec_then_work);
+
+  for (const std::vector<ItemBuild>* list : {&s.block_items, &s.token_items}) {
+    for (const ItemBuild& ib : *list) {
+      if (plan->launches.empty() || plan->launches.back().stage != ib.stage ||
+          std::make_tuple(static_cast<int>(plan->launches.back().scorer),
+                          plan->launches.back().mt, plan->launches.back().ks,
+                          plan->launches.back().rows) != ib.SpecKey()) {
+        LaunchSpec spec;
+        spec.stage = ib.stage;
+        spec.scorer = ib.scorer;
+        spec.mt = ib.mt;
+        spec.ks = ib.ks;
+        spec.rows = ib.rows;
+        spec.first_item = static_cast<int64_t>(s.items.size());
+        plan->launches.push_back(spec);
+      }
+      s.items.push_back(ib.item);
+      ++plan->launches.back().num_items;
+    }
+  }
+
+  // 5. The device region: upload image, then scratch.
+  int64_t off = 0;
+  auto reserve = [&](int64_t bytes) {
+    const int64_t at = off;
+    off = AlignUp(off + bytes, 256);
+    return at;
+  };
+  plan->layers_off = reserve(s.layers.size() * sizeof(LayerView));
+  plan->groups_off = reserve(s.gdesc.size() * sizeof(GroupDesc));
+  plan->rows_off = reserve(s.rows.size() * sizeof(RowDesc));
+  plan->items_off = reserve(s.items.size() * sizeof(WorkItem));
+  plan->tables_off = reserve(s.tables.size() * sizeof(uint32_t));
+  plan->q_off = reserve(s.q_bytes);
+  plan->w_off = reserve(s.w_count * sizeof(float));
+  plan->counters_off = reserve(s.gdesc.size() * 2 * sizeof(int32_t));  // zeros
+  plan->image_bytes = off;
+  plan->block_scores_off = reserve(j_total * 4);
+  plan->unions_off = reserve(union_total * 8);
+  plan->union_counts_off = reserve(int64_t{union_groups} * 4);
+  plan->partial_stride = partial_stride;
+  plan->partial_pos_off = reserve(partial_lists * partial_stride * 4);
+  plan->partial_key_off = reserve(partial_lists * partial_stride * 4);
+  plan->partial_counts_off = reserve(partial_lists * 4);
+  plan->out_entries = out_total;
+  plan->out_pos_off = reserve(out_total * 4);
+  plan->out_scores_off = reserve(out_total * 4);
+  plan->device_bytes = off;
+}
+
+// Copies `v` to dst[at..] and zeroes the rest of its region [at, end).
 template <class T>
-void Put(std::vector<uint8_t>& image, int64_t off, const std::vector<T>& v) {
-  if (!v.empty()) std::memcpy(image.data() + off, v.data(), v.size() * sizeof(T));
+void PutRegion(uint8_t* dst, int64_t at, int64_t end, const std::vector<T>& v) {
+  const int64_t bytes = static_cast<int64_t>(v.size() * sizeof(T));
+  if (bytes > 0) std::memcpy(dst + at, v.data(), bytes);
+  std::memset(dst + at + bytes, 0, end - at - bytes);
+}
+
+// Writes the plan's upload image (plan.image_bytes bytes) to `dst`: every
+// byte is written once (descriptors, packed queries, zero padding and
+// counters), so `dst` may hold anything before.
+void WriteImage(absl::Span<const SelectTask> tasks, const PlanScratch& s,
+                const SelectPlan& plan, uint8_t* dst) {
+  PutRegion(dst, plan.layers_off, plan.groups_off, s.layers);
+  PutRegion(dst, plan.groups_off, plan.rows_off, s.gdesc);
+  PutRegion(dst, plan.rows_off, plan.items_off, s.rows);
+  PutRegion(dst, plan.items_off, plan.tables_off, s.items);
+  PutRegion(dst, plan.tables_off, plan.q_off, s.tables);
+  uint8_t* q = dst + plan.q_off;
+  float* w = reinterpret_cast<float*>(dst + plan.w_off);
+  int64_t q_end = 0;
+  for (size_t i = 0; i < s.rows.size(); ++i) {
+    const RowDesc& r = s.rows[i];
+    const GroupBuild& gb = s.groups[s.row_group[i]];
+    std::memset(q + q_end, 0, r.q_offset - q_end);  // alignment gap
+    PackQuery(tasks[s.row_task[i]], gb.shape, gb.hisa, q + r.q_offset,
+              w + r.w_offset);
+    q_end = r.q_offset + gb.shape.q_bytes;
+  }
+  std::memset(q + q_end, 0, plan.w_off - plan.q_off - q_end);
+  const int64_t w_bytes = s.w_count * static_cast<int64_t>(sizeof(float));
+  std::memset(dst + plan.w_off + w_bytes, 0,
+              plan.counters_off - plan.w_off - w_bytes);
+  std::memset(dst + plan.counters_off, 0, plan.image_bytes - plan.counters_off);
 }
 
 }  // namespace
@@ -171,293 +659,25 @@ int64_t EstimateTaskBytes(const SelectTask& task) {
 
 absl::StatusOr<SelectPlan> BuildSelectPlan(absl::Span<const SelectTask> tasks,
                                            const PlanOptions& options) {
+  PlanScratch scratch;
   SelectPlan plan;
-  const int n = static_cast<int>(tasks.size());
-  plan.task_out_offset.assign(n, -1);
-
-  // 1. Groups: rows of one (store, layer, mode, k, m, query shape) sorted by
-  // position, neighbours paired.
-  std::map<GroupKey, std::vector<int>> by_key;
-  std::vector<GroupKey> key_order;
-  for (int i = 0; i < n; ++i) {
-    const SelectTask& t = tasks[i];
-    GroupKey key{t.store,
-                 t.row->layer,
-                 static_cast<int>(t.mode),
-                 t.row->k,
-                 t.mode == SelectMode::kHisa ? t.row->m : 0,
-                 t.row->num_heads,
-                 static_cast<int>(t.row->q_format)};
-    auto [it, inserted] = by_key.try_emplace(key);
-    if (inserted) key_order.push_back(key);
-    it->second.push_back(i);
-  }
-  std::vector<GroupBuild> groups;
-  for (const GroupKey& key : key_order) {
-    std::vector<int>& idx = by_key[key];
-    std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) {
-      return tasks[a].row->position < tasks[b].row->position;
-    });
-    const bool hisa_key = key.mode == static_cast<int>(SelectMode::kHisa);
-    // A HISA row with c + 1 <= m chooses every block: it is a DENSE row.
-    auto dense_equivalent = [&](int i) {
-      return tasks[i].row->position / tasks[i].config->block_size + 1 <=
-             tasks[i].row->m;
-    };
-    for (size_t j = 0; j < idx.size();) {
-      bool pair = j + 1 < idx.size();
-      if (!hisa_key) {
-        pair = pair && options.pair_rows;
-      } else if (!options.pair_hisa_rows) {
-        pair = pair && options.pair_rows && dense_equivalent(idx[j]) &&
-               dense_equivalent(idx[j + 1]);
-      }
-      GroupBuild gb;
-      gb.num_rows = pair ? 2 : 1;
-      for (int g = 0; g < gb.num_rows; ++g) gb.tasks[g] = idx[j + g];
-      j += gb.num_rows;
-      const SelectTask& t0 = tasks[gb.tasks[0]];
-      if (t0.mode == SelectMode::kHisa) {
-        // Rows whose every eligible block is chosen are DENSE rows (SPEC 4.2:
-        // the same answer); the group needs block selection only if some
-        // row has c + 1 > m.
-        for (int g = 0; g < gb.num_rows; ++g) {
-          const SelectTask& t = tasks[gb.tasks[g]];
-          const int64_t c = t.row->position / t.config->block_size;
-          if (c + 1 > t.row->m) gb.hisa = true;
-        }
-      }
-      gb.shape = ShapeOf(*t0.config, *t0.row, gb.hisa);
-      groups.push_back(gb);
-    }
-  }
-  plan.num_groups = static_cast<int64_t>(groups.size());
-
-  // 2. Layer views and page tables, one per (store, layer) in the batch.
-  std::map<std::pair<const RequestStore*, int>, int> layer_index;
-  std::vector<LayerView> layers;
-  std::vector<uint32_t> tables;
-  auto layer_of = [&](const SelectTask& t) {
-    const auto key = std::make_pair(t.store, t.row->layer);
-    auto it = layer_index.find(key);
-    if (it != layer_index.end()) return it->second;
-    const auto* store = static_cast<const CudaRequestStore*>(t.store);
-    const CudaRequestStore::Layer& l = store->layer(t.row->layer);
-    LayerView v;
-    v.geo = store->geometry();
-    v.tokens_per_page_magic = DivMagic(v.geo.tokens_per_page);
-    v.blocks_per_page_magic = DivMagic(v.geo.blocks_per_page);
-    v.length = l.length;
-    v.key_table = static_cast<int64_t>(tables.size());
-    tables.insert(tables.end(), l.key_pages.begin(), l.key_pages.end());
-    v.summary_table = static_cast<int64_t>(tables.size());
-    tables.insert(tables.end(), l.summary_pages.begin(), l.summary_pages.end());
-    const int index = static_cast<int>(layers.size());
-    layers.push_back(v);
-    layer_index.emplace(key, index);
-    return index;
-  };
-
-  // 3. Rows, queries, group descriptors.
-  std::vector<RowDesc> rows;
-  rows.reserve(n);
-  std::vector<uint8_t> qbuf;
-  std::vector<float> wbuf;
-  {
-    int64_t q_total = 0, w_total = 0;
-    for (const GroupBuild& gb : groups) {
-      q_total += gb.num_rows * AlignUp(gb.shape.q_bytes, 16);
-      w_total += gb.num_rows * gb.shape.w_count;
-    }
-    qbuf.reserve(q_total + 16);
-    wbuf.reserve(w_total);
-  }
-  std::vector<GroupDesc> gdesc(groups.size());
-  std::vector<int64_t> union_cap(groups.size(), 0);
-  int64_t j_total = 0, out_total = 0, union_total = 0;
-  int union_groups = 0;
-  for (size_t gi = 0; gi < groups.size(); ++gi) {
-    const GroupBuild& gb = groups[gi];
-    const SelectTask& t0 = tasks[gb.tasks[0]];
-    GroupDesc& gd = gdesc[gi];
-    gd.layer = layer_of(t0);
-    gd.mode = gb.hisa ? kModeHisa : kModeDense;
-    gd.num_rows = gb.num_rows;
-    gd.heads = t0.row->num_heads;
-    gd.q_heads = gb.shape.q_heads;
-    gd.k = t0.row->k;
-    gd.m = t0.row->m;
-    gd.max_position = 0;
-    int64_t cap = 0;
-    const int block = t0.config->block_size;
-    for (int g = 0; g < gb.num_rows; ++g) {
-      const SelectTask& t = tasks[gb.tasks[g]];
-      RowDesc r;
-      r.position = t.row->position;
-      r.k = t.row->k;
-      qbuf.resize(AlignUp(static_cast<int64_t>(qbuf.size()), 16));
-      r.q_offset = static_cast<int64_t>(qbuf.size());
-      qbuf.resize(qbuf.size() + gb.shape.q_bytes);
-      r.w_offset = static_cast<int64_t>(wbuf.size());
-      wbuf.resize(wbuf.size() + gb.shape.w_count);
-      PackQuery(t, gb.shape, gb.hisa, qbuf.data() + r.q_offset,
-                wbuf.data() + r.w_offset);
-      const int64_t c = r.position / block;
-      if (gb.hisa) {
-        r.j_offset = j_total;
-        j_total += c + 1;
-        cap += ChosenBlocks(c, gd.m);
-      }
-      r.out_offset = out_total;
-      plan.task_out_offset[gb.tasks[g]] = out_total;
-      out_total += r.k;
-      gd.rows[g] = static_cast<int32_t>(rows.size());
-      rows.push_back(r);
-      gd.max_position = std::max(gd.max_position, r.position);
-    }
-    if (gb.num_rows == 1) gd.rows[1] = gd.rows[0];
-    if (gb.hisa) {
-      cap = std::min(cap, gd.max_position / block + 1);
-      union_cap[gi] = cap;
-      gd.union_offset = union_total;
-      gd.union_index = union_groups++;
-      union_total += cap;
-    }
-  }
-
-  // 4. Work items.
-  const int64_t target_items = 2 * int64_t{std::max(1, options.num_sms)};
-  const int64_t split_target =
-      options.allow_splits && plan.num_groups < target_items
-          ? CeilDiv(target_items, std::max<int64_t>(1, plan.num_groups))
-          : 1;
-  int64_t total_block_tiles = 0;
-  for (size_t gi = 0; gi < groups.size(); ++gi) {
-    if (!groups[gi].hisa) continue;
-    const int block = tasks[groups[gi].tasks[0]].config->block_size;
-    total_block_tiles += CeilDiv(gdesc[gi].max_position / block + 1, kTileSlots);
-  }
-  const int64_t tiles_per_block_item =
-      std::max<int64_t>(1, total_block_tiles / target_items);
-  std::vector<ItemBuild> block_items, token_items;
-  int64_t partial_lists = 0;
-  int32_t partial_stride = 0;
-  for (size_t gi = 0; gi < groups.size(); ++gi) {
-    const GroupBuild& gb = groups[gi];
-    GroupDesc& gd = gdesc[gi];
-    const RequestConfig& cfg = *tasks[gb.tasks[0]].config;
-    const int D = cfg.head_dim;
-    const int G = gb.num_rows;
-    const int gid = static_cast<int>(gi);
-    int64_t slots;
-    const LaunchSpec::Scorer block_scorer =
-        gb.shape.fast ? LaunchSpec::kMmaSync : LaunchSpec::kGeneric;
-    LaunchSpec::Scorer token_scorer = block_scorer;
-    if (gb.shape.fast && options.use_wgmma && D == 128 &&
-        gb.shape.q_heads == 64) {
-      token_scorer = LaunchSpec::kWgmma;
-    }
-    if (gb.hisa) {
-      const int64_t blocks = gd.max_position / cfg.block_size + 1;
-      for (int64_t s = 0; s < blocks; s += tiles_per_block_item * kTileSlots) {
-        WorkItem w;
-        w.group = gid;
-        w.slot_begin = s;
-        w.slot_end = std::min(blocks, s + tiles_per_block_item * kTileSlots);
-        block_items.push_back({LaunchSpec::kBlockScores, block_scorer,
-                               gb.shape.mt, D / 16, G,
-                               w.slot_end - w.slot_begin, w});
-        ++gd.block_items;
-      }
-      slots = union_cap[gi] * cfg.block_size;
-    } else {
-      slots = gd.max_position + 1;
-    }
-    const int64_t tiles = CeilDiv(slots, kTileSlots);
-    int64_t splits = std::min<int64_t>(split_target, tiles);
-    splits = std::min<int64_t>(splits, kFinalizeCap / gd.k);
-    splits = std::max<int64_t>(splits, 1);
-    const int64_t per = CeilDiv(tiles, splits);
-    splits = CeilDiv(tiles, per);
-    gd.num_splits = static_cast<int32_t>(splits);
-    if (splits > 1) {
-      gd.partial_index = static_cast<int32_t>(partial_lists);
-      partial_lists += splits * G;
-      partial_stride = std::max(partial_stride, gd.k);
-    }
-    for (int64_t s = 0; s < splits; ++s) {
-      WorkItem w;
-      w.group = gid;
-      w.split = static_cast<int32_t>(s);
-      w.slot_begin = s * per * kTileSlots;
-      w.slot_end = std::min(slots, (s + 1) * per * kTileSlots);
-      token_items.push_back({LaunchSpec::kTokens, token_scorer, gb.shape.mt,
-                             D / 32, G, w.slot_end - w.slot_begin, w});
-    }
-  }
-  auto by_spec_then_work = [](const ItemBuild& a, const ItemBuild& b) {
-    if (a.SpecKey() != b.SpecKey()) return a.SpecKey() < b.SpecKey();
-    return a.work > b.work;  // longest first: a better tail
-  };
-  std::stable_sort(block_items.begin(), block_items.end(), by_spec_then_work);
-  std::stable_sort(token_items.begin(), token_items.end(), by_spec_then_work);
-
-  std::vector<WorkItem> items;
-  for (const std::vector<ItemBuild>* list : {&block_items, &token_items}) {
-    for (const ItemBuild& ib : *list) {
-      if (plan.launches.empty() || plan.launches.back().stage != ib.stage ||
-          std::make_tuple(static_cast<int>(plan.launches.back().scorer),
-                          plan.launches.back().mt, plan.launches.back().ks,
-                          plan.launches.back().rows) != ib.SpecKey()) {
-        LaunchSpec spec;
-        spec.stage = ib.stage;
-        spec.scorer = ib.scorer;
-        spec.mt = ib.mt;
-        spec.ks = ib.ks;
-        spec.rows = ib.rows;
-        spec.first_item = static_cast<int64_t>(items.size());
-        plan.launches.push_back(spec);
-      }
-      items.push_back(ib.item);
-      ++plan.launches.back().num_items;
-    }
-  }
-
-  // 5. The device region: upload image, then scratch.
-  int64_t off = 0;
-  auto reserve = [&](int64_t bytes) {
-    const int64_t at = off;
-    off = AlignUp(off + bytes, 256);
-    return at;
-  };
-  plan.layers_off = reserve(layers.size() * sizeof(LayerView));
-  plan.groups_off = reserve(gdesc.size() * sizeof(GroupDesc));
-  plan.rows_off = reserve(rows.size() * sizeof(RowDesc));
-  plan.items_off = reserve(items.size() * sizeof(WorkItem));
-  plan.tables_off = reserve(tables.size() * sizeof(uint32_t));
-  plan.q_off = reserve(qbuf.size());
-  plan.w_off = reserve(wbuf.size() * sizeof(float));
-  plan.counters_off = reserve(gdesc.size() * 2 * sizeof(int32_t));  // zeros
-  plan.image.assign(off, 0);
-  Put(plan.image, plan.layers_off, layers);
-  Put(plan.image, plan.groups_off, gdesc);
-  Put(plan.image, plan.rows_off, rows);
-  Put(plan.image, plan.items_off, items);
-  Put(plan.image, plan.tables_off, tables);
-  Put(plan.image, plan.q_off, qbuf);
-  Put(plan.image, plan.w_off, wbuf);
-  plan.block_scores_off = reserve(j_total * 4);
-  plan.unions_off = reserve(union_total * 8);
-  plan.union_counts_off = reserve(int64_t{union_groups} * 4);
-  plan.partial_stride = partial_stride;
-  plan.partial_pos_off = reserve(partial_lists * partial_stride * 4);
-  plan.partial_key_off = reserve(partial_lists * partial_stride * 4);
-  plan.partial_counts_off = reserve(partial_lists * 4);
-  plan.out_entries = out_total;
-  plan.out_pos_off = reserve(out_total * 4);
-  plan.out_scores_off = reserve(out_total * 4);
-  plan.device_bytes = off;
+  Layout(tasks, options, scratch, &plan);
+  plan.image.resize(plan.image_bytes);
+  WriteImage(tasks, scratch, plan, plan.image.data());
   return plan;
+}
+
+absl::Status BuildSelectPlanInto(absl::Span<const SelectTask> tasks,
+                                 const PlanOptions& options, uint8_t* image,
+                                 int64_t capacity, SelectPlan* plan) {
+  // One scratch per thread: the server's executor threads reuse theirs, so
+  // planning a batch no bigger than an earlier one allocates nothing.
+  thread_local PlanScratch scratch;
+  Layout(tasks, options, scratch, plan);
+  if (plan->image_bytes <= capacity) {
+    WriteImage(tasks, scratch, *plan, image);
+  }
+  return absl::OkStatus();
 }
 
 cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,

@@ -6,15 +6,26 @@
 //   // outputs: plan.out_pos_off / plan.out_scores_off, task i at
 //   // plan.task_out_offset[i], tasks[i].row->k entries each.
 //
+//   // The request path: the image goes straight into pinned staging.
+//   RETURN_IF_ERROR(BuildSelectPlanInto(tasks, options, pinned, capacity,
+//                                       &plan));
+//   if (plan.image_bytes > capacity) { /* split the batch */ }
+//
 // BuildSelectPlan groups the rows (neighbouring rows of one (request, layer,
 // mode, k, m, query shape) in pairs, the rest alone), decides each group's
 // path (FP8 tensor cores when keys and queries are FP8 and D is 64 or 128,
 // else the generic fp32 path), packs queries and weights, lays out every
 // descriptor, page table and scratch buffer in one device region of
-// plan.device_bytes bytes whose first plan.image.size() bytes are the upload
-// image, and splits work items across the GPU's SMs. Pure host code; the
-// stores must not change until the launch completes (the engine's reader
-// lock guarantees it).
+// plan.device_bytes bytes whose first plan.image_bytes bytes
+// (== plan.image.size()) are the upload image, and splits work items across
+// the GPU's SMs. Pure host code; the stores must not change until the launch
+// completes (the engine's reader lock guarantees it).
+//
+// BuildSelectPlanInto makes the same plan (the same image bytes) but writes
+// the image to a caller buffer, e.g. pinned staging for one cudaMemcpyAsync,
+// and leaves plan->image empty: no intermediate copy of the packed queries.
+// It reuses the vectors of *plan and a per-thread scratch, so once a thread
+// has planned a batch at least as big, planning allocates nothing.
 //
 // LaunchSelectPlan issues, on `stream`, block scoring (+ block choice) and
 // token refinement + top-k (+ merge of split work items), one launch per
@@ -31,6 +42,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "kernels/backend.h"
@@ -71,7 +83,8 @@ struct LaunchSpec {
 };
 
 struct SelectPlan {
-  std::vector<uint8_t> image;
+  std::vector<uint8_t> image;  // BuildSelectPlan only
+  int64_t image_bytes = 0;     // upload image: device bytes [0, image_bytes)
   int64_t device_bytes = 0;
   // Byte offsets inside the device region.
   int64_t layers_off = 0, groups_off = 0, rows_off = 0, items_off = 0,
@@ -94,6 +107,14 @@ int64_t EstimateTaskBytes(const SelectTask& task);
 // (backend.h). INVALID_ARGUMENT only for shapes no kernel supports.
 absl::StatusOr<SelectPlan> BuildSelectPlan(absl::Span<const SelectTask> tasks,
                                            const PlanOptions& options);
+
+// The same plan into *plan (its previous contents replaced). The image is
+// written to image[0, plan->image_bytes) only when plan->image_bytes <=
+// capacity; otherwise nothing is written and the caller splits the batch.
+// Same preconditions and errors as BuildSelectPlan.
+absl::Status BuildSelectPlanInto(absl::Span<const SelectTask> tasks,
+                                 const PlanOptions& options, uint8_t* image,
+                                 int64_t capacity, SelectPlan* plan);
 
 cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* device_base,
                              const uint8_t* arena, cudaStream_t stream,

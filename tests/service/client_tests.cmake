@@ -12,11 +12,11 @@ endif()
 find_package(gRPC CONFIG REQUIRED)
 include(GoogleTest)
 
-set(_client_test_env "")
-if(HISA_SANITIZE STREQUAL "thread")
-  set(_client_test_env
-    "TSAN_OPTIONS=halt_on_error=1 second_deadlock_stack=1 suppressions=${CMAKE_CURRENT_LIST_DIR}/client_tsan.supp")
-elseif(HISA_SANITIZE STREQUAL "address")
+# Sanitizer environment: the service tests' (tests/service/CMakeLists.txt,
+# HISA_SERVICE_TEST_ENV: TSan suppressions for Debian's uninstrumented gRPC,
+# protobuf, Abseil and prometheus-cpp), which the e2e test's server inherits.
+set(_client_test_env "${HISA_SERVICE_TEST_ENV}")
+if(HISA_SANITIZE STREQUAL "address")
   set(_client_test_env "UBSAN_OPTIONS=halt_on_error=1 print_stacktrace=1")
 endif()
 
@@ -45,4 +45,15 @@ if(TARGET hisa_server AND TARGET hisa_cli)
   add_dependencies(hisa_client_e2e_test hisa_server hisa_cli)
   gtest_discover_tests(hisa_client_e2e_test DISCOVERY_MODE PRE_TEST
     PROPERTIES TIMEOUT 300 ENVIRONMENT "${_client_test_env}")
+endif()
+
+# Make absl::Mutex (HisaClient, the fake service) visible to TSan, as the
+# service tests do.
+if(TARGET hisa_tsan_absl_sync)
+  foreach(test hisa_client_library_test hisa_client_e2e_test)
+    if(TARGET ${test})
+      target_link_libraries(${test} PRIVATE hisa_tsan_absl_sync)
+      set_target_properties(${test} PROPERTIES ENABLE_EXPORTS ON)
+    endif()
+  endforeach()
 endif()
