@@ -27,4 +27,4 @@ build/client/hisa_demo --target=127.0.0.1:"$port" --keep "$@"
 echo "== server info (hisa_cli info):"
 build/client/hisa_cli info --target=127.0.0.1:"$port" --all_requests | head -20
 echo "== a few metrics:"
-curl -s http://127.0.0.1:9464/metrics | grep -E '^hisa_(rows_selected|cache_bytes|live_requests|rpc_duration_seconds_count)' | head -12 || true
+curl -s http://127.0.0.1:9464/metrics | grep -E '^hisa_(selected_rows_total|cache_used_bytes|cache_budget_bytes|live_requests|rpc_duration_seconds_count)' | head -12 || true
