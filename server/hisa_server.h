@@ -15,11 +15,15 @@
 //   Start validates the options (INVALID_ARGUMENT naming the bad one),
 //   builds the engine (or takes the given one), binds every listener
 //   (UNAVAILABLE when one cannot be bound) and serves before returning.
-//   Shutdown(grace) drains: the health service reports NOT_SERVING, new RPCs
-//   get UNAVAILABLE, open streams answer what they have read and end; RPCs
-//   still open after `grace` are cancelled. Then it stops the batcher,
-//   executor, sweeper and metrics endpoint. Blocking and idempotent; the
-//   destructor calls Shutdown(absl::ZeroDuration()) if needed.
+//   Shutdown(grace) drains: the health service reports NOT_SERVING, new
+//   HisaIndex RPCs get UNAVAILABLE (the listeners stay open meanwhile, so
+//   clients see that rather than a refused connection), open streams answer
+//   what they have read and end. Once no RPC is left, or at `grace`,
+//   grpc::Server::Shutdown runs (cancelling what is still open; it also
+//   waits, ~5 s, for idle client connections to close after its GOAWAY).
+//   Then it stops the batcher, executor, sweeper and metrics endpoint
+//   (civetweb takes ~1 s). Blocking and idempotent; the destructor calls
+//   Shutdown(absl::ZeroDuration()) if needed.
 // Thread safety: Shutdown may be called from any thread, once or more; the
 // accessors are safe at any time before destruction.
 #ifndef HISA_SERVER_HISA_SERVER_H_

@@ -1,5 +1,6 @@
 #include "server/wire_conversion.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 

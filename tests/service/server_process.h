@@ -3,11 +3,12 @@
 // always killed by the destructor (and by the kernel if the test dies:
 // PR_SET_PDEATHSIG).
 //
-//   ASSERT_OK_AND_ASSIGN(auto server, hisa::testing::ServerProcess::Start(
-//                                         {"--idle_ttl=500ms"}));
-//   auto channel = grpc::CreateChannel(server->address(), ...);
+//   absl::StatusOr<std::unique_ptr<hisa::testing::ServerProcess>> server =
+//       hisa::testing::ServerProcess::Start({"--idle_ttl=500ms"});
+//   ASSERT_TRUE(server.ok()) << server.status();
+//   auto channel = grpc::CreateChannel((*server)->address(), ...);
 //   ...
-//   EXPECT_THAT(server->Terminate(absl::Seconds(20)), IsOkAndHolds(0));
+//   EXPECT_EQ((*server)->Terminate(absl::Seconds(20)).value_or(-1), 0);
 //
 // Contracts:
 //   Start runs HisaServerBinary() with --listen=127.0.0.1:0,
