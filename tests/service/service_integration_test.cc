@@ -731,7 +731,7 @@ TEST_F(ServiceIntegrationTest, SigtermDrainCompletesInFlightSelects) {
   ASSERT_EQ(first.results(0).code(), kOk);
   // The heavy message: wait until its batch has started, then SIGTERM.
   std::vector<v1::QueryRow> rows;
-  const int num_rows = kSanitized ? 16 : 128;
+  const int num_rows = kSanitized ? 32 : 512;
   for (int i = 0; i < num_rows; ++i) {
     rows.push_back(RandomRow(rng_, "d", 0, length - 1 - i, 16, config,
                              v1::DENSE, 2048, 64));
