@@ -99,7 +99,8 @@ class Engine {
 
   // Selects for a batch of rows that may span many requests and layers.
   // results.size() must equal rows.size(); each result gets its own status
-  // (one bad row fails only itself). `times` may be null.
+  // (one bad row fails only itself). `times` may be null; stage times are
+  // ADDED to it, so one struct can accumulate over several calls.
   void Select(absl::Span<const QueryRow> rows, absl::Span<RowResult> results,
               SelectStageTimes* times = nullptr);
 

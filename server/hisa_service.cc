@@ -509,8 +509,6 @@ class HisaService::SelectReactor final
     ServiceMetrics& metrics = *service_->metrics_;
     v1::SelectResponse& response = message->response;
     response.set_message_id(message->request.message_id());
-    // Positions are encoded with the block size of each row's request.
-    absl::flat_hash_map<absl::string_view, int> block_sizes;
     int64_t dense_rows = 0;
     int64_t hisa_rows = 0;
     const int num_rows = message->request.rows_size();
@@ -528,19 +526,13 @@ class HisaService::SelectReactor final
       const QueryRow& row = message->rows[slot];
       const RowResult& result = message->results[slot];
       if (!result.status.ok()) {
-        RowResultToWire(result, row.k, kDefaultBlockSize, wire);
+        RowResultToWire(result, row.k, kWireBitmaskBlock, wire);
         metrics.CountError(RpcMethod::kSelect, result.status.code());
         continue;
       }
-      auto [it, inserted] = block_sizes.try_emplace(row.request_id, 0);
-      if (inserted) {
-        // The request may have been released since the select ran; any
-        // power-of-two block size encodes the same positions.
-        absl::StatusOr<RequestInfo> info =
-            service_->engine_->GetRequestInfo(row.request_id);
-        it->second = info.ok() ? info->config.block_size : kDefaultBlockSize;
-      }
-      RowResultToWire(result, row.k, it->second, wire);
+      // The bitmask encoding is valid for any power-of-two block size; a
+      // fixed one avoids a request lookup per row on the response path.
+      RowResultToWire(result, row.k, kWireBitmaskBlock, wire);
       (result.mode_used == SelectMode::kDense ? dense_rows : hisa_rows) += 1;
     }
     if (dense_rows > 0) metrics.CountSelectedRows(SelectMode::kDense, dense_rows);

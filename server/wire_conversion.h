@@ -31,6 +31,9 @@
 namespace hisa {
 
 inline constexpr int kDefaultBlockSize = 128;
+// Block size of the compact bitmask encoding on the wire (any power of two
+// >= 8 decodes to the same positions; 128 matches the usual B).
+inline constexpr int kWireBitmaskBlock = 128;
 inline constexpr int kDefaultM = 64;
 
 absl::StatusOr<RequestConfig> ConfigFromWire(const v1::RequestConfig& wire);
