@@ -37,6 +37,10 @@
 namespace hisa {
 namespace {
 
+using testing_support::EdgePositions;
+using testing_support::Shape;
+using testing_support::ShapeName;
+
 using ref::EncodedKeys;
 using ref::EncodedQuery;
 using testing_support::EngineHarness;
@@ -102,21 +106,6 @@ double Overlap(const RowResult& a, const RowResult& b) {
   return static_cast<double>(both.size()) / y.size();
 }
 
-struct Shape {
-  int head_dim;
-  int num_heads;
-  int block_size;
-  int m;
-  int k;
-  int64_t length;
-  BlockPooling pooling;
-};
-
-std::string ShapeName(const Shape& s) {
-  return absl::StrCat("D=", s.head_dim, " H=", s.num_heads, " B=",
-                      s.block_size, " m=", s.m, " k=", s.k, " L=", s.length,
-                      s.pooling == BlockPooling::kMax ? " max" : " mean");
-}
 
 // D in {64, 128}, H in {1, 32, 64}, B 16..128, m 1..64, k 40..2048.
 constexpr Shape kShapes[] = {
@@ -132,20 +121,6 @@ constexpr Shape kShapes[] = {
 };
 constexpr int kNumShapes = sizeof(kShapes) / sizeof(kShapes[0]);
 
-std::vector<int64_t> EdgePositions(const Shape& s, std::mt19937_64& rng) {
-  const int64_t mb = int64_t{s.m} * s.block_size;
-  const int64_t last = s.length - 1;
-  std::vector<int64_t> t = {0,      s.k / 2, s.k - 1, mb - 1, mb,
-                            mb + 1, (last / s.block_size) * s.block_size,
-                            last,   last - 1, Uniform(rng, 0, last),
-                            Uniform(rng, std::min(mb, last), last)};
-  t.erase(std::remove_if(t.begin(), t.end(),
-                         [&](int64_t p) { return p < 0 || p > last; }),
-          t.end());
-  std::sort(t.begin(), t.end());
-  t.erase(std::unique(t.begin(), t.end()), t.end());
-  return t;
-}
 
 TEST(GpuInfoTest, PrintsDeviceAndSeed) {
   SKIP_WITHOUT_GPU();

@@ -7,6 +7,28 @@
 
 namespace hisa::testing_support {
 
+std::string ShapeName(const Shape& s) {
+  return absl::StrCat("D=", s.head_dim, " H=", s.num_heads, " B=",
+                      s.block_size, " m=", s.m, " k=", s.k, " L=", s.length,
+                      s.pooling == BlockPooling::kMax ? " max" : " mean");
+}
+
+std::vector<int64_t> EdgePositions(const Shape& s, std::mt19937_64& rng) {
+  const int64_t mb = int64_t{s.m} * s.block_size;
+  const int64_t last = s.length - 1;
+  std::vector<int64_t> t = {0,      s.k / 2, s.k - 1, mb - 1, mb,
+                            mb + 1, (last / s.block_size) * s.block_size,
+                            last,   last - 1, Uniform(rng, 0, last),
+                            Uniform(rng, std::min(mb, last), last)};
+  t.erase(std::remove_if(t.begin(), t.end(),
+                         [&](int64_t p) { return p < 0 || p > last; }),
+          t.end());
+  std::sort(t.begin(), t.end());
+  t.erase(std::unique(t.begin(), t.end()), t.end());
+  return t;
+}
+
+
 EngineOptions CpuTestOptions() {
   EngineOptions options;
   options.backend = "cpu";

@@ -38,6 +38,24 @@
 
 namespace hisa::testing_support {
 
+// One cell of the test shape matrix (D, H, B, m, k, layer length, pooling).
+struct Shape {
+  int head_dim;
+  int num_heads;
+  int block_size;
+  int m;
+  int k;
+  int64_t length;
+  BlockPooling pooling;
+};
+std::string ShapeName(const Shape& s);
+
+// Query positions at the edges of `s`: the first token, t < k, t = k - 1,
+// t = m*B - 1 (last row where HISA == DENSE), t = m*B, m*B + 1, the first
+// token of the last block, the last two tokens (usually in a partial block),
+// plus two random ones; sorted, unique, inside [0, length).
+std::vector<int64_t> EdgePositions(const Shape& s, std::mt19937_64& rng);
+
 // CPU engine options for tests (2 worker threads).
 EngineOptions CpuTestOptions();
 

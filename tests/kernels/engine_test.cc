@@ -23,6 +23,10 @@
 namespace hisa {
 namespace {
 
+using testing_support::EdgePositions;
+using testing_support::Shape;
+using testing_support::ShapeName;
+
 using ref::EncodedKeys;
 using ref::EncodedQuery;
 using testing_support::EngineHarness;
@@ -35,21 +39,6 @@ using testing_support::Uniform;
 constexpr KeyFormat kFormats[] = {KeyFormat::kFp8E4M3, KeyFormat::kBf16,
                                   KeyFormat::kFp32};
 
-struct Shape {
-  int head_dim;
-  int num_heads;
-  int block_size;
-  int m;
-  int k;
-  int64_t length;
-  BlockPooling pooling;
-};
-
-std::string ShapeName(const Shape& s) {
-  return absl::StrCat("D=", s.head_dim, " H=", s.num_heads, " B=",
-                      s.block_size, " m=", s.m, " k=", s.k, " L=", s.length,
-                      s.pooling == BlockPooling::kMax ? " max" : " mean");
-}
 
 // Each format pair runs two of these; together they cover D in {64, 128},
 // H in {1, 32, 64}, B in {16, 64, 128}, m from 1 to 40, k from 40 to 2048
@@ -66,23 +55,6 @@ constexpr Shape kShapes[] = {
     {128, 1, 16, 40, 600, 2000, BlockPooling::kMax},
 };
 
-// Positions at the edges: the first token, t < k, t = k - 1, t = m*B - 1
-// (last row where HISA == DENSE), t = m*B, the first token of the last
-// block, the last token (usually in a partial block), plus two random ones.
-std::vector<int64_t> EdgePositions(const Shape& s, std::mt19937_64& rng) {
-  const int64_t mb = int64_t{s.m} * s.block_size;
-  const int64_t last = s.length - 1;
-  std::vector<int64_t> t = {0,          s.k / 2,  s.k - 1, mb - 1, mb,
-                            mb + 1,     (last / s.block_size) * s.block_size,
-                            last,       Uniform(rng, 0, last),
-                            Uniform(rng, std::min(mb, last), last)};
-  t.erase(std::remove_if(t.begin(), t.end(),
-                         [&](int64_t p) { return p < 0 || p > last; }),
-          t.end());
-  std::sort(t.begin(), t.end());
-  t.erase(std::unique(t.begin(), t.end()), t.end());
-  return t;
-}
 
 void ExpectSameResult(const RowResult& a, const RowResult& b,
                       const std::string& what) {
