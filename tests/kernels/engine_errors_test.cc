@@ -25,6 +25,19 @@
 namespace hisa {
 namespace {
 
+// Changes the value whose first (lowest) byte is *p into another finite
+// value of `format`: a conflict test must not trip the NaN check first.
+void PerturbValue(KeyFormat format, uint8_t* p) {
+  if (format == KeyFormat::kFp8E4M3) {
+    // 0x01 / 0x02 (and their negatives) are small finite codes.
+    *p = (*p & 0x7F) == 0x01 ? static_cast<uint8_t>(*p ^ 0x03)
+                             : static_cast<uint8_t>((*p & 0x80) | 0x01);
+  } else {
+    *p ^= 0x01;  // lowest mantissa bit of a little-endian bf16 / fp32
+  }
+}
+
+
 using ref::EncodedKeys;
 using ref::EncodedQuery;
 using testing_support::CpuTestOptions;
@@ -236,7 +249,7 @@ TEST_P(EngineErrorsTest, RejectedAppendsChangeNothing) {
   // Conflicting re-append of stored positions [50, 60).
   std::vector<uint8_t> changed(keys_.bytes.begin() + 50 * kD * bpv,
                                keys_.bytes.begin() + 60 * kD * bpv);
-  changed[5 * kD * bpv] ^= 0x01;
+  PerturbValue(GetParam(), &changed[5 * kD * bpv]);
   chunk = NewChunk(50, 10);
   chunk.keys = changed;
   EXPECT_TRUE(HasError(AppendStatus(chunk),
@@ -247,7 +260,7 @@ TEST_P(EngineErrorsTest, RejectedAppendsChangeNothing) {
   // the stored part. Nothing may be stored, not even the new tail.
   std::vector<uint8_t> extend(keys_.bytes.begin() + 90 * kD * bpv,
                               keys_.bytes.begin() + 110 * kD * bpv);
-  extend[3 * kD * bpv + 1] ^= 0x01;
+  PerturbValue(GetParam(), &extend[3 * kD * bpv + bpv]);
   chunk = NewChunk(90, 20);
   chunk.keys = extend;
   EXPECT_TRUE(HasError(AppendStatus(chunk),
