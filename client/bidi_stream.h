@@ -43,7 +43,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "client/grpc_status.h"
+#include "proto/status_codes.h"
 #include "grpcpp/grpcpp.h"
 
 namespace hisa {

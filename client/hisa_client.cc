@@ -7,7 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "client/grpc_status.h"
+#include "proto/status_codes.h"
 #include "kernels/status_macros.h"
 #include "proto/compact_positions.h"
 

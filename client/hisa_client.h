@@ -19,7 +19,7 @@
 // wait that times out is DEADLINE_EXCEEDED and cancels that stream.
 //
 // Errors: RPC statuses and in-band codes map to absl::Status in one function
-// (client/grpc_status.h); the code is kept, messages name the request, layer
+// (proto/status_codes.h); the code is kept, messages name the request, layer
 // and positions involved. A malformed reply from the server is INTERNAL.
 //
 // Thread safety: HisaClient is thread-safe; it holds one channel that every

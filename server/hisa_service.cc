@@ -9,7 +9,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
-#include "server/status_mapping.h"
+#include "proto/status_codes.h"
 #include "server/wire_conversion.h"
 
 namespace hisa {

@@ -1,6 +1,6 @@
 // The hisa.v1.HisaIndex gRPC service on the callback API: a thin adapter that
 // translates wire messages to engine calls (server/wire_conversion.h) and
-// engine status to gRPC status (server/status_mapping.h). Reactors never
+// engine status to gRPC status (proto/status_codes.h). Reactors never
 // block: engine work runs on an Executor, Select rows go through a
 // SelectBatcher that merges concurrent streams into one engine batch.
 //

@@ -7,7 +7,7 @@
 #include "prometheus/metric_family.h"
 #include "prometheus/metric_type.h"
 #include "prometheus/text_serializer.h"
-#include "server/status_mapping.h"
+#include "proto/status_codes.h"
 
 namespace hisa {
 namespace {

@@ -7,7 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/status_macros.h"
 #include "proto/compact_positions.h"
-#include "server/status_mapping.h"
+#include "proto/status_codes.h"
 
 namespace hisa {
 namespace {

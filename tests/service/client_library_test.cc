@@ -21,7 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "client/grpc_status.h"
+#include "proto/status_codes.h"
 #include "client/hisa_client.h"
 #include "client/synthetic_workload.h"
 #include "grpcpp/grpcpp.h"
@@ -248,7 +248,7 @@ TEST(ClientStatusTest, MapsEveryCanonicalCode) {
     const absl::Status g = StatusFromGrpc(
         grpc::Status(static_cast<grpc::StatusCode>(code), "grpc why"));
     EXPECT_EQ(static_cast<int>(g.code()), code);
-    EXPECT_EQ(static_cast<int>(GrpcFromStatus(g).error_code()), code);
+    EXPECT_EQ(static_cast<int>(ToGrpcStatus(g).error_code()), code);
   }
   const absl::Status unknown = StatusFromCode(42, "odd");
   EXPECT_EQ(unknown.code(), absl::StatusCode::kUnknown);

@@ -22,7 +22,7 @@
 #include "gtest/gtest.h"
 #include "kernels/engine.h"
 #include "proto/compact_positions.h"
-#include "server/status_mapping.h"
+#include "proto/status_codes.h"
 #include "server/wire_conversion.h"
 #include "tests/reference/test_seed.h"
 #include "tests/service/server_process.h"

@@ -6,7 +6,7 @@
 
 #include "gtest/gtest.h"
 #include "proto/compact_positions.h"
-#include "server/status_mapping.h"
+#include "proto/status_codes.h"
 
 namespace hisa {
 namespace {

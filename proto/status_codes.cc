@@ -1,4 +1,6 @@
-#include "server/status_mapping.h"
+#include "proto/status_codes.h"
+
+#include "absl/strings/str_cat.h"
 
 namespace hisa {
 
@@ -41,6 +43,21 @@ grpc::StatusCode ToGrpcCode(absl::StatusCode code) {
     default:
       return grpc::StatusCode::UNKNOWN;
   }
+}
+
+absl::Status StatusFromCode(int32_t code, absl::string_view message) {
+  if (code == 0) return absl::OkStatus();
+  if (code < 0 || code > static_cast<int32_t>(absl::StatusCode::kUnauthenticated)) {
+    return absl::UnknownError(
+        absl::StrCat("status code ", code, " (not a canonical code): ", message));
+  }
+  return absl::Status(static_cast<absl::StatusCode>(code), message);
+}
+
+absl::Status StatusFromGrpc(const grpc::Status& status) {
+  const std::string& message = status.error_message();
+  return StatusFromCode(static_cast<int32_t>(status.error_code()),
+                        absl::string_view(message.data(), message.size()));
 }
 
 const char* StatusCodeName(grpc::StatusCode code) {
