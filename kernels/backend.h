@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
@@ -79,6 +80,10 @@ class Backend {
 
   // "cpu" or "cuda".
   virtual absl::string_view name() const = 0;
+
+  // What the backend runs on, for GetInfo and logs: the CPU model and
+  // thread count, or the GPU's name and memory.
+  virtual std::string device_description() const = 0;
 
   // Empty storage for a request with this (validated) configuration.
   virtual absl::StatusOr<std::unique_ptr<RequestStore>> CreateStore(

@@ -115,6 +115,9 @@ class Engine {
   EngineStats Stats() const;
   const EngineOptions& options() const { return options_; }
   absl::string_view backend_name() const { return backend_->name(); }
+  std::string device_description() const {
+    return backend_->device_description();
+  }
 
  private:
   struct Request;

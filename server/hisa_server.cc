@@ -87,26 +87,6 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
   return absl::OkStatus();
 }
 
-std::string DeviceDescription(const Engine& engine) {
-  if (engine.backend_name() == "cuda") {
-    return absl::StrCat("CUDA device ", engine.options().cuda_device);
-  }
-  std::string model = "unknown CPU";
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(cpuinfo, line)) {
-    if (absl::StartsWith(line, "model name")) {
-      const size_t colon = line.find(':');
-      if (colon != std::string::npos) {
-        model = std::string(absl::StripLeadingAsciiWhitespace(
-            absl::string_view(line).substr(colon + 1)));
-      }
-      break;
-    }
-  }
-  return absl::StrCat("CPU: ", model, ", ", std::thread::hardware_concurrency(),
-                      " hardware threads");
-}
 
 absl::StatusOr<std::unique_ptr<HisaServer>> HisaServer::Start(
     ServerOptions options) {
@@ -140,7 +120,7 @@ absl::Status HisaServer::Init() {
   service_options.max_rows_per_message = options_.max_rows_per_message;
   service_options.max_message_bytes = options_.max_message_bytes;
   service_options.version = kServerVersion;
-  service_options.device = DeviceDescription(*engine_);
+  service_options.device = engine_->device_description();
   service_ = std::make_unique<HisaService>(engine_.get(), executor_.get(),
                                            batcher_.get(), metrics_.get(),
                                            std::move(service_options));

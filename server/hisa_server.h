@@ -122,9 +122,6 @@ class HisaServer {
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
 };
 
-// "CPU: <model name>, <n> hardware threads" or "CUDA device <n>".
-std::string DeviceDescription(const Engine& engine);
-
 }  // namespace hisa
 
 #endif  // HISA_SERVER_HISA_SERVER_H_

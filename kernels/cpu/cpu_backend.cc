@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <thread>
 #include <utility>
@@ -12,6 +13,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "kernels/cpu/aligned_buffer.h"
@@ -185,6 +189,7 @@ class CpuBackend final : public Backend {
   CpuBackend(int num_threads, CpuIsa isa) : isa_(isa), pool_(num_threads) {}
 
   absl::string_view name() const override { return "cpu"; }
+  std::string device_description() const override;
 
   absl::StatusOr<std::unique_ptr<RequestStore>> CreateStore(
       const RequestConfig& config) override {
@@ -491,6 +496,24 @@ void CpuBackend::Select(absl::Span<const SelectTask> tasks,
 }
 
 }  // namespace
+
+std::string CpuBackend::device_description() const {
+  std::string model = "unknown CPU";
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line)) {
+    if (absl::StartsWith(line, "model name")) {
+      const size_t colon = line.find(':');
+      if (colon != std::string::npos) {
+        model = std::string(absl::StripLeadingAsciiWhitespace(
+            absl::string_view(line).substr(colon + 1)));
+      }
+      break;
+    }
+  }
+  return absl::StrCat("CPU: ", model, ", ", pool_.num_threads(),
+                      " worker threads, ", CpuIsaName(isa_), " kernels");
+}
 
 std::unique_ptr<Backend> MakeCpuBackend(const CpuBackendOptions& options) {
   int threads = options.num_threads;

@@ -65,6 +65,12 @@ CudaBackend::CudaBackend(std::unique_ptr<cuda::DeviceState> device)
 
 CudaBackend::~CudaBackend() = default;
 
+std::string CudaBackend::device_description() const {
+  return absl::StrCat("GPU ", device_->device(), ": ", device_->device_name(),
+                      ", ", device_->num_sms(), " SMs, cache arena ",
+                      (device_->num_pages() * cuda::kPageBytes) >> 20, " MiB");
+}
+
 absl::StatusOr<std::unique_ptr<RequestStore>> CudaBackend::CreateStore(
     const RequestConfig& config) {
   return std::unique_ptr<RequestStore>(

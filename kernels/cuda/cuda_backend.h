@@ -55,6 +55,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override;
 
   absl::string_view name() const override { return "cuda"; }
+  std::string device_description() const override;
   absl::StatusOr<std::unique_ptr<RequestStore>> CreateStore(
       const RequestConfig& config) override;
   void Select(absl::Span<const SelectTask> tasks,

@@ -55,6 +55,7 @@ class FakeStore : public RequestStore {
 class GateBackend : public Backend {
  public:
   absl::string_view name() const override { return "fake"; }
+  std::string device_description() const override { return "fake device"; }
   absl::StatusOr<std::unique_ptr<RequestStore>> CreateStore(
       const RequestConfig& config) override {
     return std::make_unique<FakeStore>(config.num_layers);
