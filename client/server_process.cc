@@ -108,6 +108,10 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
       dup2(fd, STDERR_FILENO);
       if (fd > STDERR_FILENO) close(fd);
     }
+    // Default signal mask: the server waits for SIGTERM itself.
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
     execv(argv[0], argv.data());
     _exit(127);
   }
@@ -146,34 +150,47 @@ ServerProcess::~ServerProcess() {
   if (pid_ > 0) Stop().IgnoreError();
 }
 
-absl::Status ServerProcess::Stop(absl::Duration grace) {
-  if (pid_ <= 0) return absl::OkStatus();
-  kill(pid_, SIGTERM);
-  const absl::Time deadline = absl::Now() + grace;
+absl::StatusOr<int> ServerProcess::WaitExit(absl::Duration timeout) {
+  if (pid_ <= 0) {
+    return absl::FailedPreconditionError("server is not running");
+  }
+  const absl::Time deadline = absl::Now() + timeout;
   int wait_status = 0;
-  bool exited = false;
-  while (absl::Now() < deadline) {
-    if (waitpid(pid_, &wait_status, WNOHANG) == pid_) {
-      exited = true;
-      break;
+  while (waitpid(pid_, &wait_status, WNOHANG) != pid_) {
+    if (absl::Now() >= deadline) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, &wait_status, 0);
+      const pid_t pid = pid_;
+      pid_ = -1;
+      return absl::DeadlineExceededError(absl::StrCat(
+          "server ", pid, " did not exit within ",
+          absl::FormatDuration(timeout), "; killed"));
     }
     absl::SleepFor(absl::Milliseconds(10));
   }
-  if (!exited) {
-    kill(pid_, SIGKILL);
-    waitpid(pid_, &wait_status, 0);
-  }
-  const pid_t pid = pid_;
   pid_ = -1;
-  if (!exited) {
-    return absl::InternalError(absl::StrCat(
-        "server ", pid, " did not exit within ", absl::FormatDuration(grace),
-        " of SIGTERM; killed"));
+  if (WIFEXITED(wait_status)) return WEXITSTATUS(wait_status);
+  if (WIFSIGNALED(wait_status)) return 128 + WTERMSIG(wait_status);
+  return -1;
+}
+
+absl::StatusOr<int> ServerProcess::Terminate(absl::Duration timeout) {
+  if (pid_ > 0) kill(pid_, SIGTERM);
+  return WaitExit(timeout);
+}
+
+absl::Status ServerProcess::Stop(absl::Duration grace) {
+  if (pid_ <= 0) return absl::OkStatus();
+  const pid_t pid = pid_;
+  absl::StatusOr<int> code = Terminate(grace);
+  if (!code.ok()) {
+    return absl::InternalError(
+        absl::StrCat(code.status().message(), " after SIGTERM"));
   }
-  if (!WIFEXITED(wait_status) || WEXITSTATUS(wait_status) != 0) {
-    return absl::InternalError(absl::StrCat("server ", pid, " ",
-                                            ExitDescription(wait_status),
-                                            " after SIGTERM; log ", log_path_));
+  if (*code != 0) {
+    return absl::InternalError(absl::StrCat("server ", pid, " exited with ",
+                                            *code, " after SIGTERM; log ",
+                                            log_path_));
   }
   // A clean exit leaves nothing worth keeping.
   unlink((dir_ + "/port").c_str());
@@ -181,6 +198,8 @@ absl::Status ServerProcess::Stop(absl::Duration grace) {
   rmdir(dir_.c_str());
   return absl::OkStatus();
 }
+
+std::string ServerProcess::log() const { return ReadFile(log_path_); }
 
 std::string ServerProcess::LogTail(size_t max_bytes) const {
   const std::string log = ReadFile(log_path_);

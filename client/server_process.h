@@ -19,7 +19,10 @@
 // (and the log's tail) when the child exits first, DEADLINE_EXCEEDED after
 // start_timeout. Stop sends SIGTERM (a graceful drain), waits up to `grace`,
 // then SIGKILL; it returns INTERNAL when the exit was not clean (the log is
-// kept then; after a clean exit the temp dir is removed).
+// kept then; after a clean exit the temp dir is removed). Terminate (SIGTERM)
+// and WaitExit (no signal) return the exit code (128 + signal for a signal
+// death) and keep the temp dir and log, for tests that inspect them; past
+// their timeout the server is SIGKILLed and they return DEADLINE_EXCEEDED.
 // Thread safety: none; one owner.
 #ifndef HISA_CLIENT_SERVER_PROCESS_H_
 #define HISA_CLIENT_SERVER_PROCESS_H_
@@ -58,6 +61,9 @@ class ServerProcess {
   ServerProcess& operator=(const ServerProcess&) = delete;
 
   absl::Status Stop(absl::Duration grace = absl::Seconds(15));
+  absl::StatusOr<int> Terminate(absl::Duration timeout);
+  absl::StatusOr<int> WaitExit(absl::Duration timeout);
+  bool running() const { return pid_ > 0; }
 
   // "host:port" of the running server.
   const std::string& target() const { return target_; }
@@ -66,6 +72,10 @@ class ServerProcess {
   int metrics_port() const { return metrics_port_; }
   pid_t pid() const { return pid_; }
   const std::string& log_path() const { return log_path_; }
+  // The temp dir holding the port file and the log.
+  const std::string& dir() const { return dir_; }
+  // Everything the child wrote to stdout and stderr so far.
+  std::string log() const;
   // The last `max_bytes` of the child's log.
   std::string LogTail(size_t max_bytes = 4096) const;
 

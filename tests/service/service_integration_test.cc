@@ -38,7 +38,6 @@ using testing::MetricValue;
 using testing::RandomChunk;
 using testing::RandomRow;
 using testing::SelectResult;
-using testing::ServerProcess;
 using testing::WireClient;
 
 #if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
@@ -152,10 +151,10 @@ class ServiceIntegrationTest : public ::testing::Test {
 
   void StartServer(const std::vector<std::string>& flags = {}) {
     absl::StatusOr<std::unique_ptr<ServerProcess>> server =
-        ServerProcess::Start(flags);
+        testing::StartServer(flags);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
-    client_ = std::make_unique<WireClient>(server_->address());
+    client_ = std::make_unique<WireClient>(server_->target());
   }
 
   void TearDown() override {
@@ -743,7 +742,7 @@ TEST_F(ServiceIntegrationTest, SigtermDrainCompletesInFlightSelects) {
 
   // New RPCs are refused (once the server has taken the signal) while the
   // in-flight select completes.
-  WireClient late(server_->address(), absl::Seconds(10));
+  WireClient late(server_->target(), absl::Seconds(10));
   absl::Status refused = absl::OkStatus();
   for (int i = 0; i < 500 && refused.ok(); ++i) {
     refused = late.ServerInfo().status();
@@ -916,7 +915,7 @@ TEST_F(ServiceIntegrationTest, ConcurrentStreamsShareEngineBatches) {
   for (int s = 0; s < kStreams; ++s) {
     threads.emplace_back([&, s] {
       std::mt19937_64 rng(base_seed + s);
-      WireClient client(server_->address());
+      WireClient client(server_->target());
       grpc::ClientContext context;
       client.SetDeadline(&context);
       auto stream = client.stub().Select(&context);

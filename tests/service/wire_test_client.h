@@ -3,7 +3,7 @@
 // what is on the wire; plus a plain HTTP GET for /metrics, a promtool runner,
 // and raw-bytes calls to the standard health and reflection services.
 //
-//   hisa::testing::WireClient client(server->address());
+//   hisa::testing::WireClient client(server->target());
 //   ASSERT_TRUE(client.CreateRequest("r", config).ok());
 //   auto append = client.Append({chunk});       // one ack per chunk
 //   auto select = client.Select({request});     // one response per request
