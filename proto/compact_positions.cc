@@ -7,12 +7,23 @@
 namespace hisa {
 namespace {
 
-void PutVarint(uint64_t v, std::string* out) {
+size_t VarintSize(uint64_t v) {
+  size_t n = 1;
   while (v >= 0x80) {
-    out->push_back(static_cast<char>((v & 0x7F) | 0x80));
+    v >>= 7;
+    ++n;
+  }
+  return n;
+}
+
+// Writes one varint at `out` and returns the byte after it.
+char* PutVarint(uint64_t v, char* out) {
+  while (v >= 0x80) {
+    *out++ = static_cast<char>((v & 0x7F) | 0x80);
     v >>= 7;
   }
-  out->push_back(static_cast<char>(v));
+  *out++ = static_cast<char>(v);
+  return out;
 }
 
 // Reads one varint at *pos; false when truncated or longer than 5 bytes.
@@ -27,34 +38,33 @@ bool GetVarint(const std::string& in, size_t* pos, uint64_t* v) {
   return false;
 }
 
-std::string EncodeDelta(absl::Span<const int32_t> pos) {
-  std::string out;
-  out.reserve(pos.size() + 4);
+// Both encoders write into a string already sized exactly (zero-filled).
+void EncodeDelta(absl::Span<const int32_t> pos, std::string* out) {
+  char* at = out->data();
   int64_t prev = -1;
   for (int32_t p : pos) {
-    PutVarint(static_cast<uint64_t>(p - prev - 1), &out);
+    at = PutVarint(static_cast<uint64_t>(p - prev - 1), at);
     prev = p;
   }
-  return out;
 }
 
-std::string EncodeBitmask(absl::Span<const int32_t> pos, int block_size) {
+void EncodeBitmask(absl::Span<const int32_t> pos, int block_size,
+                   std::string* out) {
   const int mask_bytes = block_size / 8;
-  std::string out;
+  const int shift = __builtin_ctz(static_cast<unsigned>(block_size));
+  char* at = out->data();
+  char* mask = nullptr;
   int64_t prev_block = -1;
-  size_t mask_at = 0;
   for (int32_t p : pos) {
-    const int64_t block = p / block_size;
+    const int64_t block = p >> shift;
     if (block != prev_block) {
-      PutVarint(static_cast<uint64_t>(block - prev_block - 1), &out);
-      mask_at = out.size();
-      out.append(mask_bytes, '\0');
+      mask = PutVarint(static_cast<uint64_t>(block - prev_block - 1), at);
+      at = mask + mask_bytes;
       prev_block = block;
     }
-    const int in_block = static_cast<int>(p % block_size);
-    out[mask_at + in_block / 8] |= static_cast<char>(1 << (in_block % 8));
+    const int in_block = p & (block_size - 1);
+    mask[in_block >> 3] |= static_cast<char>(1 << (in_block & 7));
   }
-  return out;
 }
 
 }  // namespace
@@ -66,16 +76,36 @@ void EncodePositions(absl::Span<const int32_t> positions, int block_size,
   const absl::Span<const int32_t> pos = positions.subspan(0, count);
   out->Clear();
   out->set_count(static_cast<uint32_t>(count));
-  std::string delta = EncodeDelta(pos);
-  if (block_size >= 8 && block_size % 8 == 0) {
-    std::string bitmask = EncodeBitmask(pos, block_size);
-    if (bitmask.size() < delta.size()) {
-      out->set_block_size(static_cast<uint32_t>(block_size));
-      out->set_block_bitmask(std::move(bitmask));
-      return;
+  // Size both encodings in one pass; write only the smaller one.
+  // The bitmask form needs a power-of-two block of at least 8 positions.
+  const bool bitmask_ok =
+      block_size >= 8 && (block_size & (block_size - 1)) == 0;
+  const int shift =
+      bitmask_ok ? __builtin_ctz(static_cast<unsigned>(block_size)) : 0;
+  size_t delta_bytes = 0;
+  size_t bitmask_bytes = 0;
+  int64_t prev = -1;
+  int64_t prev_block = -1;
+  for (int32_t p : pos) {
+    delta_bytes += VarintSize(static_cast<uint64_t>(p - prev - 1));
+    prev = p;
+    if (bitmask_ok && (p >> shift) != prev_block) {
+      const int64_t block = p >> shift;
+      bitmask_bytes += VarintSize(static_cast<uint64_t>(block - prev_block - 1)) +
+                       static_cast<size_t>(block_size / 8);
+      prev_block = block;
     }
   }
-  out->set_delta_varint(std::move(delta));
+  if (bitmask_ok && bitmask_bytes < delta_bytes) {
+    out->set_block_size(static_cast<uint32_t>(block_size));
+    std::string* bitmask = out->mutable_block_bitmask();
+    bitmask->assign(bitmask_bytes, '\0');
+    EncodeBitmask(pos, block_size, bitmask);
+    return;
+  }
+  std::string* delta = out->mutable_delta_varint();
+  delta->assign(delta_bytes, '\0');
+  EncodeDelta(pos, delta);
 }
 
 absl::StatusOr<std::vector<int32_t>> DecodePositions(
@@ -104,16 +134,16 @@ absl::StatusOr<std::vector<int32_t>> DecodePositions(
       }
       block += static_cast<int64_t>(gap) + 1;
       for (size_t j = 0; j < mask_bytes; ++j) {
-        const uint8_t bits = static_cast<uint8_t>(data[at + j]);
-        for (int i = 0; i < 8; ++i) {
-          if ((bits >> i) & 1) {
-            const int64_t p = block * block_size + static_cast<int64_t>(8 * j) + i;
-            if (p > kMaxPosition || out.size() >= in.count()) {
-              return absl::InvalidArgumentError(
-                  "compact positions: more positions than count or out of range");
-            }
-            out.push_back(static_cast<int32_t>(p));
+        // Visit set bits only (ascending).
+        for (unsigned bits = static_cast<uint8_t>(data[at + j]); bits != 0;
+             bits &= bits - 1) {
+          const int64_t p = block * block_size + static_cast<int64_t>(8 * j) +
+                            __builtin_ctz(bits);
+          if (p > kMaxPosition || out.size() >= in.count()) {
+            return absl::InvalidArgumentError(
+                "compact positions: more positions than count or out of range");
           }
+          out.push_back(static_cast<int32_t>(p));
         }
       }
       at += mask_bytes;
