@@ -173,6 +173,65 @@ TEST(SelectPlanTest, GroupsOutputsAndItems) {
   EXPECT_EQ(hisa_pairs, 1);  // (5000, 5001)
 }
 
+// The request path plans straight into pinned staging (BuildSelectPlanInto);
+// it must produce exactly BuildSelectPlan's image and layout, whatever the
+// destination held before, and write nothing when the image does not fit.
+TEST(SelectPlanTest, PlanIntoEqualsBuildSelectPlan) {
+  const uint64_t seed = ref::TestSeed() + 83;
+  std::mt19937_64 rng(seed);
+  const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
+                             BlockPooling::kMean};
+  CudaRequestStore store(nullptr, config);
+  SelectPlan reused;  // reused across batches, as the backend's thread does
+  for (int trial = 0; trial < 40; ++trial) {
+    Batch b;
+    b.q.resize(64 * 128);
+    for (uint8_t& v : b.q) v = static_cast<uint8_t>(rng() % 0x7E);
+    b.scales.assign(64, 0.25f);
+    b.weights.resize(64);
+    for (float& w : b.weights) w = static_cast<float>(rng() % 200) / 100 - 1;
+    const int num_rows = 1 + static_cast<int>(rng() % 12);
+    for (int r = 0; r < num_rows; ++r) {
+      const int m = 1 + static_cast<int>(rng() % 40);
+      const int k = 1 + static_cast<int>(rng() % std::min(2048, m * 128));
+      const int64_t t = static_cast<int64_t>(rng() % 20000);
+      const SelectMode mode = rng() % 2 ? SelectMode::kHisa : SelectMode::kDense;
+      AddRows(b, &store, &config, {t}, mode, k, m);
+    }
+    PlanOptions options;
+    options.num_sms = 132;
+    absl::StatusOr<SelectPlan> want = BuildSelectPlan(b.tasks, options);
+    ASSERT_TRUE(want.ok()) << want.status();
+
+    std::vector<uint8_t> image(want->image.size() + 64);
+    for (uint8_t& v : image) v = static_cast<uint8_t>(rng());
+    const std::vector<uint8_t> before = image;
+    // Too small: nothing written, the size reported.
+    ASSERT_TRUE(BuildSelectPlanInto(b.tasks, options, image.data(),
+                                    want->image_bytes - 1, &reused)
+                    .ok());
+    EXPECT_EQ(reused.image_bytes, want->image_bytes);
+    EXPECT_EQ(image, before) << "seed " << seed << " trial " << trial;
+
+    ASSERT_TRUE(BuildSelectPlanInto(b.tasks, options, image.data(),
+                                    static_cast<int64_t>(image.size()), &reused)
+                    .ok());
+    ASSERT_EQ(reused.image_bytes, want->image_bytes);
+    EXPECT_TRUE(std::equal(want->image.begin(), want->image.end(),
+                           image.begin()))
+        << "seed " << seed << " trial " << trial;
+    EXPECT_TRUE(std::equal(image.begin() + want->image_bytes, image.end(),
+                           before.begin() + want->image_bytes))
+        << "wrote past the image; seed " << seed << " trial " << trial;
+    EXPECT_EQ(reused.device_bytes, want->device_bytes);
+    EXPECT_EQ(reused.out_pos_off, want->out_pos_off);
+    EXPECT_EQ(reused.out_scores_off, want->out_scores_off);
+    EXPECT_EQ(reused.task_out_offset, want->task_out_offset);
+    EXPECT_EQ(reused.launches.size(), want->launches.size());
+    EXPECT_EQ(reused.num_groups, want->num_groups);
+  }
+}
+
 // Byte accounting is whole pages: key pages of P tokens and summary pages of
 // BPP blocks, kPageBytes each.
 TEST(SelectPlanTest, BytesAfterAppendCountsPages) {
