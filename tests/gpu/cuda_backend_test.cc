@@ -38,6 +38,7 @@ namespace hisa {
 namespace {
 
 using testing_support::EdgePositions;
+using testing_support::ExpectSameResult;
 using testing_support::Shape;
 using testing_support::ShapeName;
 
@@ -80,19 +81,6 @@ ref::Tolerance GpuTolerance(KeyFormat keys, KeyFormat q, int head_dim,
   return tol;
 }
 
-void ExpectSameResult(const RowResult& a, const RowResult& b,
-                      const std::string& what) {
-  ASSERT_TRUE(a.status.ok() && b.status.ok())
-      << what << ": " << a.status << " / " << b.status;
-  EXPECT_EQ(a.positions, b.positions) << what;
-  if (!a.scores.empty() && !b.scores.empty()) {
-    ASSERT_EQ(a.scores.size(), b.scores.size()) << what;
-    for (size_t i = 0; i < a.scores.size(); ++i) {
-      if (std::isnan(a.scores[i]) && std::isnan(b.scores[i])) continue;
-      ASSERT_EQ(a.scores[i], b.scores[i]) << what << " index " << i;
-    }
-  }
-}
 
 // |A ∩ B| / |B| over non-padding positions (1 when B is empty).
 double Overlap(const RowResult& a, const RowResult& b) {
@@ -648,17 +636,8 @@ TEST(GpuEdgeTest, BudgetAndConflictingAppends) {
   h.CreateRequest("a", config);
   const EncodedKeys keys = RandomKeys(rng, KeyFormat::kFp8E4M3, 256, 128);
   int64_t length = 0;
-  absl::Status last;
-  for (int i = 0; i < 200; ++i) {
-    KeyChunk chunk = keys.Chunk("a", 0, 0, 256);
-    chunk.first_position = length;
-    absl::StatusOr<int64_t> got = h.engine().Append(chunk);
-    if (!got.ok()) {
-      last = got.status();
-      break;
-    }
-    length = *got;
-  }
+  const absl::Status last =
+      testing_support::AppendUntilError(h.engine(), "a", keys, 200, &length);
   EXPECT_EQ(last.code(), absl::StatusCode::kResourceExhausted) << last;
   EXPECT_GT(length, 0);
   EXPECT_EQ(h.engine().GetRequestInfo("a")->layer_lengths[0], length);

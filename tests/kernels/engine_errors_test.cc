@@ -572,18 +572,9 @@ TEST(EngineBudgetTest, AppendOverBudgetIsResourceExhaustedAndStoresNothing) {
   // 200 chunks of 256 tokens (33 KiB of keys each, 6.6 MB in all) cannot
   // fit in 4 MiB: the budget must stop them.
   const EncodedKeys keys = RandomKeys(rng, KeyFormat::kFp8E4M3, 256, 128);
-  absl::Status last;
   int64_t length = 0;
-  for (int i = 0; i < 200; ++i) {
-    KeyChunk chunk = keys.Chunk("a", 0, 0, 256);
-    chunk.first_position = length;
-    absl::StatusOr<int64_t> got = h.engine().Append(chunk);
-    if (!got.ok()) {
-      last = got.status();
-      break;
-    }
-    length = *got;
-  }
+  const absl::Status last =
+      testing_support::AppendUntilError(h.engine(), "a", keys, 200, &length);
   ASSERT_TRUE(HasError(last, absl::StatusCode::kResourceExhausted,
                        {"256", std::to_string(options.memory_budget_bytes)}));
   EXPECT_GT(length, 0);

@@ -7,6 +7,34 @@
 
 namespace hisa::testing_support {
 
+void ExpectSameResult(const RowResult& a, const RowResult& b,
+                      const std::string& what) {
+  ASSERT_TRUE(a.status.ok() && b.status.ok())
+      << what << ": " << a.status << " / " << b.status;
+  EXPECT_EQ(a.positions, b.positions) << what;
+  if (!a.scores.empty() && !b.scores.empty()) {
+    ASSERT_EQ(a.scores.size(), b.scores.size()) << what;
+    for (size_t i = 0; i < a.scores.size(); ++i) {
+      if (std::isnan(a.scores[i]) && std::isnan(b.scores[i])) continue;
+      ASSERT_EQ(a.scores[i], b.scores[i]) << what << " index " << i;
+    }
+  }
+}
+
+absl::Status AppendUntilError(Engine& engine, absl::string_view id,
+                              const ref::EncodedKeys& keys, int max_chunks,
+                              int64_t* length) {
+  *length = 0;
+  for (int i = 0; i < max_chunks; ++i) {
+    KeyChunk chunk = keys.Chunk(id, 0, 0, keys.num_tokens);
+    chunk.first_position = *length;
+    absl::StatusOr<int64_t> got = engine.Append(chunk);
+    if (!got.ok()) return got.status();
+    *length = *got;
+  }
+  return absl::OkStatus();
+}
+
 std::string ShapeName(const Shape& s) {
   return absl::StrCat("D=", s.head_dim, " H=", s.num_heads, " B=",
                       s.block_size, " m=", s.m, " k=", s.k, " L=", s.length,

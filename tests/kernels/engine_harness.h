@@ -56,6 +56,19 @@ std::string ShapeName(const Shape& s);
 // plus two random ones; sorted, unique, inside [0, length).
 std::vector<int64_t> EdgePositions(const Shape& s, std::mt19937_64& rng);
 
+// Asserts two OK results are identical: positions and score bits (NaN
+// padding equal to NaN). `what` names the comparison in failures.
+void ExpectSameResult(const RowResult& a, const RowResult& b,
+                      const std::string& what);
+
+// Appends `keys` (a 256-token chunk template, positions rewritten) to layer 0
+// of `id` again and again, at most `max_chunks` times, until an append
+// fails; returns that failure (OK if every append succeeded) and sets
+// *length to the layer length the successful appends reported.
+absl::Status AppendUntilError(Engine& engine, absl::string_view id,
+                              const ref::EncodedKeys& keys, int max_chunks,
+                              int64_t* length);
+
 // CPU engine options for tests (2 worker threads).
 EngineOptions CpuTestOptions();
 

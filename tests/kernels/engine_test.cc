@@ -24,6 +24,7 @@ namespace hisa {
 namespace {
 
 using testing_support::EdgePositions;
+using testing_support::ExpectSameResult;
 using testing_support::Shape;
 using testing_support::ShapeName;
 
@@ -56,19 +57,6 @@ constexpr Shape kShapes[] = {
 };
 
 
-void ExpectSameResult(const RowResult& a, const RowResult& b,
-                      const std::string& what) {
-  ASSERT_TRUE(a.status.ok() && b.status.ok())
-      << what << ": " << a.status << " / " << b.status;
-  EXPECT_EQ(a.positions, b.positions) << what;
-  if (!a.scores.empty() && !b.scores.empty()) {
-    ASSERT_EQ(a.scores.size(), b.scores.size()) << what;
-    for (size_t i = 0; i < a.scores.size(); ++i) {
-      if (std::isnan(a.scores[i]) && std::isnan(b.scores[i])) continue;
-      ASSERT_EQ(a.scores[i], b.scores[i]) << what << " index " << i;
-    }
-  }
-}
 
 class EngineFormatsTest
     : public ::testing::TestWithParam<std::tuple<KeyFormat, KeyFormat>> {};
