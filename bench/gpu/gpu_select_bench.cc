@@ -5,6 +5,7 @@
 // k = 2048, at every length given.
 //
 //   hisa_gpu_bench --lengths=8192,65536 --json=/tmp/bench.json [--reps=7]
+//                  [--shapes=prefill1024,causal,decode64,decode256]
 //
 // Method. Keys are appended through the backend (real pages, real
 // summaries). Each measured batch is planned once (select_plan.h), uploaded
@@ -70,6 +71,12 @@ struct Args {
   std::string json = "gpu_bench.json";
   int reps = 7;
   bool causal = true;
+  // Shapes to run (prefill1024, causal, decode64, decode256); empty = all.
+  std::vector<std::string> shapes;
+  bool Runs(absl::string_view shape) const {
+    return shapes.empty() ||
+           std::find(shapes.begin(), shapes.end(), shape) != shapes.end();
+  }
 };
 
 Args ParseArgs(int argc, char** argv) {
@@ -90,6 +97,8 @@ Args ParseArgs(int argc, char** argv) {
       a.json = v;
     } else if (const char* v = value("reps")) {
       a.reps = std::max(1, std::atoi(v));
+    } else if (const char* v = value("shapes")) {
+      a.shapes = absl::StrSplit(v, ',', absl::SkipEmpty());
     } else if (arg == "--no-causal") {
       a.causal = false;
     } else {
@@ -199,7 +208,8 @@ double Median(std::vector<double> v) {
 Measure TimeBatch(CudaBackend& backend, const std::vector<QueryRow>& rows,
                   const std::vector<const RequestStore*>& stores,
                   const RequestConfig& config, int reps, bool keep_output,
-                  bool use_wgmma = true, bool pair_hisa = false) {
+                  bool use_wgmma = true, bool pair_hisa = false,
+                  bool slot_scores = true) {
   std::vector<RowResult> results(rows.size());
   std::vector<SelectTask> tasks(rows.size());
   for (size_t i = 0; i < rows.size(); ++i) {
@@ -211,6 +221,7 @@ Measure TimeBatch(CudaBackend& backend, const std::vector<QueryRow>& rows,
   cuda::PlanOptions opts = backend.plan_options();
   opts.use_wgmma = opts.use_wgmma && use_wgmma;
   opts.pair_hisa_rows = pair_hisa;
+  if (!slot_scores) opts.slot_score_budget_bytes = 0;
   absl::StatusOr<cuda::SelectPlan> plan = cuda::BuildSelectPlan(tasks, opts);
   m.plan_s = absl::ToDoubleSeconds(absl::Now() - t0);
   if (!plan.ok()) {
@@ -461,7 +472,7 @@ int main(int argc, char** argv) {
   const double summary_bytes_per_block = kD * 4.0;  // bf16 hi + lo
   for (int64_t L : args.lengths) {
     // Prefill shape: 1024 rows at the end of the prefix.
-    {
+    if (args.Runs("prefill1024")) {
       const int64_t rows_n = std::min<int64_t>(1024, L);
       std::vector<QueryRow> dense, hisa_rows;
       std::vector<const RequestStore*> stores(rows_n, prefill_store.get());
@@ -495,6 +506,13 @@ int main(int argc, char** argv) {
                                      args.reps, true, true, /*pair_hisa=*/true);
         report("prefill1024_paired", L, "HISA", rows_n, sp, HisaFlops(hisa_rows),
                key_bytes_read + (L / kB) * summary_bytes_per_block, "");
+        // A running top-k per work item instead of slot scores.
+        const Measure ss = TimeBatch(backend, hisa_rows, stores, config,
+                                     args.reps, false, true, false,
+                                     /*slot_scores=*/false);
+        report("prefill1024_running_topk", L, "HISA", rows_n, ss,
+               HisaFlops(hisa_rows),
+               key_bytes_read + (L / kB) * summary_bytes_per_block, "");
         std::vector<QueryRow> ind;
         for (int64_t i = 0; i < rows_n; ++i) {
           ind.push_back(RowFrom(independent_q, i, L - rows_n + i, SelectMode::kHisa));
@@ -505,7 +523,7 @@ int main(int argc, char** argv) {
       }
     }
     // Full causal prefill: every row 0..L-1.
-    if (args.causal) {
+    if (args.causal && args.Runs("causal")) {
       std::vector<QueryRow> dense, hisa_rows;
       std::vector<const RequestStore*> stores(L, prefill_store.get());
       for (int64_t t = 0; t < L; ++t) {
@@ -522,6 +540,7 @@ int main(int argc, char** argv) {
     }
     // Decode: one row (t = L - 1) for each of 64 / 256 requests.
     for (int requests : {64, 256}) {
+      if (!args.Runs(absl::StrCat("decode", requests))) continue;
       std::vector<QueryRow> dense, hisa_rows;
       std::vector<const RequestStore*> stores;
       for (int r = 0; r < requests; ++r) {
@@ -542,6 +561,11 @@ int main(int argc, char** argv) {
       report(shape.c_str(), L, "HISA", requests, mh, HisaFlops(hisa_rows),
              hisa_bytes, absl::StrCat("\"recall_vs_dense\":", recall));
       if (requests == 64 && L == 65536) {
+        const Measure ss = TimeBatch(backend, hisa_rows, stores, config,
+                                     args.reps, false, true, false,
+                                     /*slot_scores=*/false);
+        report("decode64_running_topk", L, "HISA", requests, ss,
+               HisaFlops(hisa_rows), hisa_bytes, "");
         // End to end through Backend::Select: planning, upload, kernels,
         // download (what a server pays per decode batch).
         std::vector<RowResult> results(requests);

@@ -50,29 +50,53 @@ struct ItemContext {
   const GroupDesc* group;
   const LayerView* layer;
   int num_rows;
+  int log2b;
   int64_t t[G];         // row positions
   int64_t c[G];         // row blocks t / B
   int64_t slot_begin;
   int64_t slot_end;     // capped by the group's real slot count
   bool union_slots;     // HISA token kernel: slots index the union
   const int32_t* unions;
+  // Page lookup of a slot's position (block index for the block kernel):
+  // page table entry table + pos / per_page, item pos % per_page.
+  int64_t table;
+  uint64_t per_page_magic;
+  uint32_t per_page;
 };
 
-// Position of `slot` and the rows (bit g) for which it is a candidate; the
-// position is -1 (and rows 0) past slot_end.
+// One union entry: a block and the rows (bit g) that chose it.
+struct UnionEntry {
+  int32_t block;
+  int32_t mask;
+};
+
+template <int G>
+__device__ __forceinline__ UnionEntry LoadUnionEntry(const ItemContext<G>& ic,
+                                                     int64_t slot) {
+  UnionEntry e{0, 0};
+  if (ic.union_slots && slot < ic.slot_end) {
+    const int64_t u = slot >> ic.log2b;
+    e.block = __ldg(ic.unions + 2 * u);
+    e.mask = __ldg(ic.unions + 2 * u + 1);
+  }
+  return e;
+}
+
+// Position of `slot` (union entry `e` when the slots index the union) and
+// the rows (bit g) for which it is a candidate; the position is -1 (and
+// rows 0) past slot_end.
 template <int G, bool kBlocks>
-__device__ __forceinline__ int64_t MapSlot(const ItemContext<G>& ic,
-                                           int64_t slot, uint32_t* rows) {
+__device__ __forceinline__ int64_t MapEntry(const ItemContext<G>& ic,
+                                            int64_t slot, UnionEntry e,
+                                            uint32_t* rows) {
   *rows = 0;
   if (slot >= ic.slot_end) return -1;
   int64_t pos;
   uint32_t allowed = (1u << ic.num_rows) - 1u;
   if (ic.union_slots) {
-    const int log2b = ic.layer->geo.log2_block;
-    const int64_t u = slot >> log2b;
-    pos = (static_cast<int64_t>(ic.unions[2 * u]) << log2b) +
-          (slot & ((int64_t{1} << log2b) - 1));
-    allowed &= static_cast<uint32_t>(ic.unions[2 * u + 1]);
+    pos = (static_cast<int64_t>(e.block) << ic.log2b) +
+          (slot & ((int64_t{1} << ic.log2b) - 1));
+    allowed &= static_cast<uint32_t>(e.mask);
   } else {
     pos = slot;
   }
@@ -84,6 +108,40 @@ __device__ __forceinline__ int64_t MapSlot(const ItemContext<G>& ic,
   }
   *rows = r;
   return pos;
+}
+
+template <int G, bool kBlocks>
+__device__ __forceinline__ int64_t MapSlot(const ItemContext<G>& ic,
+                                           int64_t slot, uint32_t* rows) {
+  return MapEntry<G, kBlocks>(ic, slot, LoadUnionEntry(ic, slot), rows);
+}
+
+// The slot a thread pair copies (threads 2i and 2i + 1: slot i of the tile),
+// resolved ahead of its copy. The slot map's global reads (union entry, then
+// page table) are issued one and two tiles early, so their latency overlaps
+// the scoring of the current tile instead of stalling every copy issue.
+struct SlotRef {
+  int32_t pos;       // -1 past the end
+  uint32_t rows;
+  uint32_t page;     // arena page (valid when rows != 0)
+  uint32_t in_page;  // token (block) index inside the page
+};
+
+template <int G, bool kBlocks>
+__device__ __forceinline__ SlotRef ResolveSlot(const SelectBuffers& b,
+                                               const ItemContext<G>& ic,
+                                               int64_t slot, UnionEntry e) {
+  SlotRef r;
+  r.pos = static_cast<int32_t>(MapEntry<G, kBlocks>(ic, slot, e, &r.rows));
+  r.page = 0;
+  r.in_page = 0;
+  if (r.rows != 0) {
+    const uint32_t p = static_cast<uint32_t>(r.pos);
+    const uint32_t page_rel = DivFast(p, ic.per_page_magic);
+    r.in_page = p - page_rel * ic.per_page;
+    r.page = __ldg(b.tables + ic.table + page_rel);
+  }
+  return r;
 }
 
 // ----------------------------------------------------------------------------
@@ -151,37 +209,31 @@ struct Fp8TokenScorer {
 
   __device__ void AfterWait() const {}
 
+  static constexpr bool kSlotAhead = true;
+
   __device__ void Issue(const SelectBuffers& b, const ItemContext<G>& ic,
                         uint8_t* stage, TileShared& ts, int st,
-                        int64_t tile_begin) const {
+                        const SlotRef& r) const {
     const int tid = threadIdx.x;
     const int i = tid >> 1;
     const int half = tid & 1;
-    uint32_t rows;
-    const int64_t pos = MapSlot<G, false>(ic, tile_begin + i, &rows);
-    const LayerView& lv = *ic.layer;
     const uint8_t* src_row = b.arena;
     const uint8_t* src_scale = b.arena;
-    if (rows != 0) {
-      const uint32_t p = static_cast<uint32_t>(pos);
-      const uint32_t page_rel = DivFast(p, lv.tokens_per_page_magic);
-      const uint32_t in_page = p - page_rel * lv.geo.tokens_per_page;
-      const uint8_t* page =
-          b.arena + static_cast<int64_t>(b.tables[lv.key_table + page_rel]) *
-                        kPageBytes;
-      src_row = page + static_cast<int64_t>(in_page) * kD;
-      src_scale = page + lv.geo.ScalesOffset() + in_page * 4;
+    if (r.rows != 0) {
+      const uint8_t* page = b.arena + static_cast<int64_t>(r.page) * kPageBytes;
+      src_row = page + static_cast<int64_t>(r.in_page) * kD;
+      src_scale = page + ic.layer->geo.ScalesOffset() + r.in_page * 4;
     }
     uint8_t* dst = stage + i * kStride;
 #pragma unroll
     for (int j = 0; j < KS; ++j) {
       const int chunk = half * KS + j;
-      CpAsync16(dst + chunk * 16, src_row + chunk * 16, rows != 0);
+      CpAsync16(dst + chunk * 16, src_row + chunk * 16, r.rows != 0);
     }
     if (half == 0) {
-      CpAsync4(stage + kTileSlots * kStride + i * 4, src_scale, rows != 0);
-      ts.pos[st][i] = static_cast<int32_t>(pos);
-      ts.rows[st][i] = static_cast<uint8_t>(rows);
+      CpAsync4(stage + kTileSlots * kStride + i * 4, src_scale, r.rows != 0);
+      ts.pos[st][i] = r.pos;
+      ts.rows[st][i] = static_cast<uint8_t>(r.rows);
     }
   }
 
@@ -309,27 +361,21 @@ struct Bf16BlockScorer {
 
   __device__ void AfterWait() const {}
 
+  static constexpr bool kSlotAhead = true;
+
   __device__ void Issue(const SelectBuffers& b, const ItemContext<G>& ic,
                         uint8_t* stage, TileShared& ts, int st,
-                        int64_t tile_begin) const {
+                        const SlotRef& r) const {
     const int tid = threadIdx.x;
     const int i = tid >> 1;
     const int half = tid & 1;
-    uint32_t rows;
-    const int64_t blk = MapSlot<G, true>(ic, tile_begin + i, &rows);
-    const LayerView& lv = *ic.layer;
+    const uint32_t rows = r.rows;
     const uint8_t* hi = b.arena;
     const uint8_t* lo = b.arena;
     if (rows != 0) {
-      const uint32_t bb = static_cast<uint32_t>(blk);
-      const uint32_t page_rel = DivFast(bb, lv.blocks_per_page_magic);
-      const uint32_t in_page = bb - page_rel * lv.geo.blocks_per_page;
-      const uint8_t* page =
-          b.arena +
-          static_cast<int64_t>(b.tables[lv.summary_table + page_rel]) *
-              kPageBytes;
-      hi = page + static_cast<int64_t>(in_page) * kD * 2;
-      lo = hi + lv.geo.MeanLoOffset();
+      const uint8_t* page = b.arena + static_cast<int64_t>(r.page) * kPageBytes;
+      hi = page + static_cast<int64_t>(r.in_page) * kD * 2;
+      lo = hi + ic.layer->geo.MeanLoOffset();
     }
     // Each block row is kD * 2 bytes = KS * 2 chunks of 16 bytes, for hi
     // and for lo: thread `half` 0 copies hi, 1 copies lo.
@@ -340,7 +386,7 @@ struct Bf16BlockScorer {
       CpAsync16(dst + j * 16, src + j * 16, rows != 0);
     }
     if (half == 0) {
-      ts.pos[st][i] = static_cast<int32_t>(blk);
+      ts.pos[st][i] = r.pos;
       ts.rows[st][i] = static_cast<uint8_t>(rows);
     }
   }
@@ -442,6 +488,9 @@ struct GenericScorer {
 
   __device__ void Init(const SelectBuffers&, const ItemContext<G>&, uint8_t*) {}
 
+  // One thread per slot (not a thread pair): Issue maps its slot itself.
+  static constexpr bool kSlotAhead = false;
+
   __device__ void Issue(const SelectBuffers&, const ItemContext<G>& ic,
                         uint8_t*, TileShared& ts, int st,
                         int64_t tile_begin) const {
@@ -526,21 +575,21 @@ struct GenericScorer {
 
 
 // FP8 queries x FP8 keys on Hopper warpgroup MMA (wgmma, sm_90a), for
-// D = 128 and 64 query heads (33..64 real heads). Each warpgroup computes a
-// 64-head x kN-slot block of q.k in one m64nNk32 chain (K = 128: 4 steps)
-// with both operands in 128-byte-swizzled shared memory: G == 2: warpgroup
-// = row, all 128 slots; G == 1: warpgroup = half of the tile. The epilogue
-// (ReLU, head weights, head sum) reduces in registers, then across the
-// warpgroup's 4 warps through shared memory. ~128 registers: two CTAs per SM
-// overlap one CTA's tensor-core work with the other's top-k work.
+// D = 128 and 64 query heads (33..64 real heads). Slots are the MMA's M and
+// heads its N: warpgroup wg scores slots [64 wg, 64 wg + 64) of the tile
+// against the G rows' 64 heads each (m64nNk32, N = 64 G, K = 128: 4 steps),
+// both operands K-major in 128-byte-swizzled shared memory. A thread's
+// accumulators then hold 2 slots x 16 heads per row, so the epilogue (ReLU,
+// head weights, head sum) is 32 FMAs per row plus a 4-lane shuffle sum: no
+// shared-memory reduction, no warpgroup barrier. ~128 registers: two CTAs
+// per SM overlap one CTA's tensor-core work with the other's top-k work.
 template <int G>
 struct WgmmaTokenScorer {
-  static constexpr int kN = G == 2 ? 128 : 64;   // slots per warpgroup
-  static constexpr int kNV = kN / 4;             // column partials per lane
+  static constexpr int kN = 64 * G;              // heads of all rows
   static constexpr int kKeyBytes = kTileSlots * 128;
   static constexpr int kStageBytes = kKeyBytes + 1024;  // + scales, aligned
   static constexpr int kQBytes = 64 * 128;
-  static constexpr int kPersistBytes = G * kQBytes + 2 * 4 * kN * 4;
+  static constexpr int kPersistBytes = G * kQBytes;
   static constexpr bool kBlocks = false;
   static constexpr int kMinBlocks = 2;
   // G == 1 (decode, HISA rows) reads keys from HBM: one more tile in flight.
@@ -548,20 +597,15 @@ struct WgmmaTokenScorer {
   // Two CTAs per SM must fit in shared memory.
   static constexpr int kCap = G == 2 ? 3072 : kCandidateCap;
 
-  int wg;
-  int g;
-  int col0;
+  int slot0;  // first slot of this warpgroup
   const uint8_t* qs;
-  float* red;
 
   __device__ void Init(const SelectBuffers& b, const ItemContext<G>& ic,
                        uint8_t* persist) {
-    wg = threadIdx.x >> 7;
-    g = G == 2 ? wg : 0;
-    col0 = G == 2 ? 0 : wg * kN;
-    qs = persist + g * kQBytes;
-    red = reinterpret_cast<float*>(persist + G * kQBytes) + wg * 4 * kN;
-    // Queries (64 heads x 128 B per row) into the swizzled layout.
+    slot0 = (threadIdx.x >> 7) * 64;
+    qs = persist;
+    // Queries (64 heads x 128 B per row, rows stacked) into the swizzled
+    // layout.
     for (int i = threadIdx.x; i < ic.num_rows * 512; i += kSelectThreads) {
       const int gg = i >> 9, h = (i >> 3) & 63, c = i & 7;
       const uint8_t* src =
@@ -575,59 +619,50 @@ struct WgmmaTokenScorer {
 
   __device__ void AfterWait() const { FenceProxyAsync(); }
 
+  static constexpr bool kSlotAhead = true;
+
   __device__ void Issue(const SelectBuffers& b, const ItemContext<G>& ic,
                         uint8_t* stage, TileShared& ts, int st,
-                        int64_t tile_begin) const {
+                        const SlotRef& r) const {
     const int tid = threadIdx.x;
     const int i = tid >> 1;
     const int half = tid & 1;
-    uint32_t rows;
-    const int64_t pos = MapSlot<G, false>(ic, tile_begin + i, &rows);
-    const LayerView& lv = *ic.layer;
     const uint8_t* src_row = b.arena;
     const uint8_t* src_scale = b.arena;
-    if (rows != 0) {
-      const uint32_t p = static_cast<uint32_t>(pos);
-      const uint32_t page_rel = DivFast(p, lv.tokens_per_page_magic);
-      const uint32_t in_page = p - page_rel * lv.geo.tokens_per_page;
-      const uint8_t* page =
-          b.arena + static_cast<int64_t>(b.tables[lv.key_table + page_rel]) *
-                        kPageBytes;
-      src_row = page + static_cast<int64_t>(in_page) * 128;
-      src_scale = page + lv.geo.ScalesOffset() + in_page * 4;
+    if (r.rows != 0) {
+      const uint8_t* page = b.arena + static_cast<int64_t>(r.page) * kPageBytes;
+      src_row = page + static_cast<int64_t>(r.in_page) * 128;
+      src_scale = page + ic.layer->geo.ScalesOffset() + r.in_page * 4;
     }
     uint8_t* dst = stage + i * 128;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int chunk = half * 4 + j;
       CpAsync16(dst + ((chunk ^ (i & 7)) << 4), src_row + chunk * 16,
-                rows != 0);
+                r.rows != 0);
     }
     if (half == 0) {
-      CpAsync4(stage + kKeyBytes + i * 4, src_scale, rows != 0);
-      ts.pos[st][i] = static_cast<int32_t>(pos);
-      ts.rows[st][i] = static_cast<uint8_t>(rows);
+      CpAsync4(stage + kKeyBytes + i * 4, src_scale, r.rows != 0);
+      ts.pos[st][i] = r.pos;
+      ts.rows[st][i] = static_cast<uint8_t>(r.rows);
     }
   }
 
   __device__ void Compute(const uint8_t* stage, const float* weights,
                           float* staging, const ItemContext<G>& ic,
                           const TileShared& ts, int st) {
-    if (g >= ic.num_rows) return;
     const int lane = threadIdx.x & 31;
     const int warp = (threadIdx.x >> 5) & 3;
     const int gid = lane >> 2, tid4 = lane & 3;
     // Every warp of the warpgroup looks at all its slots: the same decision.
-    bool any = false;
-#pragma unroll
-    for (int s = lane; s < kN; s += 32) any |= (ts.rows[st][col0 + s] >> g) & 1u;
+    const bool any = (ts.rows[st][slot0 + lane] | ts.rows[st][slot0 + 32 + lane]) != 0;
     if (!__any_sync(0xFFFFFFFFu, any)) return;
 
     float d[kN / 2];
 #pragma unroll
     for (int i = 0; i < kN / 2; ++i) d[i] = 0.f;
-    const uint64_t da = WgmmaDescSw128(qs);
-    const uint64_t db = WgmmaDescSw128(stage + col0 * 128);
+    const uint64_t da = WgmmaDescSw128(stage + slot0 * 128);
+    const uint64_t db = WgmmaDescSw128(qs);
     WgmmaFenceOperands(d);
     WgmmaFence();
 #pragma unroll
@@ -643,28 +678,31 @@ struct WgmmaTokenScorer {
     WgmmaWaitAll();
     WgmmaFenceOperands(d);
 
-    const float w0 = weights[g * 128 + warp * 16 + gid];
-    const float w1 = weights[g * 128 + warp * 16 + gid + 8];
-    float part[kNV];
+    // d[4 j + e]: slot r0 (e < 2) or r0 + 8 (e >= 2), head column
+    // 8 j + 2 tid4 + (e & 1); row g owns columns [64 g, 64 g + 64).
+    const int r0 = slot0 + warp * 16 + gid;
+    const float* scales = reinterpret_cast<const float*>(stage + kKeyBytes);
 #pragma unroll
-    for (int i = 0; i < kN / 8; ++i) {
-      part[2 * i] = w0 * fmaxf(d[4 * i], 0.f) + w1 * fmaxf(d[4 * i + 2], 0.f);
-      part[2 * i + 1] =
-          w0 * fmaxf(d[4 * i + 1], 0.f) + w1 * fmaxf(d[4 * i + 3], 0.f);
-    }
-    float out[kNV / 8];
-    ReduceScatterWide<kNV>(part, lane, out);
+    for (int g = 0; g < G; ++g) {
+      float s0 = 0.f, s1 = 0.f;
 #pragma unroll
-    for (int r = 0; r < kNV / 8; ++r) {
-      const int j = (kNV / 8) * gid + r;
-      red[warp * kN + 8 * (j >> 1) + 2 * tid4 + (j & 1)] = out[r];
-    }
-    WarpgroupBarrier(1 + wg);
-    const int t = threadIdx.x & 127;
-    if (t < kN) {
-      const float sum = red[t] + red[kN + t] + red[2 * kN + t] + red[3 * kN + t];
-      const float* scales = reinterpret_cast<const float*>(stage + kKeyBytes);
-      staging[g * kTileSlots + col0 + t] = sum * fabsf(scales[col0 + t]);
+      for (int j = 0; j < 8; ++j) {
+        const float2 w = *reinterpret_cast<const float2*>(
+            weights + g * 128 + 8 * j + 2 * tid4);
+        const float* dj = d + 4 * (8 * g + j);
+        s0 = fmaf(w.x, fmaxf(dj[0], 0.f), s0);
+        s0 = fmaf(w.y, fmaxf(dj[1], 0.f), s0);
+        s1 = fmaf(w.x, fmaxf(dj[2], 0.f), s1);
+        s1 = fmaf(w.y, fmaxf(dj[3], 0.f), s1);
+      }
+      s0 += __shfl_xor_sync(0xFFFFFFFFu, s0, 1);
+      s1 += __shfl_xor_sync(0xFFFFFFFFu, s1, 1);
+      s0 += __shfl_xor_sync(0xFFFFFFFFu, s0, 2);
+      s1 += __shfl_xor_sync(0xFFFFFFFFu, s1, 2);
+      if (tid4 == 0 && g < ic.num_rows) {
+        staging[g * kTileSlots + r0] = s0 * fabsf(scales[r0]);
+        staging[g * kTileSlots + r0 + 8] = s1 * fabsf(scales[r0 + 8]);
+      }
     }
   }
 };
@@ -833,6 +871,95 @@ __device__ void FinalizeGroup(const SelectBuffers& b, const GroupDesc& grp,
   }
 }
 
+// The final select of a slot-score group (run by its last token CTA): per
+// row, one key per union slot (0 = not a candidate of this row: block not
+// chosen by it, or past t; NaN scores map to 1, still below every number),
+// one radix select for the k best composites, one ordered compaction straight
+// to the output. Slots ascend with position, so the output is sorted.
+// `keys` holds kSlotSelectCap entries, `unions` 2 * kSlotSelectCap / 16.
+template <int G>
+__device__ __noinline__ void SelectFromSlotScores(const SelectBuffers& b,
+                                                  const GroupDesc& grp,
+                                                  const ItemContext<G>& ic,
+                                                  uint32_t* keys,
+                                                  int32_t* unions,
+                                                  RadixShared& rs) {
+  const int log2b = ic.log2b;
+  const int num_blocks = __ldcg(b.union_counts + grp.union_index);
+  const int n = num_blocks << log2b;  // <= kSlotSelectCap (planner)
+  int32_t* blocks = unions;
+  int32_t* masks = unions + num_blocks;
+  for (int u = threadIdx.x; u < num_blocks; u += kSelectThreads) {
+    blocks[u] = ic.unions[2 * u];
+    masks[u] = ic.unions[2 * u + 1];
+  }
+  __syncthreads();
+  const int64_t in_block = (int64_t{1} << log2b) - 1;
+  auto position = [&](int i) {
+    return (static_cast<int64_t>(blocks[i >> log2b]) << log2b) + (i & in_block);
+  };
+  const int k = grp.k;
+  for (int g = 0; g < ic.num_rows; ++g) {
+    const float* scores = b.slot_scores + grp.slot_score_offset +
+                          static_cast<int64_t>(g) * grp.slot_score_stride;
+    // 4 slots per thread per step (n and the row base are multiples of 4),
+    // two steps' loads in flight.
+    int valid = 0;
+#pragma unroll 2
+    for (int base = 4 * threadIdx.x; base < n; base += 4 * kSelectThreads) {
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(scores + base));
+      const float f[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int i = base + j;
+        const bool cand = ((masks[i >> log2b] >> g) & 1) != 0 &&
+                          position(i) <= ic.t[g];
+        keys[i] = cand ? max(OrderedKey(f[j]), 1u) : 0u;
+        valid += cand ? 1 : 0;
+      }
+    }
+    // Candidates of the row, summed over the CTA.
+    const int warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      valid += __shfl_xor_sync(0xFFFFFFFFu, valid, off);
+    }
+    if ((threadIdx.x & 31) == 0) rs.warp_total[warp] = valid;
+    __syncthreads();
+    int total = 0;
+#pragma unroll
+    for (int w = 0; w < kSelectThreads / 32; ++w) total += rs.warp_total[w];
+    __syncthreads();
+    auto composite = [&](int i) -> uint64_t {
+      return keys[i] == 0u
+                 ? 0u
+                 : Composite(keys[i], static_cast<uint32_t>(position(i)));
+    };
+    Threshold th;  // keeps every candidate
+    if (total > k) th = RadixSelect(n, k, composite, rs);
+    const RowDesc& row = b.rows[grp.rows[g]];
+    int32_t* out_pos = b.out_pos + row.out_offset;
+    float* out_scores = b.out_scores + row.out_offset;
+    const int64_t kept = CompactStream(
+        n,
+        [&](int64_t i) -> uint32_t {
+          const int ii = static_cast<int>(i);
+          return keys[ii] != 0u && Keeps(th, composite(ii)) ? 1u : 0u;
+        },
+        [&](int64_t dst, int64_t i, uint32_t) {
+          const int ii = static_cast<int>(i);
+          out_pos[dst] = static_cast<int32_t>(position(ii));
+          out_scores[dst] = KeyToFloat(keys[ii]);
+        },
+        rs);
+    for (int64_t i = kept + threadIdx.x; i < k; i += kSelectThreads) {
+      out_pos[i] = -1;
+      out_scores[i] = __int_as_float(0x7FC00000);
+    }
+    __syncthreads();  // keys are rewritten for the next row
+  }
+}
+
 template <class Scorer, int G>
 __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
     TileKernel(SelectBuffers b, const WorkItem* items) {
@@ -840,6 +967,12 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
   constexpr bool kBlocks = Scorer::kBlocks;
   constexpr int kCap = Layout::kCap;
   constexpr int kStages = Scorer::kStages;
+  // Slot-score groups: one key per slot in the candidate buffer, the union
+  // (blocks, masks) in the stage area.
+  static_assert(kBlocks || HasComputeWith<Scorer>::value ||
+                    (2 * G * kCap >= kSlotSelectCap &&
+                     kStages * Scorer::kStageBytes >= kSlotSelectCap / 16 * 8),
+                "slot-score select does not fit");
   extern __shared__ __align__(16) uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>(
       (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
@@ -859,6 +992,16 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
   ic.layer = &b.layers[grp.layer];
   ic.num_rows = grp.num_rows;
   const int log2b = ic.layer->geo.log2_block;
+  ic.log2b = log2b;
+  if (kBlocks) {
+    ic.table = ic.layer->summary_table;
+    ic.per_page_magic = ic.layer->blocks_per_page_magic;
+    ic.per_page = static_cast<uint32_t>(ic.layer->geo.blocks_per_page);
+  } else {
+    ic.table = ic.layer->key_table;
+    ic.per_page_magic = ic.layer->tokens_per_page_magic;
+    ic.per_page = static_cast<uint32_t>(ic.layer->geo.tokens_per_page);
+  }
 #pragma unroll
   for (int g = 0; g < G; ++g) {
     const int64_t t = g < ic.num_rows ? b.rows[grp.rows[g]].position : -1;
@@ -901,28 +1044,58 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
     tau[g] = 0;
   }
   const int k = grp.k;
+  // Slot-score groups are single rows (select_plan.cc): the paired variant
+  // would cost the paired DENSE kernel registers.
+  const bool slot_scores = !kBlocks && G == 1 && grp.slot_score_offset >= 0;
 
   const int64_t span = ic.slot_end - ic.slot_begin;
   const int64_t num_tiles = span > 0 ? (span + kTileSlots - 1) / kTileSlots : 0;
   // kStages - 1 tiles in flight ahead of the one being scored. Every
   // iteration commits one cp.async group (empty past the end), so waiting
   // for all but the newest kStages - 1 groups means tile `it` has landed.
+  // Slot-ahead scorers get each tile's slot map resolved one iteration
+  // before its copy (`ref`), from a union entry read one more iteration
+  // earlier (`entry`): no global read latency on the copy-issue path.
   static_assert(kStages >= 1 && kStages <= kMaxStages, "stages");
+  const int64_t my_slot = ic.slot_begin + (threadIdx.x >> 1);
+  auto slot_of = [&](int64_t tile) { return my_slot + tile * kTileSlots; };
+  SlotRef ref{};
+  UnionEntry entry{};
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < num_tiles) {
-      scorer.Issue(b, ic, stages + s * Scorer::kStageBytes, ts, s,
-                   ic.slot_begin + s * kTileSlots);
+      uint8_t* stage = stages + s * Scorer::kStageBytes;
+      if constexpr (Scorer::kSlotAhead) {
+        const SlotRef r = ResolveSlot<G, kBlocks>(
+            b, ic, slot_of(s), LoadUnionEntry(ic, slot_of(s)));
+        scorer.Issue(b, ic, stage, ts, s, r);
+      } else {
+        scorer.Issue(b, ic, stage, ts, s, ic.slot_begin + s * kTileSlots);
+      }
     }
     CpAsyncCommit();
   }
+  if constexpr (Scorer::kSlotAhead) {
+    ref = ResolveSlot<G, kBlocks>(b, ic, slot_of(kStages - 1),
+                                  LoadUnionEntry(ic, slot_of(kStages - 1)));
+    entry = LoadUnionEntry(ic, slot_of(kStages));
+  }
+  // Stage of tile `it` and of tile it + kStages - 1 (the one copied now).
+  int st = 0;
+  int ns = kStages - 1;
 #pragma unroll 1
-  for (int64_t it = 0; it < num_tiles; ++it) {
-    const int st = static_cast<int>(it % kStages);
+  for (int64_t it = 0; it < num_tiles;
+       ++it, st = st + 1 == kStages ? 0 : st + 1,
+               ns = ns + 1 == kStages ? 0 : ns + 1) {
     {
       const int64_t next = it + kStages - 1;
-      const int ns = static_cast<int>(next % kStages);
-      if (next < num_tiles) {
+      if constexpr (Scorer::kSlotAhead) {
+        if (next < num_tiles) {
+          scorer.Issue(b, ic, stages + ns * Scorer::kStageBytes, ts, ns, ref);
+        }
+        ref = ResolveSlot<G, kBlocks>(b, ic, slot_of(next + 1), entry);
+        entry = LoadUnionEntry(ic, slot_of(next + 2));
+      } else if (next < num_tiles) {
         scorer.Issue(b, ic, stages + ns * Scorer::kStageBytes, ts, ns,
                      ic.slot_begin + next * kTileSlots);
       }
@@ -945,6 +1118,18 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
         if ((ts.rows[st][s] >> g) & 1u) {
           b.block_scores[b.rows[grp.rows[g]].j_offset + ts.pos[st][s]] =
               staging[g * kTileSlots + s];
+        }
+      }
+    } else if (slot_scores) {
+      // Slot-score group: every slot's score to the scratch (the final
+      // select decides eligibility).
+      const int64_t tile_begin = ic.slot_begin + it * kTileSlots;
+      for (int i = threadIdx.x; i < G * kTileSlots; i += kSelectThreads) {
+        const int g = i / kTileSlots, s = i % kTileSlots;
+        if (g < ic.num_rows && tile_begin + s < ic.slot_end) {
+          b.slot_scores[grp.slot_score_offset +
+                        static_cast<int64_t>(g) * grp.slot_score_stride +
+                        tile_begin + s] = staging[g * kTileSlots + s];
         }
       }
     } else {
@@ -1017,6 +1202,13 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
     if (last_of_group(0, grp.block_items)) {
       ChooseBlocksForGroup<G>(b, grp, rs);
       if (threadIdx.x == 0) b.counters[2 * item.group] = 0;
+    }
+  } else if (G == 1 && slot_scores) {
+    if (last_of_group(1, grp.num_splits)) {
+      // The stage area is free: it holds the union for the select.
+      SelectFromSlotScores<G>(b, grp, ic, buf_keys,
+                              reinterpret_cast<int32_t*>(stages), rs);
+      if (threadIdx.x == 0) b.counters[2 * item.group + 1] = 0;
     }
   } else {
 #pragma unroll

@@ -45,6 +45,9 @@ inline constexpr int kCandidateCap = 4096;
 inline constexpr int kFinalizeCap = 8192;
 // Rows that share one work item (neighbouring prefill rows).
 inline constexpr int kMaxGroupRows = 2;
+// Most candidate slots per row of a slot-score group (GroupDesc below): the
+// final selection holds one score key per slot in shared memory.
+inline constexpr int kSlotSelectCap = 8192;
 
 enum : int32_t { kModeDense = 1, kModeHisa = 2 };
 enum : int32_t { kFormatFp8 = 1, kFormatBf16 = 2, kFormatFp32 = 3 };
@@ -151,6 +154,14 @@ struct GroupDesc {
   int64_t union_offset = 0;     // int2 entries (block, row mask)
   int32_t union_index = 0;      // index into union_counts
   int32_t partial_index = 0;    // first partial list: (split * G + g)
+  // Slot-score groups (one HISA row, at most kSlotSelectCap slots): the
+  // token work items write every slot's score to slot_scores[
+  // slot_score_offset + g * slot_score_stride + slot] instead of keeping a
+  // running top-k, and the group's last CTA selects each row's k once.
+  // slot_score_offset < 0: a running top-k per work item (+ split merge).
+  int32_t slot_score_stride = 0;
+  int32_t pad = 0;
+  int64_t slot_score_offset = -1;
 };
 
 // A token-kernel or block-kernel work item: slots [slot_begin, slot_end) of
@@ -178,6 +189,7 @@ struct SelectBuffers {
   uint32_t* partial_key = nullptr;
   int32_t* partial_counts = nullptr;
   int32_t partial_stride = 0;           // entries per partial list
+  float* slot_scores = nullptr;         // slot-score groups' scores
   // Two per group: CTAs done with block scoring / with token top-k. Zero
   // before a launch; the last CTA of a group resets its counter.
   int32_t* counters = nullptr;

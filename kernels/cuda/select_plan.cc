@@ -487,6 +487,7 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
       std::max<int64_t>(1, total_block_tiles / target_items);
   int64_t partial_lists = 0;
   int32_t partial_stride = 0;
+  int64_t slot_scores_total = 0;  // floats
   for (int gi = 0; gi < num_groups; ++gi) {
     const GroupBuild& gb = s.groups[gi];
     GroupDesc& gd = s.gdesc[gi];
@@ -518,6 +519,21 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     } else {
       slots = gd.max_position + 1;
     }
+    // Slot-score group (single HISA rows on the tensor-core token scorers,
+    // which keep the union and one key per slot in shared memory for the
+    // final select).
+    gd.slot_score_offset = -1;
+    gd.slot_score_stride = 0;
+    if (gb.hisa && G == 1 && token_scorer != LaunchSpec::kGeneric &&
+        slots <= kSlotSelectCap) {
+      const int64_t stride = AlignUp(slots, 4);
+      if ((slot_scores_total + G * stride) * 4 <=
+          options.slot_score_budget_bytes) {
+        gd.slot_score_offset = slot_scores_total;
+        gd.slot_score_stride = static_cast<int32_t>(stride);
+        slot_scores_total += G * stride;
+      }
+    }
     const int64_t tiles = CeilDiv(slots, kTileSlots);
     int64_t splits = std::min<int64_t>(split_target, tiles);
     splits = std::min<int64_t>(splits, kFinalizeCap / gd.k);
@@ -525,7 +541,7 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     const int64_t per = CeilDiv(tiles, splits);
     splits = CeilDiv(tiles, per);
     gd.num_splits = static_cast<int32_t>(splits);
-    if (splits > 1) {
+    if (splits > 1 && gd.slot_score_offset < 0) {
       gd.partial_index = static_cast<int32_t>(partial_lists);
       partial_lists += splits * G;
       partial_stride = std::max(partial_stride, gd.k);
@@ -594,6 +610,7 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
   plan->partial_pos_off = reserve(partial_lists * partial_stride * 4);
   plan->partial_key_off = reserve(partial_lists * partial_stride * 4);
   plan->partial_counts_off = reserve(partial_lists * 4);
+  plan->slot_scores_off = reserve(slot_scores_total * 4);
   plan->out_entries = out_total;
   plan->out_pos_off = reserve(out_total * 4);
   plan->out_scores_off = reserve(out_total * 4);
@@ -653,6 +670,7 @@ int64_t EstimateTaskBytes(const SelectTask& task) {
                 geo.SummaryPagesFor(row.position + 1));  // page tables
   if (task.mode == SelectMode::kHisa) {
     bytes += (c + 1) * 4 + ChosenBlocks(c, row.m) * 8;
+    bytes += ChosenBlocks(c, row.m) * cfg.block_size * 4;  // slot scores
   }
   return bytes;
 }
@@ -698,6 +716,7 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
   b.partial_key = reinterpret_cast<uint32_t*>(base + plan.partial_key_off);
   b.partial_counts = reinterpret_cast<int32_t*>(base + plan.partial_counts_off);
   b.partial_stride = plan.partial_stride;
+  b.slot_scores = reinterpret_cast<float*>(base + plan.slot_scores_off);
   b.out_pos = reinterpret_cast<int32_t*>(base + plan.out_pos_off);
   b.out_scores = reinterpret_cast<float*>(base + plan.out_scores_off);
   b.counters = reinterpret_cast<int32_t*>(base + plan.counters_off);

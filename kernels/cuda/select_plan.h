@@ -68,6 +68,13 @@ struct PlanOptions {
   // environment sets HISA_CUDA_MMA_SYNC=1 (A/B comparisons; likewise
   // HISA_CUDA_PAIR_HISA=1 sets pair_hisa_rows).
   bool use_wgmma = true;
+  // HISA groups whose rows have at most kSlotSelectCap candidate slots
+  // score every slot into a scratch array and select each row's k once, in
+  // the group's last CTA (no running top-k, no split merge), while the
+  // scratch of the batch stays within this many bytes; later groups keep a
+  // running top-k. 0 turns slot-score groups off (A/B comparisons; the
+  // backend does so when HISA_CUDA_SLOT_SCORES=0).
+  int64_t slot_score_budget_bytes = int64_t{64} << 20;
 };
 
 struct LaunchSpec {
@@ -91,7 +98,7 @@ struct SelectPlan {
           tables_off = 0, q_off = 0, w_off = 0, counters_off = 0;
   int64_t block_scores_off = 0, unions_off = 0, union_counts_off = 0,
           partial_pos_off = 0, partial_key_off = 0, partial_counts_off = 0,
-          out_pos_off = 0, out_scores_off = 0;
+          slot_scores_off = 0, out_pos_off = 0, out_scores_off = 0;
   int32_t partial_stride = 0;
   int64_t out_entries = 0;
   std::vector<LaunchSpec> launches;

@@ -112,17 +112,6 @@ __device__ __forceinline__ void WgmmaFenceOperands(float (&d)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
-// Barrier of the 128 threads of warpgroup id - 1 (id 1 or 2; 0 is
-// __syncthreads).
-// Immediate ids keep ptxas from reserving all 16 hardware barriers.
-__device__ __forceinline__ void WarpgroupBarrier(int id) {
-  if (id == 1) {
-    asm volatile("bar.sync 1, 128;\n" ::: "memory");
-  } else {
-    asm volatile("bar.sync 2, 128;\n" ::: "memory");
-  }
-}
-
 #define HISA_WGMMA_ACC8(i)                                                 \
   "+f"(d[i + 0]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]),          \
       "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
@@ -410,37 +399,6 @@ __device__ __forceinline__ float ReduceScatter<4>(const float (&v)[4],
   const float keep = b8 ? w2[1] : w2[0];
   float r = keep + __shfl_xor_sync(0xFFFFFFFFu, send, 8);
   return r + __shfl_xor_sync(0xFFFFFFFFu, r, 4);
-}
-
-// Wide version for the warpgroup epilogue: NV in {16, 32} values per lane,
-// three halving exchanges (lane bits 4, 3, 2); lane ends with out[r] = the
-// quad-group total of value index 4 * ((lane >> 2) & 7) + r (NV == 32) or
-// 2 * ((lane >> 2) & 7) + r (NV == 16), r < NV / 8.
-template <int NV>
-__device__ __forceinline__ void ReduceScatterWide(const float (&v)[NV],
-                                                  int lane,
-                                                  float (&out)[NV / 8]) {
-  const bool b16 = lane & 16, b8 = lane & 8, b4 = lane & 4;
-  float w[NV / 2];
-#pragma unroll
-  for (int i = 0; i < NV / 2; ++i) {
-    const float send = b16 ? v[i] : v[i + NV / 2];
-    const float keep = b16 ? v[i + NV / 2] : v[i];
-    w[i] = keep + __shfl_xor_sync(0xFFFFFFFFu, send, 16);
-  }
-  float x[NV / 4];
-#pragma unroll
-  for (int i = 0; i < NV / 4; ++i) {
-    const float send = b8 ? w[i] : w[i + NV / 4];
-    const float keep = b8 ? w[i + NV / 4] : w[i];
-    x[i] = keep + __shfl_xor_sync(0xFFFFFFFFu, send, 8);
-  }
-#pragma unroll
-  for (int i = 0; i < NV / 8; ++i) {
-    const float send = b4 ? x[i] : x[i + NV / 8];
-    const float keep = b4 ? x[i + NV / 8] : x[i];
-    out[i] = keep + __shfl_xor_sync(0xFFFFFFFFu, send, 4);
-  }
 }
 
 // Value index a lane holds after ReduceScatter<NV>, and whether it is the
