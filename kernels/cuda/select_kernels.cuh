@@ -757,9 +757,13 @@ static __device__ __noinline__ uint64_t CompactRow(uint32_t* keys,
 // group): forced blocks 0 and c, the top m - 2 others by J (ties: lower
 // index), or every block when c + 1 <= m; then one ascending union of the
 // rows' choices with a row mask per block.
+// `cache` (cache_floats floats of free shared memory) takes the rows' block
+// scores when they fit: the radix passes and the compaction then read shared
+// memory instead of paying an L2 round trip per step.
 template <int G>
 __device__ void ChooseBlocksForGroup(const SelectBuffers& b,
-                                     const GroupDesc& grp, RadixShared& rs) {
+                                     const GroupDesc& grp, float* cache,
+                                     int cache_floats, RadixShared& rs) {
   const LayerView& lv = b.layers[grp.layer];
   const int log2b = lv.geo.log2_block;
   const int m = grp.m;
@@ -779,19 +783,39 @@ __device__ void ChooseBlocksForGroup(const SelectBuffers& b,
     c[g] = row.position >> log2b;
     J[g] = b.block_scores + row.j_offset;
     all[g] = c[g] + 1 <= m;
-    if (!all[g]) {
-      // c >= m >= 1, so blocks 0 and c are distinct and c - 1 > m - 2.
-      extra[g] = m > 2 ? m - 2 : 0;
-      if (extra[g] > 0) {
-        const float* jg = J[g];
-        th[g] = RadixSelect(
-            static_cast<int>(c[g] - 1), extra[g],
-            [&](int i) {
-              const uint32_t blk = static_cast<uint32_t>(i + 1);
-              return Composite(OrderedKey(__ldcg(jg + blk)), blk);
-            },
-            rs);
+    // c >= m >= 1, so blocks 0 and c are distinct and c - 1 > m - 2.
+    if (!all[g]) extra[g] = m > 2 ? m - 2 : 0;
+  }
+  int64_t cached = 0;
+#pragma unroll
+  for (int g = 0; g < G; ++g) cached += c[g] + 1;  // c = -1 past num_rows
+  const bool in_smem = cached <= cache_floats;
+  if (in_smem) {
+    float* dst = cache;
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      if (g >= grp.num_rows) continue;
+      for (int64_t i = threadIdx.x; i <= c[g]; i += kSelectThreads) {
+        dst[i] = __ldcg(J[g] + i);
       }
+      J[g] = dst;
+      dst += c[g] + 1;
+    }
+    __syncthreads();
+  }
+  auto score = [&](int g, int64_t blk) {
+    return in_smem ? J[g][blk] : __ldcg(J[g] + blk);
+  };
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    if (extra[g] > 0) {
+      th[g] = RadixSelect(
+          static_cast<int>(c[g] - 1), extra[g],
+          [&](int i) {
+            const uint32_t blk = static_cast<uint32_t>(i + 1);
+            return Composite(OrderedKey(score(g, blk)), blk);
+          },
+          rs);
     }
   }
   int32_t* out = b.unions + 2 * grp.union_offset;
@@ -805,7 +829,7 @@ __device__ void ChooseBlocksForGroup(const SelectBuffers& b,
           if (g >= grp.num_rows || blk > c[g]) continue;
           bool chosen = all[g] || blk == 0 || blk == c[g];
           if (!chosen && extra[g] > 0) {
-            chosen = Keeps(th[g], Composite(OrderedKey(__ldcg(J[g] + blk)),
+            chosen = Keeps(th[g], Composite(OrderedKey(score(g, blk)),
                                             static_cast<uint32_t>(blk)));
           }
           if (chosen) mask |= 1u << g;
@@ -1200,7 +1224,9 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
   };
   if constexpr (kBlocks) {
     if (last_of_group(0, grp.block_items)) {
-      ChooseBlocksForGroup<G>(b, grp, rs);
+      // The stage area is free: it caches the block scores.
+      ChooseBlocksForGroup<G>(b, grp, reinterpret_cast<float*>(stages),
+                              kStages * Scorer::kStageBytes / 4, rs);
       if (threadIdx.x == 0) b.counters[2 * item.group] = 0;
     }
   } else if (G == 1 && slot_scores) {
