@@ -898,11 +898,11 @@ __device__ void FinalizeGroup(const SelectBuffers& b, const GroupDesc& grp,
 // The final select of a slot-score group (run by its last token CTA): per
 // row, one key per union slot (0 = not a candidate of this row: block not
 // chosen by it, or past t; NaN scores map to 1, still below every number),
-// one radix select for the k best composites, one ordered compaction straight
-// to the output. Slots ascend with position, so the output is sorted.
+// one radix select on the keys (ties to the lower slot), one ordered
+// compaction straight to the output. Slots ascend with position, so the output is sorted.
 // `keys` holds kSlotSelectCap entries, `unions` 2 * kSlotSelectCap / 16.
 template <int G>
-__device__ __noinline__ void SelectFromSlotScores(const SelectBuffers& b,
+__device__ __forceinline__ void SelectFromSlotScores(const SelectBuffers& b,
                                                   const GroupDesc& grp,
                                                   const ItemContext<G>& ic,
                                                   uint32_t* keys,
@@ -954,29 +954,22 @@ __device__ __noinline__ void SelectFromSlotScores(const SelectBuffers& b,
 #pragma unroll
     for (int w = 0; w < kSelectThreads / 32; ++w) total += rs.warp_total[w];
     __syncthreads();
-    auto composite = [&](int i) -> uint64_t {
-      return keys[i] == 0u
-                 ? 0u
-                 : Composite(keys[i], static_cast<uint32_t>(position(i)));
-    };
-    Threshold th;  // keeps every candidate
-    if (total > k) th = RadixSelect(n, k, composite, rs);
+    // Keys alone decide: slots ascend with position, so among equal keys
+    // the lower slot is the lower position (SPEC 4.3 ties).
+    auto key_of = [&](int i) { return keys[i]; };
+    KeyThreshold th;  // keeps every candidate (key > 0)
+    if (total > k) th = RadixSelectKey(n, k, key_of, rs);
     const RowDesc& row = b.rows[grp.rows[g]];
     int32_t* out_pos = b.out_pos + row.out_offset;
     float* out_scores = b.out_scores + row.out_offset;
-    const int64_t kept = CompactStream(
-        n,
-        [&](int64_t i) -> uint32_t {
-          const int ii = static_cast<int>(i);
-          return keys[ii] != 0u && Keeps(th, composite(ii)) ? 1u : 0u;
-        },
-        [&](int64_t dst, int64_t i, uint32_t) {
-          const int ii = static_cast<int>(i);
-          out_pos[dst] = static_cast<int32_t>(position(ii));
-          out_scores[dst] = KeyToFloat(keys[ii]);
+    const int kept = CompactByKey(
+        n, key_of, th,
+        [&](int dst, int i) {
+          out_pos[dst] = static_cast<int32_t>(position(i));
+          out_scores[dst] = KeyToFloat(keys[i]);
         },
         rs);
-    for (int64_t i = kept + threadIdx.x; i < k; i += kSelectThreads) {
+    for (int i = kept + threadIdx.x; i < k; i += kSelectThreads) {
       out_pos[i] = -1;
       out_scores[i] = __int_as_float(0x7FC00000);
     }
@@ -998,8 +991,10 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
                      kStages * Scorer::kStageBytes >= kSlotSelectCap / 16 * 8),
                 "slot-score select does not fit");
   extern __shared__ __align__(16) uint8_t smem_raw[];
-  uint8_t* smem = reinterpret_cast<uint8_t*>(
-      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  // Aligned by an offset from smem_raw (not through an integer cast), so
+  // that the compiler still knows every pointer below is shared memory and
+  // emits LDS/STS rather than generic loads and stores.
+  uint8_t* smem = smem_raw + ((1024u - (SmemAddr(smem_raw) & 1023u)) & 1023u);
   uint8_t* stages = smem + Layout::kStageOff;
   TileShared& ts = *reinterpret_cast<TileShared*>(smem + Layout::kTileOff);
   float* weights = reinterpret_cast<float*>(smem + Layout::kWeightsOff);

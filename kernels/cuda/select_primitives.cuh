@@ -182,6 +182,7 @@ struct RadixShared {
   int32_t bucket;
   int32_t ticket;
   int32_t warp_total[kSelectThreads / 32];
+  int32_t tie_total[kSelectThreads / 32];
 };
 
 // Entries kept by a selection: composite c is kept iff (c >> shift) >= prefix.
@@ -304,6 +305,134 @@ __device__ int CompactBuffer(uint32_t* keys, int32_t* pos, int n,
   }
   __syncthreads();
   return total;
+}
+
+// Selection on 32-bit keys alone, for entries already in position order:
+// keeps every entry with (key >> shift) > prefix and, of the entries with
+// (key >> shift) == prefix, the first `ties` in index order. Equal keys
+// therefore go to the lower index, as composites would order them, without
+// carrying positions through the radix passes.
+struct KeyThreshold {
+  uint32_t prefix = 0;
+  int32_t shift = 0;
+  int32_t ties = 0;  // default: keeps every key > 0
+};
+
+// The threshold keeping exactly `need` (1 <= need <= n) of the n keys
+// get(0..n-1): MSB-first radix select, 8-bit digits, stopping early when the
+// threshold bucket is kept whole.
+template <class Get>
+__device__ KeyThreshold RadixSelectKey(int n, int need, Get get,
+                                       RadixShared& rs) {
+  const int tid = threadIdx.x;
+  KeyThreshold th;
+  th.prefix = 0;
+  th.shift = 32;
+#pragma unroll 1
+  for (int pass = 0; pass < 4; ++pass) {
+    th.shift -= 8;
+    for (int i = tid; i < 256; i += kSelectThreads) rs.hist[i] = 0;
+    __syncthreads();
+    for (int i = tid; i < n; i += kSelectThreads) {
+      const uint32_t key = get(i);
+      if (pass == 0 || (key >> (th.shift + 8)) == th.prefix) {
+        atomicAdd(&rs.hist[(key >> th.shift) & 255u], 1u);
+      }
+    }
+    __syncthreads();
+    if (tid < 32) {
+      uint32_t h[8];
+      uint32_t total = 0;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        h[j] = rs.hist[tid * 8 + j];
+        total += h[j];
+      }
+      uint32_t suffix = total;  // entries in this lane's bins and above
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const uint32_t v = __shfl_down_sync(0xFFFFFFFFu, suffix, off);
+        if (tid + off < 32) suffix += v;
+      }
+      uint32_t cum = suffix - total;
+      const uint32_t want = static_cast<uint32_t>(need);
+#pragma unroll
+      for (int j = 7; j >= 0; --j) {
+        if (cum < want && cum + h[j] >= want) {
+          rs.digit = tid * 8 + j;
+          rs.need = static_cast<int32_t>(want - cum);
+          rs.bucket = static_cast<int32_t>(h[j]);
+        }
+        cum += h[j];
+      }
+    }
+    __syncthreads();
+    th.prefix = (th.prefix << 8) | static_cast<uint32_t>(rs.digit);
+    need = rs.need;
+    const int bucket = rs.bucket;
+    __syncthreads();
+    if (bucket == need) break;
+  }
+  th.ties = need;
+  return th;
+}
+
+// Stable compaction of the entries `th` keeps among key_of(0..n-1): calls
+// emit(dst, i) for each, dst = 0, 1, ... in index order; returns the count.
+template <class KeyFn, class EmitFn>
+__device__ int CompactByKey(int n, KeyFn key_of, const KeyThreshold& th,
+                            EmitFn emit, RadixShared& rs) {
+  constexpr int kItems = 4;
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const uint32_t lower = (1u << lane) - 1u;
+  int above = 0;  // kept entries above the threshold bucket so far
+  int ties = 0;   // threshold-bucket entries so far
+#pragma unroll 1
+  for (int chunk = 0; chunk < n; chunk += kSelectThreads * kItems) {
+    uint32_t hi[kItems], eq[kItems];
+    int n_hi = 0, n_eq = 0;
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      const int i = chunk + warp * 32 * kItems + j * 32 + lane;
+      const uint32_t key = i < n ? key_of(i) : 0u;
+      const uint32_t top = key >> th.shift;
+      hi[j] = __ballot_sync(0xFFFFFFFFu, i < n && top > th.prefix);
+      eq[j] = __ballot_sync(0xFFFFFFFFu, i < n && top == th.prefix);
+      n_hi += __popc(hi[j]);
+      n_eq += __popc(eq[j]);
+    }
+    if (lane == 0) {
+      rs.warp_total[warp] = n_hi;
+      rs.tie_total[warp] = n_eq;
+    }
+    __syncthreads();
+    int hi_before = above, eq_before = ties, hi_all = 0, eq_all = 0;
+#pragma unroll
+    for (int w = 0; w < kSelectThreads / 32; ++w) {
+      const int h = rs.warp_total[w], e = rs.tie_total[w];
+      hi_before += w < warp ? h : 0;
+      eq_before += w < warp ? e : 0;
+      hi_all += h;
+      eq_all += e;
+    }
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      const int h = hi_before + __popc(hi[j] & lower);
+      const int e = eq_before + __popc(eq[j] & lower);
+      const bool is_hi = (hi[j] >> lane) & 1u;
+      const bool is_eq = (eq[j] >> lane) & 1u;
+      if (is_hi || (is_eq && e < th.ties)) {
+        emit(h + min(e, th.ties), chunk + warp * 32 * kItems + j * 32 + lane);
+      }
+      hi_before += __popc(hi[j]);
+      eq_before += __popc(eq[j]);
+    }
+    above += hi_all;
+    ties += eq_all;
+    __syncthreads();
+  }
+  return above + min(ties, th.ties);
 }
 
 // Ordered compaction of a stream of n flags: for every i in [0, n) with
