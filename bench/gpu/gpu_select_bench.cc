@@ -209,7 +209,7 @@ Measure TimeBatch(CudaBackend& backend, const std::vector<QueryRow>& rows,
                   const std::vector<const RequestStore*>& stores,
                   const RequestConfig& config, int reps, bool keep_output,
                   bool use_wgmma = true, bool pair_hisa = false,
-                  bool slot_scores = true) {
+                  bool slot_scores = true, bool pair_blocks = true) {
   std::vector<RowResult> results(rows.size());
   std::vector<SelectTask> tasks(rows.size());
   for (size_t i = 0; i < rows.size(); ++i) {
@@ -222,6 +222,7 @@ Measure TimeBatch(CudaBackend& backend, const std::vector<QueryRow>& rows,
   opts.use_wgmma = opts.use_wgmma && use_wgmma;
   opts.pair_hisa_rows = pair_hisa;
   if (!slot_scores) opts.slot_score_budget_bytes = 0;
+  opts.pair_hisa_blocks = opts.pair_hisa_blocks && pair_blocks;
   absl::StatusOr<cuda::SelectPlan> plan = cuda::BuildSelectPlan(tasks, opts);
   m.plan_s = absl::ToDoubleSeconds(absl::Now() - t0);
   if (!plan.ok()) {
@@ -511,6 +512,13 @@ int main(int argc, char** argv) {
                                      args.reps, false, true, false,
                                      /*slot_scores=*/false);
         report("prefill1024_running_topk", L, "HISA", rows_n, ss,
+               HisaFlops(hisa_rows),
+               key_bytes_read + (L / kB) * summary_bytes_per_block, "");
+        // Block scoring per row instead of per pair of rows.
+        const Measure sb = TimeBatch(backend, hisa_rows, stores, config,
+                                     args.reps, false, true, false, true,
+                                     /*pair_blocks=*/false);
+        report("prefill1024_blocks_per_row", L, "HISA", rows_n, sb,
                HisaFlops(hisa_rows),
                key_bytes_read + (L / kB) * summary_bytes_per_block, "");
         std::vector<QueryRow> ind;

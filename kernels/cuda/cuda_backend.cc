@@ -61,10 +61,14 @@ CudaBackend::CudaBackend(std::unique_ptr<cuda::DeviceState> device)
   };
   plan_options_->use_wgmma = !env_is_1("HISA_CUDA_MMA_SYNC");
   plan_options_->pair_hisa_rows = env_is_1("HISA_CUDA_PAIR_HISA");
-  const char* slot_scores = std::getenv("HISA_CUDA_SLOT_SCORES");
-  if (slot_scores != nullptr && std::string(slot_scores) == "0") {
+  auto env_is_0 = [](const char* name) {
+    const char* v = std::getenv(name);
+    return v != nullptr && std::string(v) == "0";
+  };
+  if (env_is_0("HISA_CUDA_SLOT_SCORES")) {
     plan_options_->slot_score_budget_bytes = 0;
   }
+  plan_options_->pair_hisa_blocks = !env_is_0("HISA_CUDA_PAIR_BLOCKS");
 }
 
 CudaBackend::~CudaBackend() = default;

@@ -818,6 +818,34 @@ __device__ void ChooseBlocksForGroup(const SelectBuffers& b,
           rs);
     }
   }
+  if (grp.split_unions) {
+    // One union per row, for that row's own token group.
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      if (g >= grp.num_rows) break;
+      const GroupDesc& tg = b.groups[grp.union_groups[g]];
+      int32_t* out = b.unions + 2 * tg.union_offset;
+      const int64_t total = CompactStream(
+          c[g] + 1,
+          [&](int64_t blk) -> uint32_t {
+            bool chosen = all[g] || blk == 0 || blk == c[g];
+            if (!chosen && extra[g] > 0) {
+              chosen = Keeps(th[g], Composite(OrderedKey(score(g, blk)),
+                                              static_cast<uint32_t>(blk)));
+            }
+            return chosen ? 1u : 0u;
+          },
+          [&](int64_t dst, int64_t blk, uint32_t) {
+            out[2 * dst] = static_cast<int32_t>(blk);
+            out[2 * dst + 1] = 1;
+          },
+          rs);
+      if (threadIdx.x == 0) {
+        b.union_counts[tg.union_index] = static_cast<int32_t>(total);
+      }
+    }
+    return;
+  }
   int32_t* out = b.unions + 2 * grp.union_offset;
   const int64_t n = (grp.max_position >> log2b) + 1;
   const int64_t total = CompactStream(

@@ -160,8 +160,13 @@ struct GroupDesc {
   // running top-k, and the group's last CTA selects each row's k once.
   // slot_score_offset < 0: a running top-k per work item (+ split merge).
   int32_t slot_score_stride = 0;
-  int32_t pad = 0;
+  // Block stage shared by two single-row token groups: this descriptor
+  // (num_rows 2) exists only for block scoring and choice, and row g's
+  // choice becomes the union of token group union_groups[g] (row mask 1).
+  // 0: the group scores and chooses its own blocks.
+  int32_t split_unions = 0;
   int64_t slot_score_offset = -1;
+  int32_t union_groups[kMaxGroupRows] = {0, 0};
 };
 
 // A token-kernel or block-kernel work item: slots [slot_begin, slot_end) of

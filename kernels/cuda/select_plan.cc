@@ -206,6 +206,7 @@ struct GroupBuild {
   int tasks[kMaxGroupRows] = {0, 0};
   int num_rows = 1;
   bool hisa = false;  // effective: some row has c + 1 > m
+  int run = 0;        // rows of one run share (store, layer, mode, shape)
   RowShape shape;
 };
 
@@ -244,6 +245,7 @@ struct PlanScratch {
   std::vector<int> row_task;          // per row: its task
   std::vector<GroupDesc> gdesc;
   std::vector<int64_t> union_cap;
+  std::vector<int> block_owner;       // per token group: block group or -1
   std::vector<ItemBuild> block_items, token_items;
   std::vector<WorkItem> items;
   int64_t q_bytes = 0;  // end of the last row's query in the q region
@@ -264,6 +266,7 @@ struct PlanScratch {
     row_task.clear();
     gdesc.clear();
     union_cap.clear();
+    block_owner.clear();
     block_items.clear();
     token_items.clear();
     items.clear();
@@ -331,7 +334,8 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
             [](const PlanScratch::Run& a, const PlanScratch::Run& b) {
               return a.first < b.first;
             });
-  for (const PlanScratch::Run& run : s.runs) {
+  for (size_t run_id = 0; run_id < s.runs.size(); ++run_id) {
+    const PlanScratch::Run& run = s.runs[run_id];
     const int* idx = s.order.data() + run.begin;
     const size_t count = static_cast<size_t>(run.end - run.begin);
     const bool hisa_key =
@@ -350,6 +354,7 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
                dense_equivalent(idx[j + 1]);
       }
       GroupBuild gb;
+      gb.run = static_cast<int>(run_id);
       gb.num_rows = pair ? 2 : 1;
       for (int g = 0; g < gb.num_rows; ++g) gb.tasks[g] = idx[j + g];
       j += gb.num_rows;
@@ -470,18 +475,52 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     }
   }
 
+  // 3b. Block-stage pairs: neighbouring single-row HISA groups of one run
+  // (consecutive prefill rows) share one block-scoring work item, which
+  // reads every block mean once for both rows and writes each row's choice
+  // as its own group's union; token work stays per row.
+  s.block_owner.assign(num_groups, -1);
+  for (int gi = 0; options.pair_hisa_blocks && gi + 1 < num_groups; ++gi) {
+    const GroupBuild& a = s.groups[gi];
+    const GroupBuild& z = s.groups[gi + 1];
+    if (!a.hisa || !z.hisa || a.num_rows != 1 || z.num_rows != 1 ||
+        a.run != z.run) {
+      continue;
+    }
+    GroupDesc bg = s.gdesc[gi];
+    bg.num_rows = 2;
+    bg.rows[1] = s.gdesc[gi + 1].rows[0];
+    bg.max_position = std::max(bg.max_position, s.gdesc[gi + 1].max_position);
+    bg.split_unions = 1;
+    bg.union_groups[0] = gi;
+    bg.union_groups[1] = gi + 1;
+    bg.block_items = 0;
+    s.block_owner[gi] = s.block_owner[gi + 1] =
+        static_cast<int>(s.gdesc.size());
+    s.gdesc.push_back(bg);
+    ++gi;
+  }
+
   // 4. Work items.
   const int64_t target_items = 2 * int64_t{std::max(1, options.num_sms)};
   const int64_t split_target =
       options.allow_splits && plan->num_groups < target_items
           ? CeilDiv(target_items, std::max<int64_t>(1, plan->num_groups))
           : 1;
+  // The group whose descriptor block-stage items of token group gi use, or
+  // -1 when another group's items cover gi (the second row of a pair).
+  auto block_group = [&](int gi) {
+    const int owner = s.block_owner[gi];
+    if (owner < 0) return gi;
+    return s.gdesc[owner].union_groups[0] == gi ? owner : -1;
+  };
   int64_t total_block_tiles = 0;
   for (int gi = 0; gi < num_groups; ++gi) {
-    if (!s.groups[gi].hisa) continue;
+    const int bgi = block_group(gi);
+    if (!s.groups[gi].hisa || bgi < 0) continue;
     const int block = tasks[s.groups[gi].tasks[0]].config->block_size;
     total_block_tiles +=
-        CeilDiv(s.gdesc[gi].max_position / block + 1, kTileSlots);
+        CeilDiv(s.gdesc[bgi].max_position / block + 1, kTileSlots);
   }
   const int64_t tiles_per_block_item =
       std::max<int64_t>(1, total_block_tiles / target_items);
@@ -503,17 +542,22 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
       token_scorer = LaunchSpec::kWgmma;
     }
     if (gb.hisa) {
-      const int64_t blocks = gd.max_position / cfg.block_size + 1;
-      for (int64_t b = 0; b < blocks; b += tiles_per_block_item * kTileSlots) {
-        WorkItem w;
-        w.group = gi;
-        w.slot_begin = b;
-        w.slot_end = std::min(blocks, b + tiles_per_block_item * kTileSlots);
-        s.block_items.push_back(
-            {LaunchSpec::kBlockScores, block_scorer, gb.shape.mt, D / 16, G,
-             w.slot_end - w.slot_begin, w,
-             static_cast<int64_t>(s.block_items.size())});
-        ++gd.block_items;
+      const int bgi = block_group(gi);
+      if (bgi >= 0) {
+        GroupDesc& bd = s.gdesc[bgi];
+        const int64_t blocks = bd.max_position / cfg.block_size + 1;
+        for (int64_t b = 0; b < blocks;
+             b += tiles_per_block_item * kTileSlots) {
+          WorkItem w;
+          w.group = bgi;
+          w.slot_begin = b;
+          w.slot_end = std::min(blocks, b + tiles_per_block_item * kTileSlots);
+          s.block_items.push_back(
+              {LaunchSpec::kBlockScores, block_scorer, gb.shape.mt, D / 16,
+               bd.num_rows, w.slot_end - w.slot_begin, w,
+               static_cast<int64_t>(s.block_items.size())});
+          ++bd.block_items;
+        }
       }
       slots = s.union_cap[gi] * cfg.block_size;
     } else {
@@ -595,6 +639,7 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     return at;
   };
   plan->layers_off = reserve(s.layers.size() * sizeof(LayerView));
+  plan->num_descriptors = static_cast<int64_t>(s.gdesc.size());
   plan->groups_off = reserve(s.gdesc.size() * sizeof(GroupDesc));
   plan->rows_off = reserve(s.rows.size() * sizeof(RowDesc));
   plan->items_off = reserve(s.items.size() * sizeof(WorkItem));

@@ -75,6 +75,10 @@ struct PlanOptions {
   // running top-k. 0 turns slot-score groups off (A/B comparisons; the
   // backend does so when HISA_CUDA_SLOT_SCORES=0).
   int64_t slot_score_budget_bytes = int64_t{64} << 20;
+  // Neighbouring single-row HISA groups of one (request, layer) share their
+  // block scoring (each block mean read once for two rows) while keeping
+  // separate unions and token work. HISA_CUDA_PAIR_BLOCKS=0 turns it off.
+  bool pair_hisa_blocks = true;
 };
 
 struct LaunchSpec {
@@ -103,7 +107,8 @@ struct SelectPlan {
   int64_t out_entries = 0;
   std::vector<LaunchSpec> launches;
   std::vector<int64_t> task_out_offset;
-  int64_t num_groups = 0;
+  int64_t num_groups = 0;       // token groups: descriptors [0, num_groups)
+  int64_t num_descriptors = 0;  // + block-stage pairs after them
 };
 
 // Approximate device bytes one task adds to a plan, for cutting big batches

@@ -102,17 +102,23 @@ TEST(SelectPlanTest, GroupsOutputsAndItems) {
   EXPECT_EQ(next, plan->out_entries);
 
   // Groups: the 4 small HISA rows pair as DENSE rows (2 groups of 2); the 3
-  // large HISA rows stay alone; the 3 DENSE rows make a pair and a single.
+  // large HISA rows stay alone for token work, and 5000 and 5001 share one
+  // block-stage descriptor (after the token groups) that writes each row's
+  // union to its own group; the 3 DENSE rows make a pair and a single.
+  ASSERT_EQ(plan->num_descriptors, plan->num_groups + 1);
   const auto groups =
-      Read<GroupDesc>(*plan, plan->groups_off, plan->num_groups);
+      Read<GroupDesc>(*plan, plan->groups_off, plan->num_descriptors);
   const auto rows = Read<RowDesc>(*plan, plan->rows_off, b.tasks.size());
   int hisa_groups = 0, dense_pairs = 0, dense_single = 0;
-  for (const GroupDesc& g : groups) {
+  for (int64_t gi = 0; gi < plan->num_groups; ++gi) {
+    const GroupDesc& g = groups[gi];
+    EXPECT_EQ(g.split_unions, 0);
     if (g.mode == kModeHisa) {
       ++hisa_groups;
       EXPECT_EQ(g.num_rows, 1);
       EXPECT_GE(rows[g.rows[0]].position, 16 * 128);
-      EXPECT_EQ(g.block_items, 1);  // <= 128 blocks: one block tile
+      // <= 128 blocks: one block tile, unless the pair's descriptor has it.
+      EXPECT_EQ(g.block_items, rows[g.rows[0]].position == 9000 ? 1 : 0);
     } else {
       (g.num_rows == 2 ? dense_pairs : dense_single)++;
     }
@@ -123,6 +129,16 @@ TEST(SelectPlanTest, GroupsOutputsAndItems) {
   EXPECT_EQ(hisa_groups, 3);
   EXPECT_EQ(dense_pairs, 3);  // (100,101) (500,2000) (300,301)
   EXPECT_EQ(dense_single, 1);
+  const GroupDesc& pair = groups[plan->num_groups];
+  EXPECT_EQ(pair.split_unions, 1);
+  EXPECT_EQ(pair.num_rows, 2);
+  EXPECT_EQ(pair.block_items, 1);
+  for (int g = 0; g < 2; ++g) {
+    const GroupDesc& tg = groups[pair.union_groups[g]];
+    EXPECT_EQ(tg.mode, kModeHisa);
+    EXPECT_EQ(tg.rows[0], pair.rows[g]);
+    EXPECT_EQ(rows[tg.rows[0]].position, 5000 + g);
+  }
 
   // Work items of every launch tile their group's slots without gaps.
   int64_t total_items = 0;
@@ -167,7 +183,8 @@ TEST(SelectPlanTest, GroupsOutputsAndItems) {
   for (const LaunchSpec& s : plan->launches) {
     EXPECT_NE(s.scorer, LaunchSpec::kWgmma);
   }
-  const auto paired = Read<GroupDesc>(*plan, plan->groups_off, plan->num_groups);
+  const auto paired =
+      Read<GroupDesc>(*plan, plan->groups_off, plan->num_descriptors);
   int hisa_pairs = 0;
   for (const GroupDesc& g : paired) hisa_pairs += g.mode == kModeHisa && g.num_rows == 2;
   EXPECT_EQ(hisa_pairs, 1);  // (5000, 5001)
