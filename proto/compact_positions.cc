@@ -1,23 +1,24 @@
 #include "proto/compact_positions.h"
 
+#include <algorithm>
+#include <cstring>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
 namespace hisa {
 namespace {
 
-size_t VarintSize(uint64_t v) {
-  size_t n = 1;
-  while (v >= 0x80) {
-    v >>= 7;
-    ++n;
-  }
-  return n;
+constexpr int64_t kMaxPosition = (int64_t{1} << 31) - 1;
+
+// Bytes of the LEB128 varint of v (v < 2^32), without a loop.
+inline size_t VarintSize(uint32_t v) {
+  return 1 + static_cast<size_t>(31 - __builtin_clz(v | 1)) / 7;
 }
 
 // Writes one varint at `out` and returns the byte after it.
-char* PutVarint(uint64_t v, char* out) {
+inline char* PutVarint(uint32_t v, char* out) {
   while (v >= 0x80) {
     *out++ = static_cast<char>((v & 0x7F) | 0x80);
     v >>= 7;
@@ -26,16 +27,29 @@ char* PutVarint(uint64_t v, char* out) {
   return out;
 }
 
-// Reads one varint at *pos; false when truncated or longer than 5 bytes.
-bool GetVarint(const std::string& in, size_t* pos, uint64_t* v) {
+// Reads one varint of at most 5 bytes at data[*pos]; false when truncated
+// or longer. One-byte values (most gaps) take the first branch only.
+inline bool GetVarint(const uint8_t* data, size_t size, size_t* pos,
+                      uint64_t* v) {
+  if (*pos < size && data[*pos] < 0x80) {
+    *v = data[(*pos)++];
+    return true;
+  }
   *v = 0;
   for (int shift = 0; shift <= 28; shift += 7) {
-    if (*pos >= in.size()) return false;
-    const uint8_t byte = static_cast<uint8_t>(in[(*pos)++]);
+    if (*pos >= size) return false;
+    const uint8_t byte = data[(*pos)++];
     *v |= static_cast<uint64_t>(byte & 0x7F) << shift;
     if ((byte & 0x80) == 0) return true;
   }
   return false;
+}
+
+// Up to 8 mask bytes as a little-endian word: bit 8 j + i = bit i of byte j.
+inline uint64_t MaskWord(const uint8_t* bytes, size_t n) {
+  uint64_t w = 0;
+  for (size_t j = 0; j < n; ++j) w |= static_cast<uint64_t>(bytes[j]) << (8 * j);
+  return w;
 }
 
 // Both encoders write into a string already sized exactly (zero-filled).
@@ -43,64 +57,93 @@ void EncodeDelta(absl::Span<const int32_t> pos, std::string* out) {
   char* at = out->data();
   int64_t prev = -1;
   for (int32_t p : pos) {
-    at = PutVarint(static_cast<uint64_t>(p - prev - 1), at);
+    at = PutVarint(static_cast<uint32_t>(p - prev - 1), at);
     prev = p;
   }
 }
 
-void EncodeBitmask(absl::Span<const int32_t> pos, int block_size,
-                   std::string* out) {
+// Writes the block_bitmask form of `pos` to `out` (at least
+// pos.size() * (5 + block_size / 8) bytes, any contents) and returns its
+// size. Bits accumulate in a 64-bit word (64 positions of one block) that
+// is stored once when the position moves past it: a byte-wise |= per
+// position would chain every position through store-to-load forwarding.
+size_t EncodeBitmask(absl::Span<const int32_t> pos, int block_size,
+                     char* out) {
   const int mask_bytes = block_size / 8;
   const int shift = __builtin_ctz(static_cast<unsigned>(block_size));
-  char* at = out->data();
+  const int in_block_mask = block_size - 1;
+  char* at = out;
   char* mask = nullptr;
-  int64_t prev_block = -1;
+  int32_t prev_block = -1;
+  int word_index = 0;  // 64-bit word of the current block's mask
+  uint64_t word = 0;
+  auto flush = [&] {
+    const int first = 8 * word_index;
+    const int n = std::min(8, mask_bytes - first);
+    for (int j = 0; j < n; ++j) {
+      mask[first + j] = static_cast<char>(word >> (8 * j));
+    }
+  };
   for (int32_t p : pos) {
-    const int64_t block = p >> shift;
+    const int32_t block = p >> shift;
+    const int in_block = p & in_block_mask;
     if (block != prev_block) {
-      mask = PutVarint(static_cast<uint64_t>(block - prev_block - 1), at);
+      if (mask != nullptr) flush();
+      mask = PutVarint(static_cast<uint32_t>(block - prev_block - 1), at);
+      std::memset(mask, 0, static_cast<size_t>(mask_bytes));
       at = mask + mask_bytes;
       prev_block = block;
+      word_index = in_block >> 6;
+      word = 0;
+    } else if ((in_block >> 6) != word_index) {
+      flush();
+      word_index = in_block >> 6;
+      word = 0;
     }
-    const int in_block = p & (block_size - 1);
-    mask[in_block >> 3] |= static_cast<char>(1 << (in_block & 7));
+    word |= uint64_t{1} << (in_block & 63);
   }
+  if (mask != nullptr) flush();
+  return static_cast<size_t>(at - out);
 }
 
 }  // namespace
 
 void EncodePositions(absl::Span<const int32_t> positions, int block_size,
                      v1::CompactPositions* out) {
-  size_t count = 0;
-  while (count < positions.size() && positions[count] >= 0) ++count;
+  // Ascending positions, then -1s: the count is a partition point.
+  const size_t count = static_cast<size_t>(
+      std::partition_point(positions.begin(), positions.end(),
+                           [](int32_t p) { return p >= 0; }) -
+      positions.begin());
   const absl::Span<const int32_t> pos = positions.subspan(0, count);
   out->Clear();
   out->set_count(static_cast<uint32_t>(count));
-  // Size both encodings in one pass; write only the smaller one.
   // The bitmask form needs a power-of-two block of at least 8 positions.
+  // It is written in one pass to a per-thread scratch; delta_varint takes at
+  // least one byte per position, so a bitmask under `count` bytes wins
+  // without sizing the delta form; otherwise the smaller one (ties: delta).
   const bool bitmask_ok =
       block_size >= 8 && (block_size & (block_size - 1)) == 0;
-  const int shift =
-      bitmask_ok ? __builtin_ctz(static_cast<unsigned>(block_size)) : 0;
-  size_t delta_bytes = 0;
+  thread_local std::vector<char> scratch;
   size_t bitmask_bytes = 0;
-  int64_t prev = -1;
-  int64_t prev_block = -1;
-  for (int32_t p : pos) {
-    delta_bytes += VarintSize(static_cast<uint64_t>(p - prev - 1));
-    prev = p;
-    if (bitmask_ok && (p >> shift) != prev_block) {
-      const int64_t block = p >> shift;
-      bitmask_bytes += VarintSize(static_cast<uint64_t>(block - prev_block - 1)) +
-                       static_cast<size_t>(block_size / 8);
-      prev_block = block;
-    }
+  if (bitmask_ok) {
+    scratch.resize(std::max(scratch.size(),
+                            count * (5 + static_cast<size_t>(block_size / 8))));
+    bitmask_bytes = EncodeBitmask(pos, block_size, scratch.data());
   }
-  if (bitmask_ok && bitmask_bytes < delta_bytes) {
+  bool use_bitmask = bitmask_ok && bitmask_bytes < count;
+  size_t delta_bytes = 0;
+  if (!use_bitmask) {
+    int64_t prev = -1;
+    for (int32_t p : pos) {
+      delta_bytes += VarintSize(static_cast<uint32_t>(p - prev - 1));
+      prev = p;
+    }
+    use_bitmask = bitmask_ok && bitmask_bytes < delta_bytes;
+  }
+  if (use_bitmask) {
     out->set_block_size(static_cast<uint32_t>(block_size));
-    std::string* bitmask = out->mutable_block_bitmask();
-    bitmask->assign(bitmask_bytes, '\0');
-    EncodeBitmask(pos, block_size, bitmask);
+    out->mutable_block_bitmask()->assign(scratch.data(), bitmask_bytes);
     return;
   }
   std::string* delta = out->mutable_delta_varint();
@@ -114,64 +157,69 @@ absl::StatusOr<std::vector<int32_t>> DecodePositions(
     return absl::InvalidArgumentError(absl::StrCat(
         "compact positions: count ", in.count(), " exceeds k ", k));
   }
-  std::vector<int32_t> out;
-  out.reserve(k);
-  constexpr int64_t kMaxPosition = (int64_t{1} << 31) - 1;
+  const size_t count = in.count();
+  std::vector<int32_t> out(static_cast<size_t>(k), -1);
+  int32_t* dst = out.data();
+  size_t n = 0;
+  const auto too_many = [] {
+    return absl::InvalidArgumentError(
+        "compact positions: more positions than count or out of range");
+  };
   if (in.has_block_bitmask()) {
     const int block_size = static_cast<int>(in.block_size());
     if (block_size < 8 || block_size % 8 != 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           "compact positions: bad block_size ", in.block_size()));
     }
-    const std::string& data = in.block_bitmask();
+    const std::string& str = in.block_bitmask();
+    const uint8_t* data = reinterpret_cast<const uint8_t*>(str.data());
+    const size_t size = str.size();
     const size_t mask_bytes = static_cast<size_t>(block_size / 8);
     size_t at = 0;
     int64_t block = -1;
-    while (at < data.size()) {
+    while (at < size) {
       uint64_t gap;
-      if (!GetVarint(data, &at, &gap) || at + mask_bytes > data.size()) {
+      if (!GetVarint(data, size, &at, &gap) || mask_bytes > size - at) {
         return absl::InvalidArgumentError("compact positions: truncated bitmask");
       }
       block += static_cast<int64_t>(gap) + 1;
-      for (size_t j = 0; j < mask_bytes; ++j) {
-        // Visit set bits only (ascending).
-        for (unsigned bits = static_cast<uint8_t>(data[at + j]); bits != 0;
-             bits &= bits - 1) {
-          const int64_t p = block * block_size + static_cast<int64_t>(8 * j) +
-                            __builtin_ctz(bits);
-          if (p > kMaxPosition || out.size() >= in.count()) {
-            return absl::InvalidArgumentError(
-                "compact positions: more positions than count or out of range");
-          }
-          out.push_back(static_cast<int32_t>(p));
+      const int64_t base = block * block_size;
+      // Set bits of the block, 8 mask bytes (64 positions) at a time.
+      for (size_t j = 0; j < mask_bytes; j += 8) {
+        uint64_t w = MaskWord(data + at + j, std::min<size_t>(8, mask_bytes - j));
+        if (w == 0) continue;
+        const size_t bits = static_cast<size_t>(__builtin_popcountll(w));
+        const int64_t first = base + static_cast<int64_t>(8 * j);
+        if (bits > count - n || first + 63 - __builtin_clzll(w) > kMaxPosition) {
+          return too_many();
+        }
+        for (; w != 0; w &= w - 1) {
+          dst[n++] = static_cast<int32_t>(first + __builtin_ctzll(w));
         }
       }
       at += mask_bytes;
     }
   } else {
-    const std::string& data = in.delta_varint();
+    const std::string& str = in.delta_varint();
+    const uint8_t* data = reinterpret_cast<const uint8_t*>(str.data());
+    const size_t size = str.size();
     size_t at = 0;
     int64_t prev = -1;
-    while (at < data.size()) {
+    while (at < size) {
       uint64_t gap;
-      if (!GetVarint(data, &at, &gap)) {
+      if (!GetVarint(data, size, &at, &gap)) {
         return absl::InvalidArgumentError("compact positions: truncated varint");
       }
       const int64_t p = prev + static_cast<int64_t>(gap) + 1;
-      if (p > kMaxPosition || out.size() >= in.count()) {
-        return absl::InvalidArgumentError(
-            "compact positions: more positions than count or out of range");
-      }
-      out.push_back(static_cast<int32_t>(p));
+      if (p > kMaxPosition || n >= count) return too_many();
+      dst[n++] = static_cast<int32_t>(p);
       prev = p;
     }
   }
-  if (out.size() != in.count()) {
+  if (n != count) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "compact positions: decoded ", out.size(), " positions, count says ",
-        in.count()));
+        "compact positions: decoded ", n, " positions, count says ", count));
   }
-  out.resize(static_cast<size_t>(k), -1);
   return out;
 }
 
