@@ -124,12 +124,14 @@ Engine::Engine(EngineOptions options, std::unique_ptr<Backend> backend)
 
 Engine::~Engine() = default;
 
+int64_t Engine::NowNs() const { return absl::ToUnixNanos(options_.clock()); }
+
 absl::StatusOr<std::shared_ptr<Engine::Request>> Engine::Find(
-    absl::string_view id) const {
+    absl::string_view id, int64_t now_ns) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = requests_.find(id);
   if (it == requests_.end()) return NotFound(id);
-  if (IdleLocked(*it->second, absl::ToUnixNanos(options_.clock()))) {
+  if (IdleLocked(*it->second, now_ns)) {
     RemoveLocked(id);
     ++expired_total_;
     return absl::NotFoundError(absl::StrCat(
@@ -153,7 +155,7 @@ absl::Status Engine::CreateRequest(absl::string_view id,
         id.size()));
   }
   RETURN_IF_ERROR(ValidateRequestConfig(config, options_.max_layers));
-  const int64_t now_ns = absl::ToUnixNanos(options_.clock());
+  const int64_t now_ns = NowNs();
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = requests_.find(id);
@@ -252,7 +254,8 @@ absl::Status Engine::ValidateChunk(const Request& request,
 }
 
 absl::StatusOr<int64_t> Engine::Append(const KeyChunk& chunk) {
-  ASSIGN_OR_RETURN(std::shared_ptr<Request> request, Find(chunk.request_id));
+  ASSIGN_OR_RETURN(std::shared_ptr<Request> request,
+                   Find(chunk.request_id, NowNs()));
   RETURN_IF_ERROR(ValidateChunk(*request, chunk));
   const int head_dim = request->config.head_dim;
 
@@ -279,7 +282,7 @@ absl::StatusOr<int64_t> Engine::Append(const KeyChunk& chunk) {
           chunk.first_position + overlap, ")"));
     }
   }
-  const int64_t now_ns = absl::ToUnixNanos(options_.clock());
+  const int64_t now_ns = NowNs();
   if (end <= length) {  // a retry of stored data: acknowledge, change nothing
     request->last_used_ns.store(now_ns);
     return length;
@@ -387,11 +390,13 @@ void Engine::Select(absl::Span<const QueryRow> rows,
   std::vector<std::shared_ptr<Request>> row_request(n);
   std::vector<Request*> to_lock;
   to_lock.reserve(n);
+  const int64_t start_ns = NowNs();  // one lease check time for the batch
   for (size_t i = 0; i < n; ++i) {
     RowResult& result = results[i];
     result.positions.clear();
     result.scores.clear();
-    absl::StatusOr<std::shared_ptr<Request>> found = Find(rows[i].request_id);
+    absl::StatusOr<std::shared_ptr<Request>> found =
+        Find(rows[i].request_id, start_ns);
     if (!found.ok()) {
       result.status = found.status();
       continue;
@@ -438,7 +443,7 @@ void Engine::Select(absl::Span<const QueryRow> rows,
   if (!tasks.empty()) backend_->Select(tasks, times);
   for (Request* request : to_lock) request->mu.unlock_shared();
 
-  const int64_t now_ns = absl::ToUnixNanos(options_.clock());
+  const int64_t now_ns = NowNs();
   for (Request* request : to_lock) request->last_used_ns.store(now_ns);
 }
 
@@ -461,7 +466,7 @@ bool Engine::Release(absl::string_view id) {
 
 std::vector<std::string> Engine::ExpireIdle() {
   std::vector<std::string> expired;
-  const int64_t now_ns = absl::ToUnixNanos(options_.clock());
+  const int64_t now_ns = NowNs();
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& [id, request] : requests_) {
     if (IdleLocked(*request, now_ns)) expired.push_back(id);
@@ -472,7 +477,7 @@ std::vector<std::string> Engine::ExpireIdle() {
 }
 
 absl::StatusOr<RequestInfo> Engine::GetRequestInfo(absl::string_view id) const {
-  ASSIGN_OR_RETURN(std::shared_ptr<Request> request, Find(id));
+  ASSIGN_OR_RETURN(std::shared_ptr<Request> request, Find(id, NowNs()));
   RequestInfo info;
   info.id = request->id;
   info.config = request->config;

@@ -122,9 +122,12 @@ class Engine {
  private:
   struct Request;
 
-  // The live request `id`. A request whose lease ran out is removed here
-  // (NOT_FOUND) even before the next ExpireIdle sweep.
-  absl::StatusOr<std::shared_ptr<Request>> Find(absl::string_view id) const;
+  // The live request `id` at time now_ns (the clock, read once per call by
+  // the caller). A request whose lease ran out is removed here (NOT_FOUND)
+  // even before the next ExpireIdle sweep.
+  absl::StatusOr<std::shared_ptr<Request>> Find(absl::string_view id,
+                                                int64_t now_ns) const;
+  int64_t NowNs() const;
   absl::Status ValidateChunk(const Request& request,
                              const KeyChunk& chunk) const;
   absl::Status ValidateRow(const Request& request, const QueryRow& row) const;
