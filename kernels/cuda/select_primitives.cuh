@@ -185,6 +185,38 @@ struct RadixShared {
   int32_t tie_total[kSelectThreads / 32];
 };
 
+// One radix pass's decision, by warp 0 over the 256-bin histogram: the bin
+// (rs.digit) that holds the need-th largest entry, how many entries of that
+// bin are still needed (rs.need) and how many it holds (rs.bucket).
+__device__ __forceinline__ void FindThresholdBin(int need, RadixShared& rs) {
+  const int tid = threadIdx.x;
+  if (tid >= 32) return;
+  uint32_t h[8];
+  uint32_t total = 0;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    h[j] = rs.hist[tid * 8 + j];
+    total += h[j];
+  }
+  uint32_t suffix = total;  // entries in this lane's bins and above
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const uint32_t v = __shfl_down_sync(0xFFFFFFFFu, suffix, off);
+    if (tid + off < 32) suffix += v;
+  }
+  uint32_t cum = suffix - total;
+  const uint32_t want = static_cast<uint32_t>(need);
+#pragma unroll
+  for (int j = 7; j >= 0; --j) {
+    if (cum < want && cum + h[j] >= want) {
+      rs.digit = tid * 8 + j;
+      rs.need = static_cast<int32_t>(want - cum);
+      rs.bucket = static_cast<int32_t>(h[j]);
+    }
+    cum += h[j];
+  }
+}
+
 // Entries kept by a selection: composite c is kept iff (c >> shift) >= prefix.
 struct Threshold {
   uint64_t prefix = 0;
@@ -211,33 +243,7 @@ __device__ Threshold RadixSelect(int n, int need, Get get, RadixShared& rs) {
       }
     }
     __syncthreads();
-    if (tid < 32) {
-      uint32_t h[8];
-      uint32_t total = 0;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        h[j] = rs.hist[tid * 8 + j];
-        total += h[j];
-      }
-      // Entries in bins above this lane's bins.
-      uint32_t suffix = total;
-#pragma unroll
-      for (int off = 1; off < 32; off <<= 1) {
-        const uint32_t v = __shfl_down_sync(0xFFFFFFFFu, suffix, off);
-        if (tid + off < 32) suffix += v;
-      }
-      uint32_t cum = suffix - total;
-      const uint32_t want = static_cast<uint32_t>(need);
-#pragma unroll
-      for (int j = 7; j >= 0; --j) {
-        if (cum < want && cum + h[j] >= want) {
-          rs.digit = tid * 8 + j;
-          rs.need = static_cast<int32_t>(want - cum);
-          rs.bucket = static_cast<int32_t>(h[j]);
-        }
-        cum += h[j];
-      }
-    }
+    FindThresholdBin(need, rs);
     __syncthreads();
     const int digit = rs.digit;
     const int bucket = rs.bucket;
@@ -340,32 +346,7 @@ __device__ KeyThreshold RadixSelectKey(int n, int need, Get get,
       }
     }
     __syncthreads();
-    if (tid < 32) {
-      uint32_t h[8];
-      uint32_t total = 0;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        h[j] = rs.hist[tid * 8 + j];
-        total += h[j];
-      }
-      uint32_t suffix = total;  // entries in this lane's bins and above
-#pragma unroll
-      for (int off = 1; off < 32; off <<= 1) {
-        const uint32_t v = __shfl_down_sync(0xFFFFFFFFu, suffix, off);
-        if (tid + off < 32) suffix += v;
-      }
-      uint32_t cum = suffix - total;
-      const uint32_t want = static_cast<uint32_t>(need);
-#pragma unroll
-      for (int j = 7; j >= 0; --j) {
-        if (cum < want && cum + h[j] >= want) {
-          rs.digit = tid * 8 + j;
-          rs.need = static_cast<int32_t>(want - cum);
-          rs.bucket = static_cast<int32_t>(h[j]);
-        }
-        cum += h[j];
-      }
-    }
+    FindThresholdBin(need, rs);
     __syncthreads();
     th.prefix = (th.prefix << 8) | static_cast<uint32_t>(rs.digit);
     need = rs.need;

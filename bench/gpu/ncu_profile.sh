@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Nsight Compute views of the HISA kernels of one benchmark shape (the
+# second HISA token launch after the DENSE warm-ups, and the first HISA
+# block launch), for why a kernel runs at the speed it does:
+#   stalls: warp-stall breakdown per issued instruction, speed-of-light and
+#           instruction counts of the token and block kernels
+#           ($OUT/ncu_<shape>.txt);
+#   sass:   per-SASS-instruction executed counts and stall samples of the
+#           token kernel ($OUT/sass_<shape>.csv; the 40 hottest printed).
+#   OUT=/tmp/x bench/gpu/ncu_profile.sh stalls|sass decode64|prefill1024 [L]
+set -u -o pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+OUT=${OUT:-$ROOT/out-gpu}
+MODE=${1:-stalls}
+SHAPE=${2:-decode64}
+L=${3:-65536}
+BIN=${HISA_BIN_DIR:-$ROOT/build-gpu-carry}
+mkdir -p "$OUT"
+# DENSE runs 2 warm-ups + 3 timed launches first; in decode DENSE uses the
+# same token kernel as HISA (WgmmaTokenScorer<1>), hence the larger skip.
+SKIP=6; [[ $SHAPE == prefill1024 ]] && SKIP=1
+TOKEN="WgmmaTokenScorerILi1EEELi1E"
+bench_args=(--lengths="$L" --shapes="$SHAPE" --reps=3 --no-causal --json=/tmp/ncu_profile.json)
+run_ncu() { LD_LIBRARY_PATH="$BIN/lib:${LD_LIBRARY_PATH:-}" timeout 200 ncu --kernel-name-base mangled "$@"; }
+
+if [[ $MODE == sass ]]; then
+  run_ncu --kernel-name "regex:$TOKEN" --launch-skip "$SKIP" --launch-count 1 \
+    --section SourceCounters --section WarpStateStats -o /tmp/ncu_sass -f \
+    "$BIN/hisa_gpu_bench" "${bench_args[@]}" > "$OUT/sass_$SHAPE.log" 2>&1
+  ncu --import /tmp/ncu_sass.ncu-rep --page source --csv --print-source sass \
+    > "$OUT/sass_$SHAPE.csv" 2>> "$OUT/sass_$SHAPE.log"
+  python3 - "$OUT/sass_$SHAPE.csv" <<'PY'
+import csv, sys
+rows = list(csv.reader(open(sys.argv[1])))
+hdr, data = rows[1], rows[2:]
+src, ex, st = (hdr.index(k) for k in ("Source", "Instructions Executed",
+                                      "Warp Stall Sampling (All Samples)"))
+print("instructions", sum(int(r[ex]) for r in data),
+      "stall samples", sum(int(r[st]) for r in data))
+for r in sorted(data, key=lambda r: -int(r[st]))[:40]:
+    print(r[st], r[ex], r[src].strip())
+PY
+  exit 0
+fi
+
+STALLS=""
+for r in long_scoreboard short_scoreboard barrier membar wait math_pipe_throttle \
+         mio_throttle lg_throttle no_instruction dispatch_stall not_selected selected \
+         tex_throttle drain sleeping branch_resolving imc_miss misc; do
+  STALLS+="smsp__average_warps_issue_stalled_${r}_per_issue_active.ratio,"
+done
+METRICS="${STALLS}gpu__time_duration.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__cycles_active.avg,sm__cycles_elapsed.avg,smsp__inst_executed.sum,sm__warps_active.avg.pct_of_peak_sustained_active"
+for k in "$TOKEN:$SKIP" "Bf16BlockScorer:1"; do
+  run_ncu --kernel-name "regex:${k%%:*}" --launch-skip "${k##*:}" --launch-count 1 \
+    --metrics "$METRICS" "$BIN/hisa_gpu_bench" "${bench_args[@]}"
+done > "$OUT/ncu_$SHAPE.txt" 2>&1
+grep -E "TileKernel|stalled|duration|throughput|cycles|inst_executed|warps_active" "$OUT/ncu_$SHAPE.txt" \
+  | sed -e 's/(SelectBuffers.*//' -e 's/smsp__average_warps_issue_stalled_//' -e 's/_per_issue_active.ratio//' \
+  | awk '{ if ($0 ~ /TileKernel/ || $NF+0 >= 0.05 || $0 !~ /stalled|ratio/) print }'
