@@ -47,23 +47,146 @@ class HisaService::Stream {
   std::atomic<int> refs_{1};
 };
 
+// The state machine both bidi streams share. Everything is decided under
+// one lock by the derived class's Plan(), which sees the flags below and its
+// own queues; Act() then starts the chosen gRPC operations outside the lock
+// (gRPC may run reactions inline). Derived classes call Start() at the end
+// of their constructor and change state through Update().
+template <class Derived, class Request, class Response>
+class HisaService::StreamReactor
+    : public grpc::ServerBidiReactor<Request, Response>,
+      public HisaService::Stream {
+ public:
+  void OnCancel() override {
+    Update([this] {
+      cancelled_ = true;
+      cancelled_flag_.store(true);
+    });
+  }
+
+  void OnDone() override {
+    service_->metrics_->StreamClosed(method_);
+    // Last use of the service: once no stream is registered, the server may
+    // finish shutting down.
+    if (registered_) service_->UnregisterStream(this);
+    Unref();
+  }
+
+  void Drain() override {
+    Update([this] { draining_ = true; });
+  }
+
+ protected:
+  struct Actions {
+    const Response* write = nullptr;
+    Request* read = nullptr;
+    std::optional<grpc::Status> finish;
+  };
+
+  StreamReactor(HisaService* service, RpcMethod method)
+      : service_(service), method_(method) {}
+
+  // Registers the stream (a draining server finishes it at once) and starts
+  // the first read.
+  void Start() {
+    service_->metrics_->StreamOpened(method_);
+    registered_ = service_->RegisterStream(this);
+    Update([this] {
+      if (!registered_) draining_ = true;
+    });
+  }
+
+  // Runs `change` under the lock, then starts what Plan decides.
+  template <class Change>
+  void Update(Change change) {
+    Actions actions;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      change();
+      actions = derived().Plan();
+    }
+    Act(std::move(actions));
+  }
+
+  // Plans again after a change made under the lock by the caller.
+  void Replan() {
+    Update([] {});
+  }
+
+  // The bookkeeping of a finished write, under the lock.
+  void WriteDoneLocked(bool ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    writing_ = false;
+    if (!ok) {
+      broken_ = true;
+      cancelled_flag_.store(true);
+    }
+  }
+
+  bool stopped() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return cancelled_ || broken_;
+  }
+
+  // Starts what Plan decided. Operations are started outside the lock, so
+  // Plan counts them in starting_ and never decides Finish while one is
+  // decided but not started: a StartRead/StartWrite issued after Finish
+  // could reach a call whose OnDone has already run.
+  void Act(Actions actions) {
+    while (true) {
+      if (actions.finish.has_value()) {
+        service_->metrics_->CountError(method_, actions.finish->error_code());
+        this->Finish(*std::move(actions.finish));
+        return;
+      }
+      int started = 0;
+      if (actions.write != nullptr) {
+        this->StartWrite(actions.write);
+        ++started;
+      }
+      if (actions.read != nullptr) {
+        this->StartRead(actions.read);
+        ++started;
+      }
+      if (started == 0) return;
+      std::lock_guard<std::mutex> lock(mu_);
+      starting_ -= started;
+      actions = derived().Plan();
+    }
+  }
+
+  HisaService* const service_;
+  const RpcMethod method_;
+  bool registered_ = false;
+  // Set with cancelled_ or broken_, readable without the lock by executor
+  // work that should skip its engine call.
+  std::atomic<bool> cancelled_flag_{false};
+
+  std::mutex mu_;
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_closed_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // Reads and writes decided by Plan and not yet started by Act.
+  int starting_ ABSL_GUARDED_BY(mu_) = 0;
+
+ private:
+  Derived& derived() { return static_cast<Derived&>(*this); }
+};
+
 // ---------------------------------------------------------------- Append --
 
 // Reads one chunk at a time, appends it on the executor, queues its ack.
 // The next read starts once the chunk is processed (chunks of a stream are
 // applied in order), while earlier acks are still being written.
 class HisaService::AppendReactor final
-    : public grpc::ServerBidiReactor<v1::AppendChunk, v1::AppendAck>,
-      public HisaService::Stream {
+    : public HisaService::StreamReactor<AppendReactor, v1::AppendChunk,
+                                        v1::AppendAck> {
  public:
-  explicit AppendReactor(HisaService* service) : service_(service) {
-    service_->metrics_->StreamOpened(RpcMethod::kAppend);
-    registered_ = service_->RegisterStream(this);
-    if (!registered_) {
-      std::lock_guard<std::mutex> lock(mu_);
-      draining_ = true;
-    }
-    Act(PlanUnderLock());
+  explicit AppendReactor(HisaService* service)
+      : StreamReactor(service, RpcMethod::kAppend) {
+    Start();
   }
 
   void OnReadDone(bool ok) override {
@@ -81,63 +204,18 @@ class HisaService::AppendReactor final
       }
     }
     if (process) service_->Schedule([this] { Process(); });
-    Act(PlanUnderLock());
+    Replan();
   }
 
   void OnWriteDone(bool ok) override {
-    Actions actions;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      writing_ = false;
+    Update([&] {
       acks_.pop_front();
-      if (!ok) {
-        broken_ = true;
-        cancelled_flag_.store(true);
-      }
-      actions = Plan();
-    }
-    Act(std::move(actions));
-  }
-
-  void OnCancel() override {
-    Actions actions;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      cancelled_ = true;
-      cancelled_flag_.store(true);
-      actions = Plan();
-    }
-    Act(std::move(actions));
-  }
-
-  void OnDone() override {
-    service_->metrics_->StreamClosed(RpcMethod::kAppend);
-    // Last use of the service: once no stream is registered, the server may
-    // finish shutting down.
-    if (registered_) service_->UnregisterStream(this);
-    Unref();
-  }
-
-  void Drain() override {
-    Actions actions;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      draining_ = true;
-      actions = Plan();
-    }
-    Act(std::move(actions));
+      WriteDoneLocked(ok);
+    });
   }
 
  private:
-  struct Actions {
-    const v1::AppendAck* write = nullptr;
-    v1::AppendChunk* read = nullptr;
-    std::optional<grpc::Status> finish;
-  };
-
-  bool stopped() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return cancelled_ || broken_;
-  }
+  friend StreamReactor;
 
   // Decides the next gRPC operations; they are started outside the lock
   // because gRPC may run reactions inline.
@@ -172,39 +250,6 @@ class HisaService::AppendReactor final
     return actions;
   }
 
-  Actions PlanUnderLock() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return Plan();
-  }
-
-  // Starts what Plan decided. Operations are started outside the lock, so
-  // Plan counts them in starting_ and never decides Finish while one is
-  // decided but not started: a StartRead/StartWrite issued after Finish
-  // could reach a call whose OnDone has already run.
-  void Act(Actions actions) {
-    while (true) {
-      if (actions.finish.has_value()) {
-        service_->metrics_->CountError(RpcMethod::kAppend,
-                                       actions.finish->error_code());
-        Finish(*std::move(actions.finish));
-        return;
-      }
-      int started = 0;
-      if (actions.write != nullptr) {
-        StartWrite(actions.write);
-        ++started;
-      }
-      if (actions.read != nullptr) {
-        StartRead(actions.read);
-        ++started;
-      }
-      if (started == 0) return;
-      std::lock_guard<std::mutex> lock(mu_);
-      starting_ -= started;
-      actions = Plan();
-    }
-  }
-
   // Executor: applies chunk_ to the engine and queues its ack.
   void Process() {
     v1::AppendAck ack;
@@ -228,32 +273,14 @@ class HisaService::AppendReactor final
       service_->metrics_->ObserveRpc(RpcMethod::kAppend,
                                      absl::Now() - received_);
     }
-    Actions actions;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
+    Update([&] {
       processing_ = false;
       if (!stopped()) acks_.push_back(std::move(ack));
-      actions = Plan();
-    }
-    Act(std::move(actions));
+    });
     Unref();
   }
 
-  HisaService* const service_;
-  bool registered_ = false;
-  std::atomic<bool> cancelled_flag_{false};
-
-  std::mutex mu_;
-  bool reading_ ABSL_GUARDED_BY(mu_) = false;
-  bool read_closed_ ABSL_GUARDED_BY(mu_) = false;
   bool processing_ ABSL_GUARDED_BY(mu_) = false;
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  bool broken_ ABSL_GUARDED_BY(mu_) = false;
-  bool draining_ ABSL_GUARDED_BY(mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  // Reads and writes decided by Plan and not yet started by Act.
-  int starting_ ABSL_GUARDED_BY(mu_) = 0;
   // The read target; touched by one of: gRPC (while reading_), Process
   // (while processing_).
   v1::AppendChunk chunk_;
@@ -269,17 +296,12 @@ class HisaService::AppendReactor final
 // being worked on, hands their rows to the batcher, and writes responses in
 // arrival order as they complete.
 class HisaService::SelectReactor final
-    : public grpc::ServerBidiReactor<v1::SelectRequest, v1::SelectResponse>,
-      public HisaService::Stream {
+    : public HisaService::StreamReactor<SelectReactor, v1::SelectRequest,
+                                        v1::SelectResponse> {
  public:
-  explicit SelectReactor(HisaService* service) : service_(service) {
-    service_->metrics_->StreamOpened(RpcMethod::kSelect);
-    registered_ = service_->RegisterStream(this);
-    if (!registered_) {
-      std::lock_guard<std::mutex> lock(mu_);
-      draining_ = true;
-    }
-    Act(PlanUnderLock());
+  explicit SelectReactor(HisaService* service)
+      : StreamReactor(service, RpcMethod::kSelect) {
+    Start();
   }
 
   void OnReadDone(bool ok) override {
@@ -298,56 +320,21 @@ class HisaService::SelectReactor final
       }
     }
     if (message != nullptr) Admit(std::move(message));
-    Act(PlanUnderLock());
+    Replan();
   }
 
   void OnWriteDone(bool ok) override {
     std::unique_ptr<Message> written;  // freed outside the lock
-    Actions actions;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      writing_ = false;
+    Update([&] {
       written = std::move(inflight_.front());
       inflight_.pop_front();
-      if (!ok) {
-        broken_ = true;
-        cancelled_flag_.store(true);
-      }
-      actions = Plan();
-    }
-    Act(std::move(actions));
-  }
-
-  void OnCancel() override {
-    Actions actions;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      cancelled_ = true;
-      cancelled_flag_.store(true);
-      actions = Plan();
-    }
-    Act(std::move(actions));
-  }
-
-  void OnDone() override {
-    service_->metrics_->StreamClosed(RpcMethod::kSelect);
-    // Last use of the service: once no stream is registered, the server may
-    // finish shutting down.
-    if (registered_) service_->UnregisterStream(this);
-    Unref();
-  }
-
-  void Drain() override {
-    Actions actions;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      draining_ = true;
-      actions = Plan();
-    }
-    Act(std::move(actions));
+      WriteDoneLocked(ok);
+    });
   }
 
  private:
+  friend StreamReactor;
+
   struct Message {
     v1::SelectRequest request;
     absl::Time received;
@@ -360,16 +347,6 @@ class HisaService::SelectReactor final
     v1::SelectResponse response;
     bool ready = false;
   };
-
-  struct Actions {
-    const v1::SelectResponse* write = nullptr;
-    v1::SelectRequest* read = nullptr;
-    std::optional<grpc::Status> finish;
-  };
-
-  bool stopped() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return cancelled_ || broken_;
-  }
 
   Actions Plan() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     Actions actions;
@@ -408,39 +385,6 @@ class HisaService::SelectReactor final
       }
     }
     return actions;
-  }
-
-  Actions PlanUnderLock() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return Plan();
-  }
-
-  // Starts what Plan decided. Operations are started outside the lock, so
-  // Plan counts them in starting_ and never decides Finish while one is
-  // decided but not started: a StartRead/StartWrite issued after Finish
-  // could reach a call whose OnDone has already run.
-  void Act(Actions actions) {
-    while (true) {
-      if (actions.finish.has_value()) {
-        service_->metrics_->CountError(RpcMethod::kSelect,
-                                       actions.finish->error_code());
-        Finish(*std::move(actions.finish));
-        return;
-      }
-      int started = 0;
-      if (actions.write != nullptr) {
-        StartWrite(actions.write);
-        ++started;
-      }
-      if (actions.read != nullptr) {
-        StartRead(actions.read);
-        ++started;
-      }
-      if (started == 0) return;
-      std::lock_guard<std::mutex> lock(mu_);
-      starting_ -= started;
-      actions = Plan();
-    }
   }
 
   // Validates the message, converts its rows and submits them (gRPC thread;
@@ -494,14 +438,10 @@ class HisaService::SelectReactor final
   // Executor: builds the response of a message whose rows have run.
   void Complete(Message* message) {
     if (!cancelled_flag_.load()) BuildResponse(message);
-    Actions actions;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
+    Update([&] {
       message->ready = true;
       --incomplete_;
-      actions = Plan();
-    }
-    Act(std::move(actions));
+    });
     Unref();
   }
 
@@ -546,20 +486,6 @@ class HisaService::SelectReactor final
     message->request.Clear();
   }
 
-  HisaService* const service_;
-  bool registered_ = false;
-  std::atomic<bool> cancelled_flag_{false};
-
-  std::mutex mu_;
-  bool reading_ ABSL_GUARDED_BY(mu_) = false;
-  bool read_closed_ ABSL_GUARDED_BY(mu_) = false;
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  bool broken_ ABSL_GUARDED_BY(mu_) = false;
-  bool draining_ ABSL_GUARDED_BY(mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  // Reads and writes decided by Plan and not yet started by Act.
-  int starting_ ABSL_GUARDED_BY(mu_) = 0;
   std::optional<grpc::Status> error_ ABSL_GUARDED_BY(mu_);
   // Messages read and not yet in inflight_ (being admitted).
   int admitting_ ABSL_GUARDED_BY(mu_) = 0;

@@ -106,6 +106,8 @@ class HisaService final : public v1::HisaIndex::CallbackService {
 
  private:
   class Stream;
+  template <class Derived, class Request, class Response>
+  class StreamReactor;
   class AppendReactor;
   class SelectReactor;
 
