@@ -266,8 +266,12 @@ void PackQuery(const float* q, const float* weights, int num_heads,
                int head_dim, float* packed) {
   const int hpad = PaddedHeads(num_heads);
   const int num_vectors = hpad / 8;
-  std::memset(packed, 0,
-              sizeof(float) * PackedQueryFloats(num_heads, head_dim));
+  // Only padded heads need the zeros (q = 0, w = 0); every other float is
+  // written below.
+  if (hpad != num_heads) {
+    std::memset(packed, 0,
+                sizeof(float) * PackedQueryFloats(num_heads, head_dim));
+  }
   float* group = packed;
   for (int v0 = 0; v0 < num_vectors; v0 += kGroupVectors) {
     const int width = 8 * GroupWidth(num_vectors, v0);
