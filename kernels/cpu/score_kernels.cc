@@ -266,25 +266,22 @@ void PackQuery(const float* q, const float* weights, int num_heads,
                int head_dim, float* packed) {
   const int hpad = PaddedHeads(num_heads);
   const int num_vectors = hpad / 8;
-  // Only padded heads need the zeros (q = 0, w = 0); every other float is
-  // written below.
-  if (hpad != num_heads) {
-    std::memset(packed, 0,
-                sizeof(float) * PackedQueryFloats(num_heads, head_dim));
-  }
-  float* group = packed;
+  // Written in order (d outer, head lane inner): the stores stream, the
+  // strided reads stay in the cache. Padded heads get q = 0 and w = 0.
+  float* at = packed;
   for (int v0 = 0; v0 < num_vectors; v0 += kGroupVectors) {
     const int width = 8 * GroupWidth(num_vectors, v0);
-    for (int l = 0; l < width; ++l) {
-      const int h = 8 * v0 + l;
-      if (h >= num_heads) break;
-      for (int d = 0; d < head_dim; ++d) {
-        group[int64_t{d} * width + l] = q[int64_t{h} * head_dim + d];
-      }
+    const int h0 = 8 * v0;
+    const int real = std::min(width, num_heads - h0);
+    for (int d = 0; d < head_dim; ++d) {
+      const float* src = q + int64_t{h0} * head_dim + d;
+      for (int l = 0; l < real; ++l) at[l] = src[int64_t{l} * head_dim];
+      for (int l = real; l < width; ++l) at[l] = 0.f;
+      at += width;
     }
-    group += int64_t{head_dim} * width;
   }
-  std::memcpy(group, weights, sizeof(float) * num_heads);
+  std::memcpy(at, weights, sizeof(float) * num_heads);
+  std::fill(at + num_heads, at + hpad, 0.f);
 }
 
 void ScoreKeys(CpuIsa isa, const float* packed, int num_heads, int head_dim,
