@@ -190,6 +190,67 @@ TEST(SelectPlanTest, GroupsOutputsAndItems) {
   EXPECT_EQ(hisa_pairs, 1);  // (5000, 5001)
 }
 
+// Which HISA rows score their slots into scratch and select k once
+// (slot-score groups): single rows of at most kSlotSelectCap candidate slots,
+// while the batch's scratch fits the budget; the rest keep a running top-k.
+TEST(SelectPlanTest, SlotScoreGroupsFollowTheCapAndTheBudget) {
+  const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
+                             BlockPooling::kMean};
+  CudaRequestStore store(nullptr, config);
+  Batch b;
+  // m * B = 2048 and 8192 slots (slot scores), 12800 (over the cap).
+  AddRows(b, &store, &config, {5000, 9000}, SelectMode::kHisa, 1024, 16);
+  AddRows(b, &store, &config, {20000}, SelectMode::kHisa, 2048, 64);
+  AddRows(b, &store, &config, {30000}, SelectMode::kHisa, 2048, 100);
+  AddRows(b, &store, &config, {40000}, SelectMode::kDense, 2048, 16);
+  auto groups_of = [&](const PlanOptions& options) {
+    absl::StatusOr<SelectPlan> plan = BuildSelectPlan(b.tasks, options);
+    EXPECT_TRUE(plan.ok()) << plan.status();
+    const auto groups =
+        Read<GroupDesc>(*plan, plan->groups_off, plan->num_groups);
+    const auto rows = Read<RowDesc>(*plan, plan->rows_off, b.tasks.size());
+    std::map<int64_t, GroupDesc> by_position;
+    for (const GroupDesc& g : groups) {
+      EXPECT_EQ(g.num_rows, 1);
+      by_position[rows[g.rows[0]].position] = g;
+    }
+    return by_position;
+  };
+  PlanOptions options;
+  options.num_sms = 132;
+  std::map<int64_t, GroupDesc> g = groups_of(options);
+  ASSERT_EQ(g.size(), 5u);
+  // Union slots: min(m, blocks) * B, rounded up to 4 for the stride.
+  EXPECT_GE(g[5000].slot_score_offset, 0);
+  EXPECT_EQ(g[5000].slot_score_stride, 16 * 128);
+  EXPECT_GE(g[9000].slot_score_offset, 0);
+  EXPECT_GE(g[20000].slot_score_offset, 0);
+  EXPECT_EQ(g[20000].slot_score_stride, 64 * 128);
+  EXPECT_LT(g[30000].slot_score_offset, 0);  // 100 * 128 > kSlotSelectCap
+  EXPECT_LT(g[40000].slot_score_offset, 0);  // DENSE
+  // The scratch ranges do not overlap.
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+  for (const auto& [t, gd] : g) {
+    if (gd.slot_score_offset >= 0) {
+      ranges.push_back({gd.slot_score_offset,
+                        gd.slot_score_offset + gd.slot_score_stride});
+    }
+  }
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t i = 1; i < ranges.size(); ++i) {
+    EXPECT_LE(ranges[i - 1].second, ranges[i].first);
+  }
+  // A budget for the first rows only, then none at all.
+  options.slot_score_budget_bytes = (16 * 128 * 2) * 4;
+  g = groups_of(options);
+  EXPECT_GE(g[5000].slot_score_offset, 0);
+  EXPECT_GE(g[9000].slot_score_offset, 0);
+  EXPECT_LT(g[20000].slot_score_offset, 0);
+  options.slot_score_budget_bytes = 0;
+  g = groups_of(options);
+  for (const auto& [t, gd] : g) EXPECT_LT(gd.slot_score_offset, 0) << t;
+}
+
 // The request path plans straight into pinned staging (BuildSelectPlanInto);
 // it must produce exactly BuildSelectPlan's image and layout, whatever the
 // destination held before, and write nothing when the image does not fit.
