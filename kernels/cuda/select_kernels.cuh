@@ -144,6 +144,27 @@ __device__ __forceinline__ SlotRef ResolveSlot(const SelectBuffers& b,
   return r;
 }
 
+// Where an FP8 token slot's key row (row_bytes) and scale live; both point
+// at the arena base (valid, never read: the copies zero-fill) when the slot
+// is no candidate.
+struct KeySource {
+  const uint8_t* row;
+  const uint8_t* scale;
+};
+template <int G>
+__device__ __forceinline__ KeySource TokenKeySource(const SelectBuffers& b,
+                                                   const ItemContext<G>& ic,
+                                                   const SlotRef& r,
+                                                   int row_bytes) {
+  KeySource src{b.arena, b.arena};
+  if (r.rows != 0) {
+    const uint8_t* page = b.arena + static_cast<int64_t>(r.page) * kPageBytes;
+    src.row = page + static_cast<int64_t>(r.in_page) * row_bytes;
+    src.scale = page + ic.layer->geo.ScalesOffset() + r.in_page * 4;
+  }
+  return src;
+}
+
 // ----------------------------------------------------------------------------
 // Scorers.
 
@@ -217,21 +238,15 @@ struct Fp8TokenScorer {
     const int tid = threadIdx.x;
     const int i = tid >> 1;
     const int half = tid & 1;
-    const uint8_t* src_row = b.arena;
-    const uint8_t* src_scale = b.arena;
-    if (r.rows != 0) {
-      const uint8_t* page = b.arena + static_cast<int64_t>(r.page) * kPageBytes;
-      src_row = page + static_cast<int64_t>(r.in_page) * kD;
-      src_scale = page + ic.layer->geo.ScalesOffset() + r.in_page * 4;
-    }
+    const KeySource src = TokenKeySource(b, ic, r, kD);
     uint8_t* dst = stage + i * kStride;
 #pragma unroll
     for (int j = 0; j < KS; ++j) {
       const int chunk = half * KS + j;
-      CpAsync16(dst + chunk * 16, src_row + chunk * 16, r.rows != 0);
+      CpAsync16(dst + chunk * 16, src.row + chunk * 16, r.rows != 0);
     }
     if (half == 0) {
-      CpAsync4(stage + kTileSlots * kStride + i * 4, src_scale, r.rows != 0);
+      CpAsync4(stage + kTileSlots * kStride + i * 4, src.scale, r.rows != 0);
       ts.pos[st][i] = r.pos;
       ts.rows[st][i] = static_cast<uint8_t>(r.rows);
     }
@@ -627,22 +642,16 @@ struct WgmmaTokenScorer {
     const int tid = threadIdx.x;
     const int i = tid >> 1;
     const int half = tid & 1;
-    const uint8_t* src_row = b.arena;
-    const uint8_t* src_scale = b.arena;
-    if (r.rows != 0) {
-      const uint8_t* page = b.arena + static_cast<int64_t>(r.page) * kPageBytes;
-      src_row = page + static_cast<int64_t>(r.in_page) * 128;
-      src_scale = page + ic.layer->geo.ScalesOffset() + r.in_page * 4;
-    }
+    const KeySource src = TokenKeySource(b, ic, r, 128);
     uint8_t* dst = stage + i * 128;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int chunk = half * 4 + j;
-      CpAsync16(dst + ((chunk ^ (i & 7)) << 4), src_row + chunk * 16,
+      CpAsync16(dst + ((chunk ^ (i & 7)) << 4), src.row + chunk * 16,
                 r.rows != 0);
     }
     if (half == 0) {
-      CpAsync4(stage + kKeyBytes + i * 4, src_scale, r.rows != 0);
+      CpAsync4(stage + kKeyBytes + i * 4, src.scale, r.rows != 0);
       ts.pos[st][i] = r.pos;
       ts.rows[st][i] = static_cast<uint8_t>(r.rows);
     }
@@ -818,6 +827,13 @@ __device__ void ChooseBlocksForGroup(const SelectBuffers& b,
           rs);
     }
   }
+  // Whether row g (blk <= c[g]) chose block blk.
+  auto chosen = [&](int g, int64_t blk) {
+    if (all[g] || blk == 0 || blk == c[g]) return true;
+    return extra[g] > 0 &&
+           Keeps(th[g], Composite(OrderedKey(score(g, blk)),
+                                  static_cast<uint32_t>(blk)));
+  };
   if (grp.split_unions) {
     // One union per row, for that row's own token group.
 #pragma unroll
@@ -827,14 +843,7 @@ __device__ void ChooseBlocksForGroup(const SelectBuffers& b,
       int32_t* out = b.unions + 2 * tg.union_offset;
       const int64_t total = CompactStream(
           c[g] + 1,
-          [&](int64_t blk) -> uint32_t {
-            bool chosen = all[g] || blk == 0 || blk == c[g];
-            if (!chosen && extra[g] > 0) {
-              chosen = Keeps(th[g], Composite(OrderedKey(score(g, blk)),
-                                              static_cast<uint32_t>(blk)));
-            }
-            return chosen ? 1u : 0u;
-          },
+          [&](int64_t blk) -> uint32_t { return chosen(g, blk) ? 1u : 0u; },
           [&](int64_t dst, int64_t blk, uint32_t) {
             out[2 * dst] = static_cast<int32_t>(blk);
             out[2 * dst + 1] = 1;
@@ -855,12 +864,7 @@ __device__ void ChooseBlocksForGroup(const SelectBuffers& b,
 #pragma unroll
         for (int g = 0; g < G; ++g) {
           if (g >= grp.num_rows || blk > c[g]) continue;
-          bool chosen = all[g] || blk == 0 || blk == c[g];
-          if (!chosen && extra[g] > 0) {
-            chosen = Keeps(th[g], Composite(OrderedKey(score(g, blk)),
-                                            static_cast<uint32_t>(blk)));
-          }
-          if (chosen) mask |= 1u << g;
+          if (chosen(g, blk)) mask |= 1u << g;
         }
         return mask;
       },
