@@ -34,6 +34,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
@@ -205,11 +206,14 @@ double Median(std::vector<double> v) {
   return v.empty() ? 0 : v[v.size() / 2];
 }
 
+// A/B variant: a running top-k per work item instead of slot scores.
+void RunningTopK(cuda::PlanOptions& o) { o.slot_score_budget_bytes = 0; }
+
 Measure TimeBatch(CudaBackend& backend, const std::vector<QueryRow>& rows,
                   const std::vector<const RequestStore*>& stores,
                   const RequestConfig& config, int reps, bool keep_output,
-                  bool use_wgmma = true, bool pair_hisa = false,
-                  bool slot_scores = true, bool pair_blocks = true) {
+                  const std::function<void(cuda::PlanOptions&)>& variant =
+                      nullptr) {
   std::vector<RowResult> results(rows.size());
   std::vector<SelectTask> tasks(rows.size());
   for (size_t i = 0; i < rows.size(); ++i) {
@@ -218,11 +222,9 @@ Measure TimeBatch(CudaBackend& backend, const std::vector<QueryRow>& rows,
   }
   Measure m;
   const absl::Time t0 = absl::Now();
+  // The backend's options, changed by an A/B variant.
   cuda::PlanOptions opts = backend.plan_options();
-  opts.use_wgmma = opts.use_wgmma && use_wgmma;
-  opts.pair_hisa_rows = pair_hisa;
-  if (!slot_scores) opts.slot_score_budget_bytes = 0;
-  opts.pair_hisa_blocks = opts.pair_hisa_blocks && pair_blocks;
+  if (variant) variant(opts);
   absl::StatusOr<cuda::SelectPlan> plan = cuda::BuildSelectPlan(tasks, opts);
   m.plan_s = absl::ToDoubleSeconds(absl::Now() - t0);
   if (!plan.ok()) {
@@ -493,31 +495,32 @@ int main(int argc, char** argv) {
              absl::StrCat("\"recall_vs_dense\":", recall));
       if (L == 65536) {
         // The same batches on the mma.sync token kernel (A/B of the scorer).
+        auto mma_sync = [](cuda::PlanOptions& o) { o.use_wgmma = false; };
         const Measure sd = TimeBatch(backend, dense, stores, config, args.reps,
-                                     false, /*use_wgmma=*/false);
+                                     false, mma_sync);
         const Measure sh = TimeBatch(backend, hisa_rows, stores, config,
-                                     args.reps, false, /*use_wgmma=*/false);
+                                     args.reps, false, mma_sync);
         report("prefill1024_mmasync", L, "DENSE", rows_n, sd, DenseFlops(dense),
                key_bytes_read, "");
         report("prefill1024_mmasync", L, "HISA", rows_n, sh,
                HisaFlops(hisa_rows),
                key_bytes_read + (L / kB) * summary_bytes_per_block, "");
         // HISA rows paired (each pair scores the union of its blocks).
-        const Measure sp = TimeBatch(backend, hisa_rows, stores, config,
-                                     args.reps, true, true, /*pair_hisa=*/true);
+        const Measure sp = TimeBatch(
+            backend, hisa_rows, stores, config, args.reps, false,
+            [](cuda::PlanOptions& o) { o.pair_hisa_rows = true; });
         report("prefill1024_paired", L, "HISA", rows_n, sp, HisaFlops(hisa_rows),
                key_bytes_read + (L / kB) * summary_bytes_per_block, "");
         // A running top-k per work item instead of slot scores.
         const Measure ss = TimeBatch(backend, hisa_rows, stores, config,
-                                     args.reps, false, true, false,
-                                     /*slot_scores=*/false);
+                                     args.reps, false, RunningTopK);
         report("prefill1024_running_topk", L, "HISA", rows_n, ss,
                HisaFlops(hisa_rows),
                key_bytes_read + (L / kB) * summary_bytes_per_block, "");
         // Block scoring per row instead of per pair of rows.
-        const Measure sb = TimeBatch(backend, hisa_rows, stores, config,
-                                     args.reps, false, true, false, true,
-                                     /*pair_blocks=*/false);
+        const Measure sb = TimeBatch(
+            backend, hisa_rows, stores, config, args.reps, false,
+            [](cuda::PlanOptions& o) { o.pair_hisa_blocks = false; });
         report("prefill1024_blocks_per_row", L, "HISA", rows_n, sb,
                HisaFlops(hisa_rows),
                key_bytes_read + (L / kB) * summary_bytes_per_block, "");
@@ -570,8 +573,7 @@ int main(int argc, char** argv) {
              hisa_bytes, absl::StrCat("\"recall_vs_dense\":", recall));
       if (requests == 64 && L == 65536) {
         const Measure ss = TimeBatch(backend, hisa_rows, stores, config,
-                                     args.reps, false, true, false,
-                                     /*slot_scores=*/false);
+                                     args.reps, false, RunningTopK);
         report("decode64_running_topk", L, "HISA", requests, ss,
                HisaFlops(hisa_rows), hisa_bytes, "");
         // End to end through Backend::Select: planning, upload, kernels,
