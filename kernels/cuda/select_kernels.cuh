@@ -6,13 +6,17 @@
 //                                HISA row -> block_scores; the group's last
 //                                CTA then runs block choice (forced 0 and c
 //                                plus the top m - 2 others per row) and
-//                                writes one ascending union per group.
+//                                writes one ascending union per group (or,
+//                                for a block-stage pair, one per row).
 //   TileKernel<TokenScorer, G>   token refinement + top-k: scores every
 //                                candidate slot (DENSE: every s <= t; HISA:
-//                                the union's blocks) and keeps a
-//                                position-ordered top-k per row; when a
-//                                group is split over several CTAs, the last
-//                                one merges their lists.
+//                                the union's blocks). Slot-score groups
+//                                (single HISA rows) write every score to
+//                                scratch and the group's last CTA selects k
+//                                once; other groups keep a position-ordered
+//                                top-k per row, and when a group is split
+//                                over several CTAs the last one merges their
+//                                lists.
 //
 // So a batch is one launch (DENSE) or two (HISA) per kernel variant present.
 //
@@ -20,10 +24,11 @@
 // position (DENSE: slot == position; HISA: block union[slot / B], offset
 // slot % B; block kernel: slot == block). Keys (or block means) of tile i+1
 // are copied with cp.async while tile i is scored. The scorer writes one
-// score per (row, slot) to `staging`; the consumer appends the entries that
-// can still make the top-k (composite >= tau) to the row's candidate buffer
-// in slot order, and compacts the buffer to exactly k entries (radix select +
-// stable compaction) whenever the next tile might not fit. Because slots are
+// score per (row, slot) to `staging`; for a running top-k the consumer
+// appends the entries that can still make the top-k (composite >= tau) to
+// the row's candidate buffer in slot order, and compacts the buffer to
+// exactly k entries (radix select + stable compaction) whenever the next
+// tile might not fit. Because slots are
 // visited in increasing position and compaction is stable, every buffer and
 // every output list stays sorted by position: no sort is ever needed.
 //
