@@ -183,6 +183,9 @@ absl::StatusOr<std::vector<int32_t>> DecodePositions(
         return absl::InvalidArgumentError("compact positions: truncated bitmask");
       }
       block += static_cast<int64_t>(gap) + 1;
+      // Past the last block of int32 positions (also keeps block * block_size
+      // far from overflow on hostile input).
+      if (block > kMaxPosition / block_size) return too_many();
       const int64_t base = block * block_size;
       // Set bits of the block, 8 mask bytes (64 positions) at a time.
       for (size_t j = 0; j < mask_bytes; j += 8) {

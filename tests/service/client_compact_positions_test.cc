@@ -307,6 +307,11 @@ TEST(ClientCompactPositionsTest, RejectsMalformedInput) {
             kInvalid);
   EXPECT_EQ(DecodeCode(bitmask(1, 16, std::string("\x00\x03\x00", 3)), 8),
             kInvalid);
+  // A block past int32 positions, even with an empty mask and count 0.
+  EXPECT_EQ(DecodeCode(bitmask(0, 16, std::string("\xFF\xFF\xFF\xFF\x0F", 5) +
+                                          std::string(2, '\0')),
+                       8),
+            kInvalid);
   // Bitmask block far past int32 positions.
   EXPECT_EQ(DecodeCode(bitmask(1, 1024, std::string("\xFF\xFF\xFF\x0F", 4) +
                                             std::string(127, '\0') + "\x01"),
