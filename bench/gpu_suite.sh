@@ -3,7 +3,8 @@
 #   1. environment (GPU, driver, nvcc, torch),
 #   2. correctness: hisa_gpu_test (CUDA backend through the Engine against the
 #      float64 oracle and the CPU engine; seed printed), then ("test2") its
-#      FP8 cases again on the mma.sync kernel with paired HISA rows,
+#      FP8 cases again on the mma.sync kernel with paired HISA rows and on
+#      the wgmma kernel without bulk tensor copies,
 #   3. hisa_gpu_bench: kernel-level DENSE / HISA timings (prefill 1024 rows,
 #      full causal prefill, decode 64 / 256 requests) at every length,
 #   4. the PyTorch reference and the card's ceilings,
@@ -79,18 +80,21 @@ if has test; then
   status_line+=("tests rc=$rc ($(( $(date +%s) - start )) s): $(grep -E '^\[  PASSED  \]|^\[  FAILED  \] [0-9]+' "$OUT/gpu_test.log" | tr '\n' ' ')")
 fi
 if has test2; then
-  # The FP8 cases again on the other variants: the mma.sync token kernel
-  # (fallback) and paired HISA rows (union of two rows' blocks).
-  note "correctness: FP8 cases with HISA_CUDA_MMA_SYNC=1 HISA_CUDA_PAIR_HISA=1"
-  start=$(date +%s)
+  # The FP8 cases again on the other kernel paths: the mma.sync token kernel
+  # (fallback) with paired HISA rows (union of two rows' blocks), and the
+  # wgmma kernel with per-thread copies instead of bulk tensor copies.
   FP8='GpuShapesTest.*:*keys_FP8_E4M3_q_FP8_E4M3:GpuExactTest.*:GpuEdgeTest.NegativeFp8Scales:GpuConcurrencyTest.*'
-  echo "==== HISA_CUDA_MMA_SYNC=1 HISA_CUDA_PAIR_HISA=1 --gtest_filter=$FP8" >> "$OUT/gpu_test.log"
-  timeout $(limit 150) bash -c "HISA_CUDA_MMA_SYNC=1 HISA_CUDA_PAIR_HISA=1 LD_LIBRARY_PATH='${LIBS}:${LD_LIBRARY_PATH:-}' '$BIN/hisa_gpu_test' --gtest_filter='$FP8'" > "$OUT/gpu_test_mmasync.tmp" 2>&1
-  rc=$?
-  grep -E "\[  (PASSED|FAILED) " "$OUT/gpu_test_mmasync.tmp" | tail -12
-  grep -B3 -A12 -m 4 "Failure" "$OUT/gpu_test_mmasync.tmp" | head -60
-  cat "$OUT/gpu_test_mmasync.tmp" >> "$OUT/gpu_test.log"; rm -f "$OUT/gpu_test_mmasync.tmp"
-  status_line+=("tests (mma.sync) rc=$rc ($(( $(date +%s) - start )) s)")
+  for VARIANT in "HISA_CUDA_MMA_SYNC=1 HISA_CUDA_PAIR_HISA=1" "HISA_CUDA_TMA=0"; do
+    note "correctness: FP8 cases with $VARIANT"
+    start=$(date +%s)
+    echo "==== $VARIANT --gtest_filter=$FP8" >> "$OUT/gpu_test.log"
+    timeout $(limit 150) bash -c "$VARIANT LD_LIBRARY_PATH='${LIBS}:${LD_LIBRARY_PATH:-}' '$BIN/hisa_gpu_test' --gtest_filter='$FP8'" > "$OUT/gpu_test_variant.tmp" 2>&1
+    rc=$?
+    grep -E "\[  (PASSED|FAILED) " "$OUT/gpu_test_variant.tmp" | tail -12
+    grep -B3 -A12 -m 4 "Failure" "$OUT/gpu_test_variant.tmp" | head -60
+    cat "$OUT/gpu_test_variant.tmp" >> "$OUT/gpu_test.log"; rm -f "$OUT/gpu_test_variant.tmp"
+    status_line+=("tests ($VARIANT) rc=$rc ($(( $(date +%s) - start )) s)")
+  done
 fi
 
 if has bench; then

@@ -20,7 +20,8 @@
 // count 2 * H * D per (row, scored item): DENSE t + 1 tokens; HISA c + 1
 // block means + min(m * B, t + 1) tokens. Minimal bytes: every key /
 // summary the shape needs, read once. A/B lines at 64K: the mma.sync token
-// kernel, paired HISA rows, independent queries.
+// kernel, paired HISA rows, per-thread copies instead of bulk tensor copies
+// (_cpasync), a running top-k instead of slot scores, independent queries.
 //
 // Queries of neighbouring prefill rows are correlated (AR(1) per element,
 // rho = 0.95), as real indexer queries of consecutive tokens are; one extra
@@ -208,6 +209,8 @@ double Median(std::vector<double> v) {
 
 // A/B variant: a running top-k per work item instead of slot scores.
 void RunningTopK(cuda::PlanOptions& o) { o.slot_score_budget_bytes = 0; }
+// A/B variant: per-thread cp.async copies instead of bulk tensor copies.
+void NoTma(cuda::PlanOptions& o) { o.use_tma = false; }
 
 Measure TimeBatch(CudaBackend& backend, const std::vector<QueryRow>& rows,
                   const std::vector<const RequestStore*>& stores,
@@ -246,7 +249,9 @@ Measure TimeBatch(CudaBackend& backend, const std::vector<QueryRow>& rows,
   std::vector<double> times;
   for (int r = 0; r < warmup + reps; ++r) {
     CUDA_OK(cudaEventRecord(start, nullptr));
-    CUDA_OK(cuda::LaunchSelectPlan(*plan, base, arena, nullptr, ev));
+    CUDA_OK(cuda::LaunchSelectPlan(*plan, base, arena,
+                                   backend.device().key_tensor_map(), nullptr,
+                                   ev));
     CUDA_OK(cudaEventRecord(stop, nullptr));
     CUDA_OK(cudaEventSynchronize(stop));
     float ms = 0;
@@ -511,6 +516,11 @@ int main(int argc, char** argv) {
             [](cuda::PlanOptions& o) { o.pair_hisa_rows = true; });
         report("prefill1024_paired", L, "HISA", rows_n, sp, HisaFlops(hisa_rows),
                key_bytes_read + (L / kB) * summary_bytes_per_block, "");
+        const Measure sc = TimeBatch(backend, hisa_rows, stores, config,
+                                     args.reps, false, NoTma);
+        report("prefill1024_cpasync", L, "HISA", rows_n, sc,
+               HisaFlops(hisa_rows),
+               key_bytes_read + (L / kB) * summary_bytes_per_block, "");
         // A running top-k per work item instead of slot scores.
         const Measure ss = TimeBatch(backend, hisa_rows, stores, config,
                                      args.reps, false, RunningTopK);
@@ -575,6 +585,10 @@ int main(int argc, char** argv) {
         const Measure ss = TimeBatch(backend, hisa_rows, stores, config,
                                      args.reps, false, RunningTopK);
         report("decode64_running_topk", L, "HISA", requests, ss,
+               HisaFlops(hisa_rows), hisa_bytes, "");
+        const Measure sc = TimeBatch(backend, hisa_rows, stores, config,
+                                     args.reps, false, NoTma);
+        report("decode64_cpasync", L, "HISA", requests, sc,
                HisaFlops(hisa_rows), hisa_bytes, "");
         // End to end through Backend::Select: planning, upload, kernels,
         // download (what a server pays per decode batch).

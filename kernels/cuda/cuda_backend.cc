@@ -69,6 +69,8 @@ CudaBackend::CudaBackend(std::unique_ptr<cuda::DeviceState> device)
     plan_options_->slot_score_budget_bytes = 0;
   }
   plan_options_->pair_hisa_blocks = !env_is_0("HISA_CUDA_PAIR_BLOCKS");
+  plan_options_->use_tma =
+      device_->key_tensor_map() != nullptr && !env_is_0("HISA_CUDA_TMA");
 }
 
 CudaBackend::~CudaBackend() = default;
@@ -160,8 +162,8 @@ void CudaBackend::RunBatch(absl::Span<const SelectTask> tasks, void* context,
   if (err != cudaSuccess) return fail(cuda::CudaError(err, "select upload"));
   // Stage events only when the caller wants stage times.
   cudaEvent_t* events = times != nullptr ? ctx->events : nullptr;
-  err = cuda::LaunchSelectPlan(plan, ctx->device, device_->arena(), stream,
-                               events);
+  err = cuda::LaunchSelectPlan(plan, ctx->device, device_->arena(),
+                               device_->key_tensor_map(), stream, events);
   if (err != cudaSuccess) return fail(cuda::CudaError(err, "select launch"));
   // The download overwrites the staging the upload read: stream order puts
   // it after the upload and the kernels.

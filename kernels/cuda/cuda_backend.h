@@ -8,7 +8,7 @@
 //                      hisa::MakeCudaBackend(/*device=*/0, int64_t{8} << 30));
 //   }
 //
-// MakeCudaBackend reserves ceil(budget / 64 KiB) cache pages plus staging and
+// MakeCudaBackend reserves ceil(budget / 66 KiB) cache pages plus staging and
 // scratch (about 300 MB) with one cudaMalloc, and pinned host staging; it
 // returns FAILED_PRECONDITION when the device is not an sm_90 GPU (the
 // kernels are built for sm_90a) and RESOURCE_EXHAUSTED when the reservation
@@ -19,7 +19,9 @@
 // otherwise; block scores on bf16 hi + lo means, about 16 significant
 // bits); every other combination runs an fp32 FMA path on dequantized
 // values. A/B switches read at creation: HISA_CUDA_MMA_SYNC=1 (no wgmma),
-// HISA_CUDA_PAIR_HISA=1 (pair HISA rows; select_plan.h).
+// HISA_CUDA_PAIR_HISA=1 (pair HISA rows), HISA_CUDA_SLOT_SCORES=0,
+// HISA_CUDA_PAIR_BLOCKS=0, HISA_CUDA_TMA=0 (per-thread copies instead of
+// bulk tensor copies); select_plan.h PlanOptions.
 //
 // Thread safety: Backend (backend.h). Selects run concurrently on up to
 // DeviceOptions::select_contexts streams; a further Select waits for one.

@@ -1,6 +1,7 @@
 #include "kernels/cuda/device_state.h"
 
 #include <cuda_runtime.h>
+#include <cudaTypedefs.h>
 
 #include <utility>
 
@@ -13,6 +14,38 @@ absl::Status CudaError(cudaError_t err, const char* what) {
   return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorName(err),
                                           " (", cudaGetErrorString(err), ")"));
 }
+
+namespace {
+
+// Encodes `map` over the page pool (device_state.h key_tensor_map). The
+// encoder is a driver entry point, fetched through the runtime so that
+// nothing links libcuda directly. False when it is unavailable or refuses.
+bool EncodeKeyTensorMap(uint8_t* pages, int64_t num_pages, CUtensorMap* map) {
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult found;
+  if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000,
+                                       cudaEnableDefault,
+                                       &found) != cudaSuccess ||
+      found != cudaDriverEntryPointSuccess || fn == nullptr) {
+    cudaGetLastError();
+    return false;
+  }
+  const cuuint64_t rows =
+      static_cast<cuuint64_t>(num_pages) * (kPageBytes / 128);
+  if (rows > 0xFFFFFFFFull) return false;
+  const cuuint64_t dims[2] = {128, rows};
+  const cuuint64_t strides[1] = {128};  // bytes between rows
+  const cuuint32_t box[2] = {128, static_cast<cuuint32_t>(kTileSlots)};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult r = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn)(
+      map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, pages, dims, strides, box,
+      element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<DeviceState>> DeviceState::Create(
     const DeviceOptions& options) {
@@ -59,6 +92,7 @@ absl::StatusOr<std::unique_ptr<DeviceState>> DeviceState::Create(
         cudaGetErrorString(err)));
   }
   s->base_ = static_cast<uint8_t*>(base);
+  s->has_key_map_ = EncodeKeyTensorMap(s->base_, s->num_pages_, &s->key_map_);
   s->append_device_ = s->base_ + pages_bytes;
   void* host = nullptr;
   err = cudaMallocHost(&host, static_cast<size_t>(options.append_staging_bytes));

@@ -21,6 +21,7 @@
 #ifndef HISA_KERNELS_CUDA_DEVICE_STATE_H_
 #define HISA_KERNELS_CUDA_DEVICE_STATE_H_
 
+#include <cuda.h>
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -74,6 +75,15 @@ class DeviceState {
   const std::string& device_name() const { return device_name_; }
   uint8_t* arena() const { return base_; }
   int64_t num_pages() const { return num_pages_; }
+  // The cache pages as one 2-D tensor for the bulk copy engine: rows of 128
+  // bytes (row r at arena + 128 r, so page p's byte x is row
+  // p * kPageBytes / 128 + x / 128), boxes of 128 rows x 128 bytes landing
+  // in shared memory with the 128-byte swizzle of the wgmma operands. Null
+  // when the driver offers no tensor-map encoder (the kernels then use
+  // per-thread copies).
+  const CUtensorMap* key_tensor_map() const {
+    return has_key_map_ ? &key_map_ : nullptr;
+  }
   int64_t free_pages() const;
 
   // Appends `n` page indices to `out`, or leaves it unchanged and returns
@@ -98,6 +108,8 @@ class DeviceState {
   std::string device_name_;
   uint8_t* base_ = nullptr;  // the one reservation; pages first
   int64_t num_pages_ = 0;
+  CUtensorMap key_map_{};
+  bool has_key_map_ = false;
   uint8_t* append_device_ = nullptr;
   uint8_t* append_host_ = nullptr;
   cudaStream_t append_stream_ = nullptr;

@@ -7,8 +7,8 @@
 //   void* args[] = {&buffers, &items};
 //   cudaLaunchKernel(h.fn, grid, kSelectThreads, args, h.smem_bytes, stream);
 //
-// Every kernel takes (SelectBuffers, const WorkItem*) and runs kSelectThreads
-// threads per block. The first call for a handle raises the kernel's dynamic
+// Every kernel takes (SelectBuffers, const WorkItem*) (TokenKernelTma also
+// the arena's CUtensorMap) and runs kSelectThreads threads per block. The first call for a handle raises the kernel's dynamic
 // shared memory limit (thread-safe, once per process and kernel).
 #ifndef HISA_KERNELS_CUDA_KERNEL_REGISTRY_H_
 #define HISA_KERNELS_CUDA_KERNEL_REGISTRY_H_
@@ -22,6 +22,9 @@ struct KernelHandle {
 
 // Token refinement + top-k on warpgroup MMA: FP8, D = 128, 64 query heads.
 KernelHandle TokenKernelWgmma(int rows);
+// Token scoring of slot-score HISA rows with bulk tensor copies
+// (tma_token_kernel.cuh). Takes a third argument: the arena's CUtensorMap.
+KernelHandle TokenKernelTma();
 // Token refinement + top-k, FP8 queries and keys: mt in {1, 2, 4} m16 tiles
 // of heads (4: 64 heads per pass, several passes for more), ks = D / 32 in
 // {2, 4}, rows = rows per group in {1, 2}.

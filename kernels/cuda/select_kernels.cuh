@@ -69,6 +69,49 @@ struct ItemContext {
   uint32_t per_page;
 };
 
+// The context of work item `item` of group `grp` (block kernel when
+// kBlocks, else token kernel).
+template <int G, bool kBlocks>
+__device__ __forceinline__ ItemContext<G> MakeItemContext(
+    const SelectBuffers& b, const WorkItem& item, const GroupDesc& grp) {
+  ItemContext<G> ic;
+  ic.group = &grp;
+  ic.layer = &b.layers[grp.layer];
+  ic.num_rows = grp.num_rows;
+  const int log2b = ic.layer->geo.log2_block;
+  ic.log2b = log2b;
+  if (kBlocks) {
+    ic.table = ic.layer->summary_table;
+    ic.per_page_magic = ic.layer->blocks_per_page_magic;
+    ic.per_page = static_cast<uint32_t>(ic.layer->geo.blocks_per_page);
+  } else {
+    ic.table = ic.layer->key_table;
+    ic.per_page_magic = ic.layer->tokens_per_page_magic;
+    ic.per_page = static_cast<uint32_t>(ic.layer->geo.tokens_per_page);
+  }
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const int64_t t = g < ic.num_rows ? b.rows[grp.rows[g]].position : -1;
+    ic.t[g] = t;
+    ic.c[g] = t >= 0 ? (t >> log2b) : -1;
+  }
+  int64_t num_slots;
+  ic.union_slots = false;
+  ic.unions = nullptr;
+  if (kBlocks) {
+    num_slots = (grp.max_position >> log2b) + 1;
+  } else if (grp.mode == kModeHisa) {
+    ic.union_slots = true;
+    ic.unions = b.unions + 2 * grp.union_offset;
+    num_slots = static_cast<int64_t>(b.union_counts[grp.union_index]) << log2b;
+  } else {
+    num_slots = grp.max_position + 1;
+  }
+  ic.slot_begin = item.slot_begin;
+  ic.slot_end = item.slot_end < num_slots ? item.slot_end : num_slots;
+  return ic;
+}
+
 // One union entry: a block and the rows (bit g) that chose it.
 struct UnionEntry {
   int32_t block;
@@ -594,6 +637,48 @@ struct GenericScorer {
 };
 
 
+// Queries of a group's rows for the wgmma token scorers: 64 heads x 128 B
+// per row, rows stacked, in the 128-byte-swizzled operand layout.
+template <int G>
+__device__ __forceinline__ void StoreSwizzledQueries(const SelectBuffers& b,
+                                                     const ItemContext<G>& ic,
+                                                     uint8_t* dst) {
+  for (int i = threadIdx.x; i < ic.num_rows * 512; i += kSelectThreads) {
+    const int gg = i >> 9, h = (i >> 3) & 63, c = i & 7;
+    const uint8_t* src =
+        b.q + b.rows[ic.group->rows[gg]].q_offset + h * 128 + c * 16;
+    *reinterpret_cast<uint4*>(dst + gg * 64 * 128 + h * 128 +
+                              ((c ^ (h & 7)) << 4)) =
+        __ldg(reinterpret_cast<const uint4*>(src));
+  }
+}
+
+// The epilogue of an m64nNk32 token tile for row g: d[4 j + e] holds slot
+// r0 (e < 2) or r0 + 8 (e >= 2) at head column 8 j + 2 tid4 + (e & 1), and
+// row g owns columns [64 g, 64 g + 64). Returns sum_h w_h ReLU(d) for the
+// thread's two slots, summed over the 4 lanes of a quad (every lane of the
+// quad gets the sums). `w` holds the row's 64 head weights.
+template <int N>
+__device__ __forceinline__ float2 WgmmaHeadSum(const float (&d)[N / 2],
+                                               const float* w, int g,
+                                               int tid4) {
+  float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const float2 wj = *reinterpret_cast<const float2*>(w + 8 * j + 2 * tid4);
+    const float* dj = d + 4 * (8 * g + j);
+    s0 = fmaf(wj.x, fmaxf(dj[0], 0.f), s0);
+    s0 = fmaf(wj.y, fmaxf(dj[1], 0.f), s0);
+    s1 = fmaf(wj.x, fmaxf(dj[2], 0.f), s1);
+    s1 = fmaf(wj.y, fmaxf(dj[3], 0.f), s1);
+  }
+  s0 += __shfl_xor_sync(0xFFFFFFFFu, s0, 1);
+  s1 += __shfl_xor_sync(0xFFFFFFFFu, s1, 1);
+  s0 += __shfl_xor_sync(0xFFFFFFFFu, s0, 2);
+  s1 += __shfl_xor_sync(0xFFFFFFFFu, s1, 2);
+  return make_float2(s0, s1);
+}
+
 // FP8 queries x FP8 keys on Hopper warpgroup MMA (wgmma, sm_90a), for
 // D = 128 and 64 query heads (33..64 real heads). Slots are the MMA's M and
 // heads its N: warpgroup wg scores slots [64 wg, 64 wg + 64) of the tile
@@ -624,16 +709,7 @@ struct WgmmaTokenScorer {
                        uint8_t* persist) {
     slot0 = (threadIdx.x >> 7) * 64;
     qs = persist;
-    // Queries (64 heads x 128 B per row, rows stacked) into the swizzled
-    // layout.
-    for (int i = threadIdx.x; i < ic.num_rows * 512; i += kSelectThreads) {
-      const int gg = i >> 9, h = (i >> 3) & 63, c = i & 7;
-      const uint8_t* src =
-          b.q + b.rows[ic.group->rows[gg]].q_offset + h * 128 + c * 16;
-      *reinterpret_cast<uint4*>(persist + gg * kQBytes + h * 128 +
-                                ((c ^ (h & 7)) << 4)) =
-          __ldg(reinterpret_cast<const uint4*>(src));
-    }
+    StoreSwizzledQueries(b, ic, persist);
     FenceProxyAsync();
   }
 
@@ -692,30 +768,15 @@ struct WgmmaTokenScorer {
     WgmmaWaitAll();
     WgmmaFenceOperands(d);
 
-    // d[4 j + e]: slot r0 (e < 2) or r0 + 8 (e >= 2), head column
-    // 8 j + 2 tid4 + (e & 1); row g owns columns [64 g, 64 g + 64).
+    // The thread's slots: r0 and r0 + 8 (WgmmaHeadSum).
     const int r0 = slot0 + warp * 16 + gid;
     const float* scales = reinterpret_cast<const float*>(stage + kKeyBytes);
 #pragma unroll
     for (int g = 0; g < G; ++g) {
-      float s0 = 0.f, s1 = 0.f;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const float2 w = *reinterpret_cast<const float2*>(
-            weights + g * 128 + 8 * j + 2 * tid4);
-        const float* dj = d + 4 * (8 * g + j);
-        s0 = fmaf(w.x, fmaxf(dj[0], 0.f), s0);
-        s0 = fmaf(w.y, fmaxf(dj[1], 0.f), s0);
-        s1 = fmaf(w.x, fmaxf(dj[2], 0.f), s1);
-        s1 = fmaf(w.y, fmaxf(dj[3], 0.f), s1);
-      }
-      s0 += __shfl_xor_sync(0xFFFFFFFFu, s0, 1);
-      s1 += __shfl_xor_sync(0xFFFFFFFFu, s1, 1);
-      s0 += __shfl_xor_sync(0xFFFFFFFFu, s0, 2);
-      s1 += __shfl_xor_sync(0xFFFFFFFFu, s1, 2);
+      const float2 s = WgmmaHeadSum<kN>(d, weights + g * 128, g, tid4);
       if (tid4 == 0 && g < ic.num_rows) {
-        staging[g * kTileSlots + r0] = s0 * fabsf(scales[r0]);
-        staging[g * kTileSlots + r0 + 8] = s1 * fabsf(scales[r0 + 8]);
+        staging[g * kTileSlots + r0] = s.x * fabsf(scales[r0]);
+        staging[g * kTileSlots + r0 + 8] = s.y * fabsf(scales[r0 + 8]);
       }
     }
   }
@@ -1014,6 +1075,24 @@ __device__ __forceinline__ void SelectFromSlotScores(const SelectBuffers& b,
   }
 }
 
+// Whether this CTA is the last of its group to finish `stage` (0: block
+// scoring, 1: token scoring) of `expected` CTAs: an atomic ticket after a
+// fence, so that the last one sees every other CTA's global writes. The
+// last one resets the counter for the next launch (after its group step).
+__device__ __forceinline__ bool LastOfGroup(const SelectBuffers& b,
+                                            const WorkItem& item, int stage,
+                                            int expected, RadixShared& rs) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    rs.ticket = atomicAdd(b.counters + 2 * item.group + stage, 1);
+  }
+  __syncthreads();
+  const bool last = rs.ticket == expected - 1;
+  if (last) __threadfence();
+  return last;
+}
+
 template <class Scorer, int G>
 __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
     TileKernel(SelectBuffers b, const WorkItem* items) {
@@ -1043,41 +1122,7 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
 
   const WorkItem item = items[blockIdx.x];
   const GroupDesc& grp = b.groups[item.group];
-  ItemContext<G> ic;
-  ic.group = &grp;
-  ic.layer = &b.layers[grp.layer];
-  ic.num_rows = grp.num_rows;
-  const int log2b = ic.layer->geo.log2_block;
-  ic.log2b = log2b;
-  if (kBlocks) {
-    ic.table = ic.layer->summary_table;
-    ic.per_page_magic = ic.layer->blocks_per_page_magic;
-    ic.per_page = static_cast<uint32_t>(ic.layer->geo.blocks_per_page);
-  } else {
-    ic.table = ic.layer->key_table;
-    ic.per_page_magic = ic.layer->tokens_per_page_magic;
-    ic.per_page = static_cast<uint32_t>(ic.layer->geo.tokens_per_page);
-  }
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    const int64_t t = g < ic.num_rows ? b.rows[grp.rows[g]].position : -1;
-    ic.t[g] = t;
-    ic.c[g] = t >= 0 ? (t >> log2b) : -1;
-  }
-  int64_t num_slots;
-  ic.union_slots = false;
-  ic.unions = nullptr;
-  if (kBlocks) {
-    num_slots = (grp.max_position >> log2b) + 1;
-  } else if (grp.mode == kModeHisa) {
-    ic.union_slots = true;
-    ic.unions = b.unions + 2 * grp.union_offset;
-    num_slots = static_cast<int64_t>(b.union_counts[grp.union_index]) << log2b;
-  } else {
-    num_slots = grp.max_position + 1;
-  }
-  ic.slot_begin = item.slot_begin;
-  ic.slot_end = item.slot_end < num_slots ? item.slot_end : num_slots;
+  const ItemContext<G> ic = MakeItemContext<G, kBlocks>(b, item, grp);
 
   // Weights of every row, padded with zeros to 128 per row.
   for (int i = threadIdx.x; i < G * 128; i += kSelectThreads) {
@@ -1244,15 +1289,7 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
   // launch) runs the group's next step: block choice after block scoring,
   // the merge of split lists after token top-k.
   auto last_of_group = [&](int stage, int expected) {
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      rs.ticket = atomicAdd(b.counters + 2 * item.group + stage, 1);
-    }
-    __syncthreads();
-    const bool last = rs.ticket == expected - 1;
-    if (last) __threadfence();
-    return last;
+    return LastOfGroup(b, item, stage, expected, rs);
   };
   if constexpr (kBlocks) {
     if (last_of_group(0, grp.block_items)) {

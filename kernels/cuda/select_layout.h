@@ -32,7 +32,11 @@
 
 namespace hisa::cuda {
 
-inline constexpr int64_t kPageBytes = int64_t{64} << 10;
+// 66 KiB: an FP8 D = 128 key page then holds exactly 512 tokens (132 B
+// each), so every aligned run of 128 tokens (a tile; a block of B = 128)
+// lies in one page and the token kernel copies it with one bulk tensor copy
+// (tma_token_kernel.cuh). A multiple of 1 KiB.
+inline constexpr int64_t kPageBytes = int64_t{66} << 10;
 // Candidate slots scored per tile by the selection kernels.
 inline constexpr int kTileSlots = 128;
 // Threads of every selection kernel (8 warps).

@@ -576,6 +576,12 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
         gd.slot_score_offset = slot_scores_total;
         gd.slot_score_stride = static_cast<int32_t>(stride);
         slot_scores_total += G * stride;
+        if (options.use_tma && token_scorer == LaunchSpec::kWgmma &&
+            cfg.key_format == KeyFormat::kFp8E4M3 &&
+            cfg.block_size % kTileSlots == 0 &&
+            s.layers[gd.layer].geo.tokens_per_page % kTileSlots == 0) {
+          token_scorer = LaunchSpec::kWgmmaTma;
+        }
       }
     }
     const int64_t tiles = CeilDiv(slots, kTileSlots);
@@ -744,8 +750,8 @@ absl::Status BuildSelectPlanInto(absl::Span<const SelectTask> tasks,
 }
 
 cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
-                             const uint8_t* arena, cudaStream_t stream,
-                             cudaEvent_t* events) {
+                             const uint8_t* arena, const CUtensorMap* key_map,
+                             cudaStream_t stream, cudaEvent_t* events) {
   SelectBuffers b;
   b.arena = arena;
   b.layers = reinterpret_cast<const LayerView*>(base + plan.layers_off);
@@ -780,6 +786,9 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
         h = s.scorer == LaunchSpec::kGeneric
                 ? BlockKernelGeneric(s.rows)
                 : BlockKernelBf16(s.mt, s.ks, s.rows);
+      } else if (s.scorer == LaunchSpec::kWgmmaTma) {
+        if (key_map == nullptr) return cudaErrorInvalidValue;
+        h = TokenKernelTma();
       } else if (s.scorer == LaunchSpec::kWgmma) {
         h = TokenKernelWgmma(s.rows);
       } else if (s.scorer == LaunchSpec::kMmaSync) {
@@ -789,7 +798,7 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
       }
       if (h.fn == nullptr) return cudaErrorInvalidValue;
       const WorkItem* first = items + s.first_item;
-      void* args[] = {&b, &first};
+      void* args[] = {&b, &first, const_cast<CUtensorMap*>(key_map)};
       err = cudaLaunchKernel(h.fn, dim3(static_cast<unsigned>(s.num_items)),
                              dim3(kSelectThreads), args, h.smem_bytes, stream);
       if (err != cudaSuccess) return err;

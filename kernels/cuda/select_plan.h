@@ -2,7 +2,8 @@
 //
 //   ASSIGN_OR_RETURN(SelectPlan plan, BuildSelectPlan(tasks, options));
 //   // copy plan.image to `base` (device), then:
-//   cudaError_t err = LaunchSelectPlan(plan, base, arena, stream, events);
+//   cudaError_t err =
+//       LaunchSelectPlan(plan, base, arena, key_map, stream, events);
 //   // outputs: plan.out_pos_off / plan.out_scores_off, task i at
 //   // plan.task_out_offset[i], tasks[i].row->k entries each.
 //
@@ -37,6 +38,7 @@
 #ifndef HISA_KERNELS_CUDA_SELECT_PLAN_H_
 #define HISA_KERNELS_CUDA_SELECT_PLAN_H_
 
+#include <cuda.h>
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -79,11 +81,16 @@ struct PlanOptions {
   // block scoring (each block mean read once for two rows) while keeping
   // separate unions and token work. HISA_CUDA_PAIR_BLOCKS=0 turns it off.
   bool pair_hisa_blocks = true;
+  // Slot-score groups whose tiles are aligned runs of 128 keys in one page
+  // (FP8, D = 128, 64 query heads, B % 128 == 0, 128 | tokens per page) use
+  // the bulk-tensor-copy token kernel (tma_token_kernel.cuh). The backend
+  // sets it when the arena has a tensor map, unless HISA_CUDA_TMA=0.
+  bool use_tma = false;
 };
 
 struct LaunchSpec {
   enum Stage : int { kBlockScores = 1, kTokens = 2 };
-  enum Scorer : int { kWgmma = 0, kMmaSync = 1, kGeneric = 2 };
+  enum Scorer : int { kWgmma = 0, kMmaSync = 1, kGeneric = 2, kWgmmaTma = 3 };
   Stage stage = kTokens;
   Scorer scorer = kGeneric;
   int mt = 0;         // m16 head tiles (mma.sync)
@@ -128,9 +135,11 @@ absl::Status BuildSelectPlanInto(absl::Span<const SelectTask> tasks,
                                  const PlanOptions& options, uint8_t* image,
                                  int64_t capacity, SelectPlan* plan);
 
+// `key_map` is the arena's tensor map (DeviceState::key_tensor_map); it may
+// be null only when the plan has no kWgmmaTma launch.
 cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* device_base,
-                             const uint8_t* arena, cudaStream_t stream,
-                             cudaEvent_t* events);
+                             const uint8_t* arena, const CUtensorMap* key_map,
+                             cudaStream_t stream, cudaEvent_t* events);
 
 }  // namespace hisa::cuda
 

@@ -147,6 +147,65 @@ __device__ __forceinline__ void WgmmaM64N128K32(float (&d)[64], uint64_t a,
 }
 #undef HISA_WGMMA_ACC8
 
+// ---- Transaction barriers and the bulk copy engine (sm_90). A CTA is its
+// own cluster here, so the .shared::cluster forms address this CTA's shared
+// memory.
+__device__ __forceinline__ void MbarInit(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(SmemAddr(bar)),
+               "r"(count)
+               : "memory");
+}
+// Makes mbarrier.init visible to the async proxy (bulk copies complete on
+// the barriers); follow with __syncthreads.
+__device__ __forceinline__ void MbarFenceInit() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+__device__ __forceinline__ void MbarArrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(SmemAddr(bar))
+               : "memory");
+}
+// One arrival that also announces `bytes` of bulk copies completing on bar.
+__device__ __forceinline__ void MbarArriveExpectTx(uint64_t* bar,
+                                                   uint32_t bytes) {
+  asm volatile(
+      "mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(
+          SmemAddr(bar)),
+      "r"(bytes)
+      : "memory");
+}
+// Blocks until the phase with parity `parity` of bar has completed.
+__device__ __forceinline__ void MbarWait(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\n"
+      "HISA_MBAR_WAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra HISA_MBAR_WAIT_%=;\n}\n" ::"r"(SmemAddr(bar)),
+      "r"(parity)
+      : "memory");
+}
+// 2-D tensor copy global -> shared of the box at (x, y) of the tensor map
+// (a kernel parameter: __grid_constant__), completing on bar.
+__device__ __forceinline__ void TmaLoad2d(void* smem, const void* tensor_map,
+                                          int32_t x, int32_t y,
+                                          uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::"
+      "bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(SmemAddr(smem)),
+      "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(x), "r"(y),
+      "r"(SmemAddr(bar))
+      : "memory");
+}
+// Contiguous bulk copy global -> shared (16-byte aligned, bytes % 16 == 0),
+// completing on bar.
+__device__ __forceinline__ void BulkLoad(void* smem, const void* gmem,
+                                         uint32_t bytes, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes "
+      "[%0], [%1], %2, [%3];\n" ::"r"(SmemAddr(smem)),
+      "l"(gmem), "r"(bytes), "r"(SmemAddr(bar))
+      : "memory");
+}
+
 __device__ __forceinline__ float Fp8ToFloat(uint8_t byte) {
   __nv_fp8_e4m3 v;
   v.__x = byte;

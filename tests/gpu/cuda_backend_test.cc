@@ -119,10 +119,12 @@ TEST(GpuInfoTest, PrintsDeviceAndSeed) {
     return CudaBackend::Create(o);
   }();
   ASSERT_TRUE(backend.ok()) << backend.status();
-  std::printf("device: %s, %d SMs; token kernel for FP8 D=128 H<=64: %s\n",
-              (*backend)->device().device_name().c_str(),
-              (*backend)->device().num_sms(),
-              (*backend)->plan_options().use_wgmma ? "wgmma" : "mma.sync");
+  std::printf(
+      "device: %s, %d SMs; token kernel for FP8 D=128 H<=64: %s%s\n",
+      (*backend)->device().device_name().c_str(),
+      (*backend)->device().num_sms(),
+      (*backend)->plan_options().use_wgmma ? "wgmma" : "mma.sync",
+      (*backend)->plan_options().use_tma ? " (+ bulk tensor copies)" : "");
 }
 
 class GpuFormatsTest
@@ -276,12 +278,14 @@ TEST(GpuShapesTest, PrefillBatchOfConsecutiveRows) {
 // one batch (split work items, merged by the last CTA of each request).
 TEST(GpuShapesTest, DecodeBatchOverManyRequests) {
   SKIP_WITHOUT_GPU();
-  for (int variant = 0; variant < 3; ++variant) {
+  // Variant 3 (D = 128, H = 64, B = 128, m = 64) runs the HISA rows on the
+  // bulk-tensor-copy token kernel, with rows ending mid-block.
+  for (int variant = 0; variant < 4; ++variant) {
     const int head_dim = variant == 2 ? 64 : 128;
     const int num_heads = variant == 1 ? 32 : 64;
-    const int block = variant == 2 ? 128 : 64;
-    const int m = 32, k = 2048;
-    const int requests = variant == 0 ? 40 : 12;
+    const int block = variant >= 2 ? 128 : 64;
+    const int m = variant == 3 ? 64 : 32, k = 2048;
+    const int requests = variant == 0 || variant == 3 ? 40 : 12;
     const uint64_t seed = ref::TestSeed() + 41 + variant;
     std::mt19937_64 rng(seed);
     const std::string where = absl::StrCat(ref::SeedNote(), " variant ",
@@ -629,7 +633,7 @@ TEST(GpuEdgeTest, BudgetAndConflictingAppends) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(ref::TestSeed() + 28);
   SCOPED_TRACE(ref::SeedNote());
-  const int64_t budget = int64_t{2} << 20;  // 32 pages of 64 KiB
+  const int64_t budget = int64_t{2} << 20;  // 32 pages of 66 KiB
   EngineHarness h(GpuOptions(budget));
   const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
                              BlockPooling::kMean};

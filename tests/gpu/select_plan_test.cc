@@ -251,6 +251,51 @@ TEST(SelectPlanTest, SlotScoreGroupsFollowTheCapAndTheBudget) {
   for (const auto& [t, gd] : g) EXPECT_LT(gd.slot_score_offset, 0) << t;
 }
 
+// The bulk-tensor-copy token kernel takes exactly the slot-score groups
+// whose tiles are aligned 128-key runs in one page (B % 128 == 0 with FP8
+// D = 128 pages of 512 tokens), and only when the options allow it.
+TEST(SelectPlanTest, TmaTokenKernelTakesAlignedSlotScoreGroupsOnly) {
+  auto tma_groups = [](int block_size, bool use_tma) {
+    const RequestConfig config{1, 128, block_size, KeyFormat::kFp8E4M3,
+                               BlockPooling::kMean};
+    CudaRequestStore store(nullptr, config);
+    Batch b;
+    AddRows(b, &store, &config, {5000, 9000}, SelectMode::kHisa, 1024, 16);
+    AddRows(b, &store, &config, {30000}, SelectMode::kHisa, 2048, 100);
+    AddRows(b, &store, &config, {40000}, SelectMode::kDense, 2048, 16);
+    PlanOptions options;
+    options.use_tma = use_tma;
+    absl::StatusOr<SelectPlan> plan = BuildSelectPlan(b.tasks, options);
+    EXPECT_TRUE(plan.ok()) << plan.status();
+    const auto groups =
+        Read<GroupDesc>(*plan, plan->groups_off, plan->num_descriptors);
+    const auto rows = Read<RowDesc>(*plan, plan->rows_off, b.tasks.size());
+    int64_t items = 0;
+    for (const LaunchSpec& s : plan->launches) items += s.num_items;
+    const auto work = Read<WorkItem>(*plan, plan->items_off, items);
+    std::map<int64_t, int> tma_items;  // row position -> TMA work items
+    for (const LaunchSpec& s : plan->launches) {
+      if (s.scorer != LaunchSpec::kWgmmaTma) continue;
+      EXPECT_EQ(s.stage, LaunchSpec::kTokens);
+      EXPECT_EQ(s.rows, 1);
+      for (int64_t i = s.first_item; i < s.first_item + s.num_items; ++i) {
+        const GroupDesc& g = groups[work[i].group];
+        EXPECT_GE(g.slot_score_offset, 0);
+        EXPECT_EQ(work[i].slot_begin % kTileSlots, 0);
+        ++tma_items[rows[g.rows[0]].position];
+      }
+    }
+    return tma_items;
+  };
+  const std::map<int64_t, int> on = tma_groups(128, true);
+  EXPECT_EQ(on.size(), 2u);  // not the over-cap HISA row, not DENSE
+  EXPECT_GT(on.count(5000), 0u);
+  EXPECT_GT(on.count(9000), 0u);
+  EXPECT_TRUE(tma_groups(128, false).empty());
+  EXPECT_TRUE(tma_groups(64, true).empty());  // tiles would span 2 blocks
+  EXPECT_EQ(tma_groups(256, true).size(), 2u);
+}
+
 // The request path plans straight into pinned staging (BuildSelectPlanInto);
 // it must produce exactly BuildSelectPlan's image and layout, whatever the
 // destination held before, and write nothing when the image does not fit.
@@ -333,8 +378,11 @@ TEST(SelectPlanTest, BytesAfterAppendCountsPages) {
       }
     }
   }
-  // FP8, D = 128: 132 B per token, 496 tokens per 64 KiB page.
-  EXPECT_EQ(MakeGeometry(128, 1, 128, 1).tokens_per_page, 496);
+  // FP8, D = 128: 132 B per token, exactly 512 tokens (4 blocks of 128) per
+  // 66 KiB page, so aligned 128-token tiles never straddle pages (the bulk
+  // tensor copies of the token kernel rely on it).
+  EXPECT_EQ(MakeGeometry(128, 1, 128, 1).tokens_per_page, 512);
+  EXPECT_EQ(512 * 132, kPageBytes);
 }
 
 }  // namespace

@@ -1,0 +1,191 @@
+// Token stage of slot-score HISA rows with bulk tensor copies (TMA), for
+// FP8 keys and queries, D = 128, 64 query heads, B a multiple of 128 and
+// 128 | tokens_per_page (select_plan.cc decides). The host side is the
+// arena's tensor map (DeviceState::key_tensor_map) and the launcher.
+//
+// Such a row's candidate slots come in whole blocks of the union, so every
+// 128-slot tile is an aligned run of 128 keys inside one page: one bulk
+// tensor copy (128 rows x 128 B, landing in the 128-byte-swizzled wgmma
+// operand layout) plus one 512-byte bulk copy of the tile's scales, both
+// completing on the stage's transaction barrier. Against TileKernel with
+// WgmmaTokenScorer<1> this removes, per tile: 640 per-thread cp.async
+// issues with their address arithmetic, the per-thread slot map, the
+// staging round trip through shared memory and all three CTA barriers.
+//
+//   before the loop  one thread per tile resolves the tile's key row in
+//                    the tensor map and its scales' address (union entry,
+//                    page table) into shared memory; thread 0 fills the
+//                    kTmaStages stages.
+//   tile loop        every warpgroup waits for its stage's full barrier,
+//                    scores its 64 slots x 64 heads (4 wgmma k-steps),
+//                    reads its scales, releases the stage (one arrival per
+//                    warp on the empty barrier) and writes its scores from
+//                    registers straight to the row's slot-score scratch.
+//                    Thread 0 refills the stage of the previous tile once
+//                    all 8 warps released it, so one warpgroup may run a
+//                    tile ahead of the other.
+//   last CTA         of the group (atomic ticket): SelectFromSlotScores, as
+//                    in TileKernel.
+#ifndef HISA_KERNELS_CUDA_TMA_TOKEN_KERNEL_CUH_
+#define HISA_KERNELS_CUDA_TMA_TOKEN_KERNEL_CUH_
+
+#include <cuda.h>
+
+#include "kernels/cuda/select_kernels.cuh"
+
+namespace hisa::cuda {
+
+inline constexpr int kTmaStages = 4;
+// Tiles of one work item: slot-score rows have at most kSlotSelectCap slots.
+inline constexpr int kTmaMaxTiles = kSlotSelectCap / kTileSlots;
+
+struct TmaTokenLayout {
+  static constexpr int kKeyBytes = kTileSlots * 128;  // one tile, swizzled
+  static constexpr int kScaleBytes = kTileSlots * 4;
+  static constexpr int kTxBytes = kKeyBytes + kScaleBytes;
+  static constexpr int kKeysOff = 0;  // 1024-byte aligned stages
+  static constexpr int kScalesOff = kKeysOff + kTmaStages * kKeyBytes;
+  static constexpr int kQOff = kScalesOff + kTmaStages * kScaleBytes;
+  static constexpr int kWeightsOff = kQOff + 64 * 128;
+  static constexpr int kTileScaleOff = kWeightsOff + 64 * 4;  // int64 each
+  static constexpr int kTileRowOff = kTileScaleOff + kTmaMaxTiles * 8;
+  static constexpr int kBarOff = kTileRowOff + kTmaMaxTiles * 4;
+  static constexpr int kRadixOff = kBarOff + 2 * kTmaStages * 8;
+  // + 1024: the base is aligned up to 1024 bytes at run time.
+  static constexpr int kBytes =
+      kRadixOff + static_cast<int>(sizeof(RadixShared)) + 1024;
+  // The final select reuses the stages: one key per slot, then the union.
+  static constexpr int kSelectKeysOff = 0;
+  static constexpr int kSelectUnionsOff = kSlotSelectCap * 4;
+  static_assert(kQOff % 1024 == 0, "query operand must stay 1024-aligned");
+  static_assert(kSelectUnionsOff + kSlotSelectCap / 16 * 8 <= kQOff,
+                "final select must fit in the stage area");
+  static_assert(kBarOff % 8 == 0, "mbarriers are 8-byte aligned");
+};
+
+__global__ void __launch_bounds__(kSelectThreads, 2)
+    TmaTokenKernel(SelectBuffers b, const WorkItem* items,
+                   const __grid_constant__ CUtensorMap keys) {
+  using L = TmaTokenLayout;
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  // Aligned by an offset from smem_raw (TileKernel says why).
+  uint8_t* smem = smem_raw + ((1024u - (SmemAddr(smem_raw) & 1023u)) & 1023u);
+  uint8_t* key_stages = smem + L::kKeysOff;
+  float* scale_stages = reinterpret_cast<float*>(smem + L::kScalesOff);
+  uint8_t* qs = smem + L::kQOff;
+  float* weights = reinterpret_cast<float*>(smem + L::kWeightsOff);
+  int64_t* tile_scale = reinterpret_cast<int64_t*>(smem + L::kTileScaleOff);
+  int32_t* tile_row = reinterpret_cast<int32_t*>(smem + L::kTileRowOff);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
+  uint64_t* empty = full + kTmaStages;
+  RadixShared& rs = *reinterpret_cast<RadixShared*>(smem + L::kRadixOff);
+
+  const WorkItem item = items[blockIdx.x];
+  const GroupDesc& grp = b.groups[item.group];
+  const ItemContext<1> ic = MakeItemContext<1, false>(b, item, grp);
+  const LayerView& lv = *ic.layer;
+  const int64_t span = ic.slot_end - ic.slot_begin;
+  const int num_tiles =
+      span > 0 ? static_cast<int>((span + kTileSlots - 1) / kTileSlots) : 0;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kTmaStages; ++s) {
+      MbarInit(full + s, 1);
+      MbarInit(empty + s, kSelectThreads / 32);
+    }
+    MbarFenceInit();
+  }
+  // Tile j: slots slot_begin + 128 j ... (slot_begin is a multiple of 128
+  // and B of 128, so the tile is one aligned run inside one block).
+  const int64_t in_block = (int64_t{1} << ic.log2b) - 1;
+  constexpr int64_t kRowsPerPage = kPageBytes / 128;
+  for (int j = threadIdx.x; j < num_tiles; j += kSelectThreads) {
+    const int64_t slot = ic.slot_begin + int64_t{j} * kTileSlots;
+    const int64_t pos =
+        (static_cast<int64_t>(__ldg(ic.unions + 2 * (slot >> ic.log2b)))
+         << ic.log2b) +
+        (slot & in_block);
+    const uint32_t page_rel =
+        DivFast(static_cast<uint32_t>(pos), ic.per_page_magic);
+    const uint32_t in_page = static_cast<uint32_t>(pos) - page_rel * ic.per_page;
+    const int64_t page = __ldg(b.tables + ic.table + page_rel);
+    tile_row[j] = static_cast<int32_t>(page * kRowsPerPage + in_page);
+    tile_scale[j] = page * kPageBytes + lv.geo.ScalesOffset() + in_page * 4;
+  }
+  StoreSwizzledQueries(b, ic, qs);
+  if (threadIdx.x < 64) {
+    weights[threadIdx.x] = b.w[b.rows[grp.rows[0]].w_offset + threadIdx.x];
+  }
+  FenceProxyAsync();
+  __syncthreads();  // barriers, tile map, queries and weights are ready
+
+  auto issue = [&](int j) {  // thread 0 only
+    const int s = j % kTmaStages;
+    MbarArriveExpectTx(full + s, L::kTxBytes);
+    TmaLoad2d(key_stages + s * L::kKeyBytes, &keys, 0, tile_row[j], full + s);
+    BulkLoad(scale_stages + s * kTileSlots, b.arena + tile_scale[j],
+             L::kScaleBytes, full + s);
+  };
+  if (threadIdx.x == 0) {
+    for (int j = 0; j < num_tiles && j < kTmaStages; ++j) issue(j);
+  }
+
+  const int lane = threadIdx.x & 31;
+  const int warp = (threadIdx.x >> 5) & 3;
+  const int slot0 = (threadIdx.x >> 7) * 64;  // this warpgroup's slots
+  const int r0 = slot0 + warp * 16 + (lane >> 2);
+  const int tid4 = lane & 3;
+  const uint64_t db = WgmmaDescSw128(qs);
+  float* out = b.slot_scores + grp.slot_score_offset;
+#pragma unroll 1
+  for (int it = 0; it < num_tiles; ++it) {
+    const int s = it % kTmaStages;
+    MbarWait(full + s, static_cast<uint32_t>(it / kTmaStages) & 1u);
+    __syncwarp();  // converged for the .aligned wgmma instructions
+    // Not zeroed: the first wgmma runs with scale-d = 0.
+    float d[32];
+    const uint64_t da = WgmmaDescSw128(key_stages + s * L::kKeyBytes +
+                                       slot0 * 128);
+    WgmmaFenceOperands(d);
+    WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      WgmmaM64N64K32(d, da + 2 * kk, db + 2 * kk, kk);
+    }
+    WgmmaCommit();
+    WgmmaWaitAll();
+    WgmmaFenceOperands(d);
+    const float* scales = scale_stages + s * kTileSlots;
+    const float scale0 = fabsf(scales[r0]);
+    const float scale1 = fabsf(scales[r0 + 8]);
+    __syncwarp();
+    if (lane == 0) MbarArrive(empty + s);  // this warp is done with stage s
+    // Refill the previous tile's stage once every warp released it.
+    if (threadIdx.x == 0 && it >= 1 && it - 1 + kTmaStages < num_tiles) {
+      const int prev = it - 1;
+      MbarWait(empty + prev % kTmaStages,
+               static_cast<uint32_t>(prev / kTmaStages) & 1u);
+      issue(prev + kTmaStages);
+    }
+    __syncwarp();
+
+    const float2 sum = WgmmaHeadSum<64>(d, weights, 0, tid4);
+    if (tid4 == 0) {
+      const int64_t slot = ic.slot_begin + int64_t{it} * kTileSlots + r0;
+      if (slot < ic.slot_end) out[slot] = sum.x * scale0;
+      if (slot + 8 < ic.slot_end) out[slot + 8] = sum.y * scale1;
+    }
+  }
+
+  if (LastOfGroup(b, item, 1, grp.num_splits, rs)) {
+    // Every tile was waited for: the stage area is free for the select.
+    SelectFromSlotScores<1>(
+        b, grp, ic, reinterpret_cast<uint32_t*>(smem + L::kSelectKeysOff),
+        reinterpret_cast<int32_t*>(smem + L::kSelectUnionsOff), rs);
+    if (threadIdx.x == 0) b.counters[2 * item.group + 1] = 0;
+  }
+}
+
+}  // namespace hisa::cuda
+
+#endif  // HISA_KERNELS_CUDA_TMA_TOKEN_KERNEL_CUH_
