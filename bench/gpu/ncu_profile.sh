@@ -16,10 +16,13 @@ SHAPE=${2:-decode64}
 L=${3:-65536}
 BIN=${HISA_BIN_DIR:-$ROOT/build-gpu-carry}
 mkdir -p "$OUT"
-# DENSE runs 2 warm-ups + 3 timed launches first; in decode DENSE uses the
-# same token kernel as HISA (WgmmaTokenScorer<1>), hence the larger skip.
-SKIP=6; [[ $SHAPE == prefill1024 ]] && SKIP=1
-TOKEN="WgmmaTokenScorerILi1EEELi1E"
+# The HISA token kernel of FP8 D = 128 rows is TmaTokenKernel (its first
+# launch is a warm-up: skip 1). KERNEL / SKIP override, e.g. the per-thread
+# copy kernel: KERNEL=WgmmaTokenScorerILi1EEELi1E SKIP=6 with HISA_CUDA_TMA=0
+# (in decode, DENSE runs that kernel for 2 warm-ups + 3 timed launches
+# first), or the block kernel for sass: KERNEL=Bf16BlockScorer SKIP=1.
+SKIP=${SKIP:-1}
+TOKEN=${KERNEL:-TmaTokenKernel}
 bench_args=(--lengths="$L" --shapes="$SHAPE" --reps=3 --no-causal --json=/tmp/ncu_profile.json)
 run_ncu() { LD_LIBRARY_PATH="$BIN/lib:${LD_LIBRARY_PATH:-}" timeout 200 ncu --kernel-name-base mangled "$@"; }
 
@@ -37,6 +40,12 @@ src, ex, st = (hdr.index(k) for k in ("Source", "Instructions Executed",
                                       "Warp Stall Sampling (All Samples)"))
 print("instructions", sum(int(r[ex]) for r in data),
       "stall samples", sum(int(r[st]) for r in data))
+by_op = {}
+for r in data:
+    op = r[src].strip().lstrip("@!P0123456789T ").split(" ")[0].split(".")[0]
+    by_op[op] = by_op.get(op, 0) + int(r[st])
+print("stall samples by opcode:", ", ".join(
+    f"{k} {v}" for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])[:16]))
 for r in sorted(data, key=lambda r: -int(r[st]))[:40]:
     print(r[st], r[ex], r[src].strip())
 PY
@@ -54,6 +63,6 @@ for k in "$TOKEN:$SKIP" "Bf16BlockScorer:1"; do
   run_ncu --kernel-name "regex:${k%%:*}" --launch-skip "${k##*:}" --launch-count 1 \
     --metrics "$METRICS" "$BIN/hisa_gpu_bench" "${bench_args[@]}"
 done > "$OUT/ncu_$SHAPE.txt" 2>&1
-grep -E "TileKernel|stalled|duration|throughput|cycles|inst_executed|warps_active" "$OUT/ncu_$SHAPE.txt" \
+grep -E "TileKernel|TmaTokenKernel|stalled|duration|throughput|cycles|inst_executed|warps_active" "$OUT/ncu_$SHAPE.txt" \
   | sed -e 's/(SelectBuffers.*//' -e 's/smsp__average_warps_issue_stalled_//' -e 's/_per_issue_active.ratio//' \
-  | awk '{ if ($0 ~ /TileKernel/ || $NF+0 >= 0.05 || $0 !~ /stalled|ratio/) print }'
+  | awk '{ if ($0 ~ /TileKernel|TmaTokenKernel/ || $NF+0 >= 0.05 || $0 !~ /stalled|ratio/) print }'

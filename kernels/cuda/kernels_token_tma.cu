@@ -5,9 +5,11 @@
 
 namespace hisa::cuda {
 
-// Two CTAs per SM (228 KB of shared memory, 1 KB reserved per CTA).
-static_assert(2 * (TmaTokenLayout::kBytes + 1024) <= 228 * 1024,
-              "TMA token kernel must fit twice per SM");
+// kTmaTokenCtasPerSm CTAs per SM (228 KB of shared memory, 1 KB reserved
+// per CTA).
+static_assert(kTmaTokenCtasPerSm * (TmaTokenLayout::kBytes + 1024) <=
+                  228 * 1024,
+              "TMA token kernel must fit kTmaTokenCtasPerSm times per SM");
 
 KernelHandle TokenKernelTma() {
   return MakeHandle<&TmaTokenKernel>(TmaTokenLayout::kBytes);

@@ -639,14 +639,13 @@ struct GenericScorer {
 
 // Queries of a group's rows for the wgmma token scorers: 64 heads x 128 B
 // per row, rows stacked, in the 128-byte-swizzled operand layout.
-template <int G>
 __device__ __forceinline__ void StoreSwizzledQueries(const SelectBuffers& b,
-                                                     const ItemContext<G>& ic,
+                                                     const GroupDesc& grp,
                                                      uint8_t* dst) {
-  for (int i = threadIdx.x; i < ic.num_rows * 512; i += kSelectThreads) {
+  for (int i = threadIdx.x; i < grp.num_rows * 512; i += kSelectThreads) {
     const int gg = i >> 9, h = (i >> 3) & 63, c = i & 7;
     const uint8_t* src =
-        b.q + b.rows[ic.group->rows[gg]].q_offset + h * 128 + c * 16;
+        b.q + b.rows[grp.rows[gg]].q_offset + h * 128 + c * 16;
     *reinterpret_cast<uint4*>(dst + gg * 64 * 128 + h * 128 +
                               ((c ^ (h & 7)) << 4)) =
         __ldg(reinterpret_cast<const uint4*>(src));
@@ -696,7 +695,7 @@ struct WgmmaTokenScorer {
   static constexpr int kQBytes = 64 * 128;
   static constexpr int kPersistBytes = G * kQBytes;
   static constexpr bool kBlocks = false;
-  static constexpr int kMinBlocks = 2;
+  static constexpr int kMinBlocks = kWgmmaTokenCtasPerSm;
   // G == 1 (decode, HISA rows) reads keys from HBM: one more tile in flight.
   static constexpr int kStages = G == 2 ? 2 : 3;
   // Two CTAs per SM must fit in shared memory.
@@ -709,7 +708,7 @@ struct WgmmaTokenScorer {
                        uint8_t* persist) {
     slot0 = (threadIdx.x >> 7) * 64;
     qs = persist;
-    StoreSwizzledQueries(b, ic, persist);
+    StoreSwizzledQueries(b, *ic.group, persist);
     FenceProxyAsync();
   }
 
@@ -1120,6 +1119,14 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
   int32_t* buf_pos =
       reinterpret_cast<int32_t*>(smem + Layout::kBufferOff + G * kCap * 4);
 
+  // The block stage lets the token stage launch at once (its CTAs take
+  // SMs as block CTAs leave); the token stage reads block-stage outputs
+  // (union counts, unions) only after the block stage has completed.
+  if constexpr (kBlocks) {
+    AllowDependentLaunch();
+  } else {
+    GridDependencyWait();
+  }
   const WorkItem item = items[blockIdx.x];
   const GroupDesc& grp = b.groups[item.group];
   const ItemContext<G> ic = MakeItemContext<G, kBlocks>(b, item, grp);
@@ -1298,6 +1305,10 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
                               kStages * Scorer::kStageBytes / 4, rs);
       if (threadIdx.x == 0) b.counters[2 * item.group] = 0;
     }
+    // A second block launch of the plan may have started early: it ends
+    // only after the first has completed, so that the token stage, which
+    // waits for its direct predecessor only, sees both.
+    GridDependencyWait();
   } else if (G == 1 && slot_scores) {
     if (last_of_group(1, grp.num_splits)) {
       // The stage area is free: it holds the union for the select.

@@ -47,6 +47,11 @@ inline constexpr int kCandidateCap = 4096;
 // Bound on a split row's partial entries (splits * k <= this), which
 // bounds the partial-list scratch and the merge work.
 inline constexpr int kFinalizeCap = 8192;
+// Resident CTAs per SM of the token kernels (their __launch_bounds__ and
+// shared memory; the planner sizes work-item splits by them): the bulk-copy
+// (TMA) kernel, the wgmma kernel, and the others.
+inline constexpr int kTmaTokenCtasPerSm = 3;
+inline constexpr int kWgmmaTokenCtasPerSm = 2;
 // Rows that share one work item (neighbouring prefill rows).
 inline constexpr int kMaxGroupRows = 2;
 // Most candidate slots per row of a slot-score group (GroupDesc below): the

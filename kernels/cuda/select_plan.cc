@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <tuple>
 #include <utility>
 
@@ -23,6 +24,38 @@ namespace {
 
 int64_t AlignUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Resident CTAs per SM of a token kernel (select_layout.h).
+int64_t TokenCtasPerSm(LaunchSpec::Scorer scorer) {
+  switch (scorer) {
+    case LaunchSpec::kWgmmaTma: return kTmaTokenCtasPerSm;
+    case LaunchSpec::kWgmma: return kWgmmaTokenCtasPerSm;
+    default: return 1;
+  }
+}
+
+// Work items per group for `groups` groups of `tiles` tiles each on a GPU
+// that runs `resident` CTAs at once: the split count in [1, max_splits] with
+// the least modelled time, waves x (tiles per item + 2), where the 2 tiles
+// stand for an item's prologue and its group's tail. Decode batches of few
+// requests split into one full wave; big batches do not split.
+int64_t ChooseSplits(int64_t groups, int64_t tiles, int64_t max_splits,
+                     int64_t resident) {
+  groups = std::max<int64_t>(groups, 1);
+  // Past two full waves' worth of items the modelled time only grows.
+  const int64_t last =
+      std::min<int64_t>(max_splits, 2 * resident / groups + 1);
+  int64_t best = 1, best_cost = std::numeric_limits<int64_t>::max();
+  for (int64_t sp = 1; sp <= last; ++sp) {
+    const int64_t cost =
+        CeilDiv(groups * sp, resident) * (CeilDiv(tiles, sp) + 2);
+    if (cost < best_cost) {
+      best = sp;
+      best_cost = cost;
+    }
+  }
+  return best;
+}
 
 // How one row's query is packed, and which kernels score it.
 struct RowShape {
@@ -502,11 +535,8 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
   }
 
   // 4. Work items.
-  const int64_t target_items = 2 * int64_t{std::max(1, options.num_sms)};
-  const int64_t split_target =
-      options.allow_splits && plan->num_groups < target_items
-          ? CeilDiv(target_items, std::max<int64_t>(1, plan->num_groups))
-          : 1;
+  const int64_t num_sms = std::max(1, options.num_sms);
+  const int64_t target_items = 2 * num_sms;
   // The group whose descriptor block-stage items of token group gi use, or
   // -1 when another group's items cover gi (the second row of a pair).
   auto block_group = [&](int gi) {
@@ -585,9 +615,16 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
       }
     }
     const int64_t tiles = CeilDiv(slots, kTileSlots);
-    int64_t splits = std::min<int64_t>(split_target, tiles);
-    splits = std::min<int64_t>(splits, kFinalizeCap / gd.k);
-    splits = std::max<int64_t>(splits, 1);
+    // Split lists of a running top-k are merged (kFinalizeCap bounds it);
+    // slot-score groups have nothing to merge.
+    const int64_t max_splits =
+        !options.allow_splits ? 1
+        : gd.slot_score_offset >= 0
+            ? tiles
+            : std::min<int64_t>(tiles, kFinalizeCap / gd.k);
+    int64_t splits = ChooseSplits(
+        plan->num_groups, tiles, max_splits,
+        TokenCtasPerSm(token_scorer) * num_sms);
     const int64_t per = CeilDiv(tiles, splits);
     splits = CeilDiv(tiles, per);
     gd.num_splits = static_cast<int32_t>(splits);
@@ -777,6 +814,7 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
     err = cudaEventRecord(events[0], stream);
     if (err != cudaSuccess) return err;
   }
+  bool launched = false;  // a kernel of this plan is already in the stream
   for (int stage = LaunchSpec::kBlockScores; stage <= LaunchSpec::kTokens;
        ++stage) {
     for (const LaunchSpec& s : plan.launches) {
@@ -799,9 +837,26 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
       if (h.fn == nullptr) return cudaErrorInvalidValue;
       const WorkItem* first = items + s.first_item;
       void* args[] = {&b, &first, const_cast<CUtensorMap*>(key_map)};
-      err = cudaLaunchKernel(h.fn, dim3(static_cast<unsigned>(s.num_items)),
-                             dim3(kSelectThreads), args, h.smem_bytes, stream);
+      cudaLaunchConfig_t config = {};
+      config.gridDim = dim3(static_cast<unsigned>(s.num_items));
+      config.blockDim = dim3(kSelectThreads);
+      config.dynamicSmemBytes = static_cast<size_t>(h.smem_bytes);
+      config.stream = stream;
+      // A launch after another kernel of this plan may start early
+      // (programmatic dependent launch): its CTAs take SMs as the previous
+      // kernel's CTAs finish and run their prologue, and wait for that
+      // kernel's results in GridDependencyWait (select_primitives.cuh).
+      // Stage events between the kernels keep it from starting early.
+      cudaLaunchAttribute early;
+      early.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      early.val.programmaticStreamSerializationAllowed = 1;
+      if (launched) {
+        config.attrs = &early;
+        config.numAttrs = 1;
+      }
+      err = cudaLaunchKernelExC(&config, h.fn, args);
       if (err != cudaSuccess) return err;
+      launched = true;
     }
     if (events != nullptr) {
       // Two events per stage: block choice and the split merge are fused.

@@ -147,6 +147,19 @@ __device__ __forceinline__ void WgmmaM64N128K32(float (&d)[64], uint64_t a,
 }
 #undef HISA_WGMMA_ACC8
 
+// ---- Programmatic dependent launch (sm_90). A kernel launched with the
+// programmatic stream serialization attribute may start while the previous
+// kernel of its stream still runs, once every CTA of that kernel has called
+// AllowDependentLaunch (or exited); GridDependencyWait then blocks until the
+// previous kernel has completed and its memory is visible. A kernel launched
+// without the attribute returns from the wait at once.
+__device__ __forceinline__ void AllowDependentLaunch() {
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+}
+__device__ __forceinline__ void GridDependencyWait() {
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+}
+
 // ---- Transaction barriers and the bulk copy engine (sm_90). A CTA is its
 // own cluster here, so the .shared::cluster forms address this CTA's shared
 // memory.

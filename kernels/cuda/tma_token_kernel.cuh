@@ -35,7 +35,9 @@
 
 namespace hisa::cuda {
 
-inline constexpr int kTmaStages = 4;
+// Three stages: three CTAs per SM fit (kTmaTokenCtasPerSm), nine tiles in
+// flight per SM.
+inline constexpr int kTmaStages = 3;
 // Tiles of one work item: slot-score rows have at most kSlotSelectCap slots.
 inline constexpr int kTmaMaxTiles = kSlotSelectCap / kTileSlots;
 
@@ -44,9 +46,9 @@ struct TmaTokenLayout {
   static constexpr int kScaleBytes = kTileSlots * 4;
   static constexpr int kTxBytes = kKeyBytes + kScaleBytes;
   static constexpr int kKeysOff = 0;  // 1024-byte aligned stages
-  static constexpr int kScalesOff = kKeysOff + kTmaStages * kKeyBytes;
-  static constexpr int kQOff = kScalesOff + kTmaStages * kScaleBytes;
-  static constexpr int kWeightsOff = kQOff + 64 * 128;
+  static constexpr int kQOff = kKeysOff + kTmaStages * kKeyBytes;
+  static constexpr int kScalesOff = kQOff + 64 * 128;
+  static constexpr int kWeightsOff = kScalesOff + kTmaStages * kScaleBytes;
   static constexpr int kTileScaleOff = kWeightsOff + 64 * 4;  // int64 each
   static constexpr int kTileRowOff = kTileScaleOff + kTmaMaxTiles * 8;
   static constexpr int kBarOff = kTileRowOff + kTmaMaxTiles * 4;
@@ -54,16 +56,17 @@ struct TmaTokenLayout {
   // + 1024: the base is aligned up to 1024 bytes at run time.
   static constexpr int kBytes =
       kRadixOff + static_cast<int>(sizeof(RadixShared)) + 1024;
-  // The final select reuses the stages: one key per slot, then the union.
+  // The final select reuses the key stages: one key per slot, then the
+  // union.
   static constexpr int kSelectKeysOff = 0;
   static constexpr int kSelectUnionsOff = kSlotSelectCap * 4;
   static_assert(kQOff % 1024 == 0, "query operand must stay 1024-aligned");
   static_assert(kSelectUnionsOff + kSlotSelectCap / 16 * 8 <= kQOff,
-                "final select must fit in the stage area");
+                "final select must fit in the key stages");
   static_assert(kBarOff % 8 == 0, "mbarriers are 8-byte aligned");
 };
 
-__global__ void __launch_bounds__(kSelectThreads, 2)
+__global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
     TmaTokenKernel(SelectBuffers b, const WorkItem* items,
                    const __grid_constant__ CUtensorMap keys) {
   using L = TmaTokenLayout;
@@ -80,14 +83,10 @@ __global__ void __launch_bounds__(kSelectThreads, 2)
   uint64_t* empty = full + kTmaStages;
   RadixShared& rs = *reinterpret_cast<RadixShared*>(smem + L::kRadixOff);
 
+  // Before the block stage completes (programmatic dependent launch): the
+  // barriers, the query operand and the weights, from the uploaded plan.
   const WorkItem item = items[blockIdx.x];
   const GroupDesc& grp = b.groups[item.group];
-  const ItemContext<1> ic = MakeItemContext<1, false>(b, item, grp);
-  const LayerView& lv = *ic.layer;
-  const int64_t span = ic.slot_end - ic.slot_begin;
-  const int num_tiles =
-      span > 0 ? static_cast<int>((span + kTileSlots - 1) / kTileSlots) : 0;
-
   if (threadIdx.x == 0) {
     for (int s = 0; s < kTmaStages; ++s) {
       MbarInit(full + s, 1);
@@ -95,6 +94,18 @@ __global__ void __launch_bounds__(kSelectThreads, 2)
     }
     MbarFenceInit();
   }
+  StoreSwizzledQueries(b, grp, qs);
+  if (threadIdx.x < 64) {
+    weights[threadIdx.x] = b.w[b.rows[grp.rows[0]].w_offset + threadIdx.x];
+  }
+  FenceProxyAsync();
+
+  GridDependencyWait();  // the unions are written
+  const ItemContext<1> ic = MakeItemContext<1, false>(b, item, grp);
+  const LayerView& lv = *ic.layer;
+  const int64_t span = ic.slot_end - ic.slot_begin;
+  const int num_tiles =
+      span > 0 ? static_cast<int>((span + kTileSlots - 1) / kTileSlots) : 0;
   // Tile j: slots slot_begin + 128 j ... (slot_begin is a multiple of 128
   // and B of 128, so the tile is one aligned run inside one block).
   const int64_t in_block = (int64_t{1} << ic.log2b) - 1;
@@ -102,7 +113,7 @@ __global__ void __launch_bounds__(kSelectThreads, 2)
   for (int j = threadIdx.x; j < num_tiles; j += kSelectThreads) {
     const int64_t slot = ic.slot_begin + int64_t{j} * kTileSlots;
     const int64_t pos =
-        (static_cast<int64_t>(__ldg(ic.unions + 2 * (slot >> ic.log2b)))
+        (static_cast<int64_t>(ic.unions[2 * (slot >> ic.log2b)])
          << ic.log2b) +
         (slot & in_block);
     const uint32_t page_rel =
@@ -112,11 +123,6 @@ __global__ void __launch_bounds__(kSelectThreads, 2)
     tile_row[j] = static_cast<int32_t>(page * kRowsPerPage + in_page);
     tile_scale[j] = page * kPageBytes + lv.geo.ScalesOffset() + in_page * 4;
   }
-  StoreSwizzledQueries(b, ic, qs);
-  if (threadIdx.x < 64) {
-    weights[threadIdx.x] = b.w[b.rows[grp.rows[0]].w_offset + threadIdx.x];
-  }
-  FenceProxyAsync();
   __syncthreads();  // barriers, tile map, queries and weights are ready
 
   auto issue = [&](int j) {  // thread 0 only
