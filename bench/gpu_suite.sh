@@ -3,8 +3,9 @@
 #   1. environment (GPU, driver, nvcc, torch),
 #   2. correctness: hisa_gpu_test (CUDA backend through the Engine against the
 #      float64 oracle and the CPU engine; seed printed), then ("test2") its
-#      FP8 cases again on the mma.sync kernel with paired HISA rows and on
-#      the wgmma kernel without bulk tensor copies,
+#      FP8 cases again on the mma.sync kernel with paired HISA rows, on the
+#      wgmma kernel without bulk tensor copies, and with the bulk-copy
+#      kernel's slot scores in shared memory,
 #   3. hisa_gpu_bench: kernel-level DENSE / HISA timings (prefill 1024 rows,
 #      full causal prefill, decode 64 / 256 requests) at every length,
 #   4. the PyTorch reference and the card's ceilings,
@@ -84,7 +85,8 @@ if has test2; then
   # (fallback) with paired HISA rows (union of two rows' blocks), and the
   # wgmma kernel with per-thread copies instead of bulk tensor copies.
   FP8='GpuShapesTest.*:*keys_FP8_E4M3_q_FP8_E4M3:GpuExactTest.*:GpuEdgeTest.NegativeFp8Scales:GpuConcurrencyTest.*'
-  for VARIANT in "HISA_CUDA_MMA_SYNC=1 HISA_CUDA_PAIR_HISA=1" "HISA_CUDA_TMA=0"; do
+  for VARIANT in "HISA_CUDA_MMA_SYNC=1 HISA_CUDA_PAIR_HISA=1" "HISA_CUDA_TMA=0" \
+                 "HISA_CUDA_SLOT_SCORE_SCRATCH=0"; do
     note "correctness: FP8 cases with $VARIANT"
     start=$(date +%s)
     echo "==== $VARIANT --gtest_filter=$FP8" >> "$OUT/gpu_test.log"

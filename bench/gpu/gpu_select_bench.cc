@@ -208,7 +208,10 @@ double Median(std::vector<double> v) {
 }
 
 // A/B variant: a running top-k per work item instead of slot scores.
-void RunningTopK(cuda::PlanOptions& o) { o.slot_score_budget_bytes = 0; }
+void RunningTopK(cuda::PlanOptions& o) { o.slot_scores = false; }
+// A/B variant: slot scores in shared memory (unsplit rows) instead of the
+// device scratch.
+void SmemScores(cuda::PlanOptions& o) { o.slot_score_budget_bytes = 0; }
 // A/B variant: per-thread cp.async copies instead of bulk tensor copies.
 void NoTma(cuda::PlanOptions& o) { o.use_tma = false; }
 
@@ -526,6 +529,11 @@ int main(int argc, char** argv) {
         const Measure sc = TimeBatch(backend, hisa_rows, stores, config,
                                      args.reps, false, NoTma);
         report("prefill1024_cpasync", L, "HISA", rows_n, sc,
+               HisaFlops(hisa_rows),
+               key_bytes_read + (L / kB) * summary_bytes_per_block, "");
+        const Measure sm = TimeBatch(backend, hisa_rows, stores, config,
+                                     args.reps, false, SmemScores);
+        report("prefill1024_smem_scores", L, "HISA", rows_n, sm,
                HisaFlops(hisa_rows),
                key_bytes_read + (L / kB) * summary_bytes_per_block, "");
         // A running top-k per work item instead of slot scores.

@@ -65,7 +65,10 @@ CudaBackend::CudaBackend(std::unique_ptr<cuda::DeviceState> device)
     const char* v = std::getenv(name);
     return v != nullptr && std::string(v) == "0";
   };
-  if (env_is_0("HISA_CUDA_SLOT_SCORES")) {
+  plan_options_->slot_scores = !env_is_0("HISA_CUDA_SLOT_SCORES");
+  // HISA_CUDA_SLOT_SCORE_SCRATCH=0: no slot-score scratch, so bulk-copy
+  // rows keep their scores in shared memory (tests of that kernel form).
+  if (env_is_0("HISA_CUDA_SLOT_SCORE_SCRATCH")) {
     plan_options_->slot_score_budget_bytes = 0;
   }
   plan_options_->pair_hisa_blocks = !env_is_0("HISA_CUDA_PAIR_BLOCKS");

@@ -21,7 +21,8 @@
 // values. A/B switches read at creation: HISA_CUDA_MMA_SYNC=1 (no wgmma),
 // HISA_CUDA_PAIR_HISA=1 (pair HISA rows), HISA_CUDA_SLOT_SCORES=0,
 // HISA_CUDA_PAIR_BLOCKS=0, HISA_CUDA_TMA=0 (per-thread copies instead of
-// bulk tensor copies); select_plan.h PlanOptions.
+// bulk tensor copies), HISA_CUDA_SLOT_SCORE_SCRATCH=0 (slot scores in
+// shared memory); select_plan.h PlanOptions.
 //
 // Thread safety: Backend (backend.h). Selects run concurrently on up to
 // DeviceOptions::select_contexts streams; a further Select waits for one.

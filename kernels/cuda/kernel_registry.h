@@ -23,8 +23,10 @@ struct KernelHandle {
 // Token refinement + top-k on warpgroup MMA: FP8, D = 128, 64 query heads.
 KernelHandle TokenKernelWgmma(int rows);
 // Token scoring of slot-score HISA rows with bulk tensor copies
-// (tma_token_kernel.cuh). Takes a third argument: the arena's CUtensorMap.
-KernelHandle TokenKernelTma();
+// (tma_token_kernel.cuh), the scores in device scratch or (smem_scores, one
+// work item per row) in shared memory. Takes a third argument: the arena's
+// CUtensorMap.
+KernelHandle TokenKernelTma(bool smem_scores);
 // Token refinement + top-k, FP8 queries and keys: mt in {1, 2, 4} m16 tiles
 // of heads (4: 64 heads per pass, several passes for more), ks = D / 32 in
 // {2, 4}, rows = rows per group in {1, 2}.

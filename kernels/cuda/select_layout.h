@@ -49,8 +49,10 @@ inline constexpr int kCandidateCap = 4096;
 inline constexpr int kFinalizeCap = 8192;
 // Resident CTAs per SM of the token kernels (their __launch_bounds__ and
 // shared memory; the planner sizes work-item splits by them): the bulk-copy
-// (TMA) kernel, the wgmma kernel, and the others.
+// (TMA) kernel (and its form with the slot scores in shared memory), the
+// wgmma kernel, and the others.
 inline constexpr int kTmaTokenCtasPerSm = 3;
+inline constexpr int kTmaSmemTokenCtasPerSm = 2;
 inline constexpr int kWgmmaTokenCtasPerSm = 2;
 // Rows that share one work item (neighbouring prefill rows).
 inline constexpr int kMaxGroupRows = 2;

@@ -29,6 +29,7 @@ int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t TokenCtasPerSm(LaunchSpec::Scorer scorer) {
   switch (scorer) {
     case LaunchSpec::kWgmmaTma: return kTmaTokenCtasPerSm;
+    case LaunchSpec::kWgmmaTmaSmem: return kTmaSmemTokenCtasPerSm;
     case LaunchSpec::kWgmma: return kWgmmaTokenCtasPerSm;
     default: return 1;
   }
@@ -598,27 +599,32 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     // final select).
     gd.slot_score_offset = -1;
     gd.slot_score_stride = 0;
-    if (gb.hisa && G == 1 && token_scorer != LaunchSpec::kGeneric &&
-        slots <= kSlotSelectCap) {
+    bool smem_scores = false;
+    if (options.slot_scores && gb.hisa && G == 1 &&
+        token_scorer != LaunchSpec::kGeneric && slots <= kSlotSelectCap) {
+      // Tiles of aligned 128-key runs inside one page: bulk tensor copies.
+      const bool tma =
+          options.use_tma && token_scorer == LaunchSpec::kWgmma &&
+          cfg.key_format == KeyFormat::kFp8E4M3 &&
+          cfg.block_size % kTileSlots == 0 &&
+          s.layers[gd.layer].geo.tokens_per_page % kTileSlots == 0;
       const int64_t stride = AlignUp(slots, 4);
       if ((slot_scores_total + G * stride) * 4 <=
           options.slot_score_budget_bytes) {
         gd.slot_score_offset = slot_scores_total;
         gd.slot_score_stride = static_cast<int32_t>(stride);
         slot_scores_total += G * stride;
-        if (options.use_tma && token_scorer == LaunchSpec::kWgmma &&
-            cfg.key_format == KeyFormat::kFp8E4M3 &&
-            cfg.block_size % kTileSlots == 0 &&
-            s.layers[gd.layer].geo.tokens_per_page % kTileSlots == 0) {
-          token_scorer = LaunchSpec::kWgmmaTma;
-        }
+        if (tma) token_scorer = LaunchSpec::kWgmmaTma;
+      } else if (tma) {
+        token_scorer = LaunchSpec::kWgmmaTmaSmem;
+        smem_scores = true;
       }
     }
     const int64_t tiles = CeilDiv(slots, kTileSlots);
     // Split lists of a running top-k are merged (kFinalizeCap bounds it);
     // slot-score groups have nothing to merge.
     const int64_t max_splits =
-        !options.allow_splits ? 1
+        !options.allow_splits || smem_scores ? 1
         : gd.slot_score_offset >= 0
             ? tiles
             : std::min<int64_t>(tiles, kFinalizeCap / gd.k);
@@ -824,9 +830,10 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
         h = s.scorer == LaunchSpec::kGeneric
                 ? BlockKernelGeneric(s.rows)
                 : BlockKernelBf16(s.mt, s.ks, s.rows);
-      } else if (s.scorer == LaunchSpec::kWgmmaTma) {
+      } else if (s.scorer == LaunchSpec::kWgmmaTma ||
+                 s.scorer == LaunchSpec::kWgmmaTmaSmem) {
         if (key_map == nullptr) return cudaErrorInvalidValue;
-        h = TokenKernelTma();
+        h = TokenKernelTma(s.scorer == LaunchSpec::kWgmmaTmaSmem);
       } else if (s.scorer == LaunchSpec::kWgmma) {
         h = TokenKernelWgmma(s.rows);
       } else if (s.scorer == LaunchSpec::kMmaSync) {

@@ -70,12 +70,17 @@ struct PlanOptions {
   // environment sets HISA_CUDA_MMA_SYNC=1 (A/B comparisons; likewise
   // HISA_CUDA_PAIR_HISA=1 sets pair_hisa_rows).
   bool use_wgmma = true;
-  // HISA groups whose rows have at most kSlotSelectCap candidate slots
-  // score every slot into a scratch array and select each row's k once, in
-  // the group's last CTA (no running top-k, no split merge), while the
-  // scratch of the batch stays within this many bytes; later groups keep a
-  // running top-k. 0 turns slot-score groups off (A/B comparisons; the
-  // backend does so when HISA_CUDA_SLOT_SCORES=0).
+  // Slot-score groups: single HISA rows with at most kSlotSelectCap
+  // candidate slots on the tensor-core token scorers score every slot and
+  // select the row's k once, in the group's last CTA (no running top-k, no
+  // split merge). False keeps a running top-k everywhere (A/B comparisons;
+  // the backend sets it false when HISA_CUDA_SLOT_SCORES=0).
+  bool slot_scores = true;
+  // The scores go to a device scratch array while the batch's scratch stays
+  // within this many bytes. Past it, groups on the bulk-copy (TMA) kernel
+  // keep their scores in shared memory instead (one work item per row, the
+  // kernel's kWgmmaTmaSmem form: causal prefill), and other groups keep a
+  // running top-k.
   int64_t slot_score_budget_bytes = int64_t{64} << 20;
   // Neighbouring single-row HISA groups of one (request, layer) share their
   // block scoring (each block mean read once for two rows) while keeping
@@ -90,7 +95,15 @@ struct PlanOptions {
 
 struct LaunchSpec {
   enum Stage : int { kBlockScores = 1, kTokens = 2 };
-  enum Scorer : int { kWgmma = 0, kMmaSync = 1, kGeneric = 2, kWgmmaTma = 3 };
+  // kWgmmaTma: bulk tensor copies, slot scores in device scratch;
+  // kWgmmaTmaSmem: the same with the scores in shared memory (unsplit rows).
+  enum Scorer : int {
+    kWgmma = 0,
+    kMmaSync = 1,
+    kGeneric = 2,
+    kWgmmaTma = 3,
+    kWgmmaTmaSmem = 4
+  };
   Stage stage = kTokens;
   Scorer scorer = kGeneric;
   int mt = 0;         // m16 head tiles (mma.sync)

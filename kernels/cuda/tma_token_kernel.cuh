@@ -26,6 +26,11 @@
 //                    tile ahead of the other.
 //   last CTA         of the group (atomic ticket): SelectFromSlotScores, as
 //                    in TileKernel.
+//
+// kSmemScores (one work item per row, for batches whose rows outgrow the
+// slot-score scratch, e.g. a causal prefill of 64K rows): the scores stay in
+// shared memory (32 KB more per CTA: 2 CTAs per SM instead of 3) and the
+// select reads them there.
 #ifndef HISA_KERNELS_CUDA_TMA_TOKEN_KERNEL_CUH_
 #define HISA_KERNELS_CUDA_TMA_TOKEN_KERNEL_CUH_
 
@@ -41,6 +46,9 @@ inline constexpr int kTmaStages = 3;
 // Tiles of one work item: slot-score rows have at most kSlotSelectCap slots.
 inline constexpr int kTmaMaxTiles = kSlotSelectCap / kTileSlots;
 
+// kSmemScores: the row's slot scores stay in shared memory (one work item
+// per row) instead of the device scratch.
+template <bool kSmemScores>
 struct TmaTokenLayout {
   static constexpr int kKeyBytes = kTileSlots * 128;  // one tile, swizzled
   static constexpr int kScaleBytes = kTileSlots * 4;
@@ -53,23 +61,28 @@ struct TmaTokenLayout {
   static constexpr int kTileRowOff = kTileScaleOff + kTmaMaxTiles * 8;
   static constexpr int kBarOff = kTileRowOff + kTmaMaxTiles * 4;
   static constexpr int kRadixOff = kBarOff + 2 * kTmaStages * 8;
+  static constexpr int kScoresOff =
+      (kRadixOff + static_cast<int>(sizeof(RadixShared)) + 15) / 16 * 16;
+  static constexpr int kScoresBytes = kSmemScores ? kSlotSelectCap * 4 : 0;
   // + 1024: the base is aligned up to 1024 bytes at run time.
-  static constexpr int kBytes =
-      kRadixOff + static_cast<int>(sizeof(RadixShared)) + 1024;
-  // The final select reuses the key stages: one key per slot, then the
-  // union.
-  static constexpr int kSelectKeysOff = 0;
-  static constexpr int kSelectUnionsOff = kSlotSelectCap * 4;
+  static constexpr int kBytes = kScoresOff + kScoresBytes + 1024;
+  // The final select: one key per slot (in the score area, or the key
+  // stages), then the union (in the key stages).
+  static constexpr int kSelectKeysOff = kSmemScores ? kScoresOff : 0;
+  static constexpr int kSelectUnionsOff = kSmemScores ? 0 : kSlotSelectCap * 4;
   static_assert(kQOff % 1024 == 0, "query operand must stay 1024-aligned");
   static_assert(kSelectUnionsOff + kSlotSelectCap / 16 * 8 <= kQOff,
                 "final select must fit in the key stages");
   static_assert(kBarOff % 8 == 0, "mbarriers are 8-byte aligned");
 };
 
-__global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
+template <bool kSmemScores>
+__global__ void __launch_bounds__(kSelectThreads,
+                                  kSmemScores ? kTmaSmemTokenCtasPerSm
+                                              : kTmaTokenCtasPerSm)
     TmaTokenKernel(SelectBuffers b, const WorkItem* items,
                    const __grid_constant__ CUtensorMap keys) {
-  using L = TmaTokenLayout;
+  using L = TmaTokenLayout<kSmemScores>;
   extern __shared__ __align__(16) uint8_t smem_raw[];
   // Aligned by an offset from smem_raw (TileKernel says why).
   uint8_t* smem = smem_raw + ((1024u - (SmemAddr(smem_raw) & 1023u)) & 1023u);
@@ -142,7 +155,11 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
   const int r0 = slot0 + warp * 16 + (lane >> 2);
   const int tid4 = lane & 3;
   const uint64_t db = WgmmaDescSw128(qs);
-  float* out = b.slot_scores + grp.slot_score_offset;
+  // Scores by slot index: the device scratch, or shared memory (the item
+  // is the whole row: slot_begin == 0).
+  float* out = kSmemScores
+                   ? reinterpret_cast<float*>(smem + L::kScoresOff)
+                   : b.slot_scores + grp.slot_score_offset;
 #pragma unroll 1
   for (int it = 0; it < num_tiles; ++it) {
     const int s = it % kTmaStages;
@@ -187,7 +204,8 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
     // Every tile was waited for: the stage area is free for the select.
     SelectFromSlotScores<1>(
         b, grp, ic, reinterpret_cast<uint32_t*>(smem + L::kSelectKeysOff),
-        reinterpret_cast<int32_t*>(smem + L::kSelectUnionsOff), rs);
+        reinterpret_cast<int32_t*>(smem + L::kSelectUnionsOff), rs,
+        kSmemScores);
     if (threadIdx.x == 0) b.counters[2 * item.group + 1] = 0;
   }
 }

@@ -249,6 +249,10 @@ TEST(SelectPlanTest, SlotScoreGroupsFollowTheCapAndTheBudget) {
   options.slot_score_budget_bytes = 0;
   g = groups_of(options);
   for (const auto& [t, gd] : g) EXPECT_LT(gd.slot_score_offset, 0) << t;
+  options.slot_score_budget_bytes = int64_t{64} << 20;
+  options.slot_scores = false;
+  g = groups_of(options);
+  for (const auto& [t, gd] : g) EXPECT_LT(gd.slot_score_offset, 0) << t;
 }
 
 // The bulk-tensor-copy token kernel takes exactly the slot-score groups
@@ -292,6 +296,30 @@ TEST(SelectPlanTest, TmaTokenKernelTakesAlignedSlotScoreGroupsOnly) {
   EXPECT_GT(on.count(5000), 0u);
   EXPECT_GT(on.count(9000), 0u);
   EXPECT_TRUE(tma_groups(128, false).empty());
+  // Without slot-score scratch the same rows run the shared-memory form,
+  // one work item each.
+  {
+    const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
+                               BlockPooling::kMean};
+    CudaRequestStore store(nullptr, config);
+    Batch b;
+    // c + 1 > m for every row: real HISA rows (m * B = 8192 slots).
+    AddRows(b, &store, &config, {9000, 20000, 30000}, SelectMode::kHisa, 1024,
+            64);
+    PlanOptions options;
+    options.use_tma = true;
+    options.slot_score_budget_bytes = 0;
+    absl::StatusOr<SelectPlan> plan = BuildSelectPlan(b.tasks, options);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    int token_launches = 0;
+    for (const LaunchSpec& s : plan->launches) {
+      if (s.stage != LaunchSpec::kTokens) continue;
+      ++token_launches;
+      EXPECT_EQ(s.scorer, LaunchSpec::kWgmmaTmaSmem);
+      EXPECT_EQ(s.num_items, 3);
+    }
+    EXPECT_EQ(token_launches, 1);
+  }
   EXPECT_TRUE(tma_groups(64, true).empty());  // tiles would span 2 blocks
   EXPECT_EQ(tma_groups(256, true).size(), 2u);
 }
