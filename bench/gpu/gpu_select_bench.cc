@@ -526,6 +526,10 @@ int main(int argc, char** argv) {
             [](cuda::PlanOptions& o) { o.pair_hisa_rows = true; });
         report("prefill1024_paired", L, "HISA", rows_n, sp, HisaFlops(hisa_rows),
                key_bytes_read + (L / kB) * summary_bytes_per_block, "");
+        const Measure dc = TimeBatch(backend, dense, stores, config,
+                                     args.reps, false, NoTma);
+        report("prefill1024_cpasync", L, "DENSE", rows_n, dc, DenseFlops(dense),
+               key_bytes_read, "");
         const Measure sc = TimeBatch(backend, hisa_rows, stores, config,
                                      args.reps, false, NoTma);
         report("prefill1024_cpasync", L, "HISA", rows_n, sc,

@@ -4,11 +4,12 @@
 // bytes); `fn` is null for an unsupported parameter combination.
 //
 //   KernelHandle h = TokenKernelFp8(/*mt=*/4, /*ks=*/4, /*rows=*/2);
-//   void* args[] = {&buffers, &items};
+//   void* args[] = {&buffers, &items, &key_map};
 //   cudaLaunchKernel(h.fn, grid, kSelectThreads, args, h.smem_bytes, stream);
 //
-// Every kernel takes (SelectBuffers, const WorkItem*) (TokenKernelTma also
-// the arena's CUtensorMap) and runs kSelectThreads threads per block. The first call for a handle raises the kernel's dynamic
+// Every kernel takes (SelectBuffers, const WorkItem*, CUtensorMap) (the
+// arena's tensor map, read by the bulk-copy kernels only) and runs
+// kSelectThreads threads per block. The first call for a handle raises the kernel's dynamic
 // shared memory limit (thread-safe, once per process and kernel).
 #ifndef HISA_KERNELS_CUDA_KERNEL_REGISTRY_H_
 #define HISA_KERNELS_CUDA_KERNEL_REGISTRY_H_
@@ -20,8 +21,9 @@ struct KernelHandle {
   int smem_bytes = 0;
 };
 
-// Token refinement + top-k on warpgroup MMA: FP8, D = 128, 64 query heads.
-KernelHandle TokenKernelWgmma(int rows);
+// Token refinement + top-k on warpgroup MMA: FP8, D = 128, 64 query heads;
+// tma: tiles by bulk tensor copies (takes the arena's CUtensorMap).
+KernelHandle TokenKernelWgmma(int rows, bool tma);
 // Token scoring of slot-score HISA rows with bulk tensor copies
 // (tma_token_kernel.cuh), the scores in device scratch or (smem_scores, one
 // work item per row) in shared memory. Takes a third argument: the arena's

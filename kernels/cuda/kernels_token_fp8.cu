@@ -26,22 +26,22 @@ KernelHandle TokenKs(int ks, int rows) {
 }  // namespace
 
 // Two CTAs per SM (228 KB of shared memory, 1 KB reserved per CTA).
-static_assert(2 * (TileLayout<WgmmaTokenScorer<2>, 2>::kBytes + 1024) <=
+static_assert(kWgmmaTokenCtasPerSm * (TileLayout<WgmmaTokenScorer<2>, 2>::kBytes + 1024) <=
                   228 * 1024,
               "wgmma token kernel (2 rows) must fit twice per SM");
-static_assert(2 * (TileLayout<WgmmaTokenScorer<1>, 1>::kBytes + 1024) <=
+static_assert(kWgmmaTokenCtasPerSm * (TileLayout<WgmmaTokenScorer<1>, 1>::kBytes + 1024) <=
                   228 * 1024,
               "wgmma token kernel (1 row) must fit twice per SM");
 
-KernelHandle TokenKernelWgmma(int rows) {
-  if (rows == 1) {
-    return MakeHandle<&TileKernel<WgmmaTokenScorer<1>, 1>>(
-        TileLayout<WgmmaTokenScorer<1>, 1>::kBytes);
-  }
-  if (rows == 2) {
-    return MakeHandle<&TileKernel<WgmmaTokenScorer<2>, 2>>(
-        TileLayout<WgmmaTokenScorer<2>, 2>::kBytes);
-  }
+template <int G, bool kTma>
+KernelHandle Wgmma() {
+  using S = WgmmaTokenScorer<G, kTma>;
+  return MakeHandle<&TileKernel<S, G>>(TileLayout<S, G>::kBytes);
+}
+
+KernelHandle TokenKernelWgmma(int rows, bool tma) {
+  if (rows == 1) return tma ? Wgmma<1, true>() : Wgmma<1, false>();
+  if (rows == 2) return tma ? Wgmma<2, true>() : Wgmma<2, false>();
   return {};
 }
 

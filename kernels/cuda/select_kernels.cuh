@@ -33,8 +33,10 @@
 // every output list stays sorted by position: no sort is ever needed.
 //
 // Scorers (all: 8 warps, G rows of one group):
-//   WgmmaTokenScorer<G>         FP8 x FP8, D = 128, 64 query heads: Hopper
-//                               warpgroup MMA from swizzled shared memory.
+//   WgmmaTokenScorer<G, kTma>   FP8 x FP8, D = 128, 64 query heads: Hopper
+//                               warpgroup MMA from swizzled shared memory;
+//                               tiles copied per thread or (kTma) by bulk
+//                               tensor copies.
 //   Fp8TokenScorer<MT, KS, G>   FP8 x FP8, D in {64, 128}, any H: mma.sync
 //                               m16n8k32 e4m3, query heads in registers.
 //   Bf16BlockScorer<MT, KS, G>  the same queries (bf16, exact) x block means
@@ -43,6 +45,8 @@
 //                               slot), fp32 FMA on dequantized values.
 #ifndef HISA_KERNELS_CUDA_SELECT_KERNELS_CUH_
 #define HISA_KERNELS_CUDA_SELECT_KERNELS_CUH_
+
+#include <cuda.h>
 
 #include "kernels/cuda/select_layout.h"
 #include "kernels/cuda/select_primitives.cuh"
@@ -175,15 +179,18 @@ struct SlotRef {
   uint32_t in_page;  // token (block) index inside the page
 };
 
+// need_page false: only pos and rows (the bulk-copy scorer looks up one
+// page per tile, in thread 0).
 template <int G, bool kBlocks>
 __device__ __forceinline__ SlotRef ResolveSlot(const SelectBuffers& b,
                                                const ItemContext<G>& ic,
-                                               int64_t slot, UnionEntry e) {
+                                               int64_t slot, UnionEntry e,
+                                               bool need_page = true) {
   SlotRef r;
   r.pos = static_cast<int32_t>(MapEntry<G, kBlocks>(ic, slot, e, &r.rows));
   r.page = 0;
   r.in_page = 0;
-  if (r.rows != 0) {
+  if (r.rows != 0 && need_page) {
     const uint32_t p = static_cast<uint32_t>(r.pos);
     const uint32_t page_rel = DivFast(p, ic.per_page_magic);
     r.in_page = p - page_rel * ic.per_page;
@@ -687,8 +694,16 @@ __device__ __forceinline__ float2 WgmmaHeadSum(const float (&d)[N / 2],
 // head weights, head sum) is 32 FMAs per row plus a 4-lane shuffle sum: no
 // shared-memory reduction, no warpgroup barrier. ~128 registers: two CTAs
 // per SM overlap one CTA's tensor-core work with the other's top-k work.
-template <int G>
+//
+// kTma: each tile is one bulk tensor copy plus one 512-byte bulk copy of its
+// scales, issued by thread 0 and completing on the stage's transaction
+// barrier (`full`), instead of 640 per-thread cp.async copies. Needs tiles
+// that are aligned 128-key runs inside one page (select_plan.cc checks);
+// the keys of non-candidate slots are then whatever the page holds, and
+// their scores are never read.
+template <int G, bool kTmaT = false>
 struct WgmmaTokenScorer {
+  static constexpr bool kTma = kTmaT;
   static constexpr int kN = 64 * G;              // heads of all rows
   static constexpr int kKeyBytes = kTileSlots * 128;
   static constexpr int kStageBytes = kKeyBytes + 1024;  // + scales, aligned
@@ -703,6 +718,10 @@ struct WgmmaTokenScorer {
 
   int slot0;  // first slot of this warpgroup
   const uint8_t* qs;
+  // kTma only (set by TileKernel): the stages' transaction barriers and the
+  // arena's tensor map (a __grid_constant__ kernel parameter).
+  uint64_t* full = nullptr;
+  const CUtensorMap* map = nullptr;
 
   __device__ void Init(const SelectBuffers& b, const ItemContext<G>& ic,
                        uint8_t* persist) {
@@ -722,18 +741,41 @@ struct WgmmaTokenScorer {
     const int tid = threadIdx.x;
     const int i = tid >> 1;
     const int half = tid & 1;
-    const KeySource src = TokenKeySource(b, ic, r, 128);
-    uint8_t* dst = stage + i * 128;
+    if constexpr (kTma) {
+      if (half == 0) {
+        ts.pos[st][i] = r.pos;
+        ts.rows[st][i] = static_cast<uint8_t>(r.rows);
+      }
+      if (tid == 0) {
+        // r is the tile's first slot. When no row has it as a candidate,
+        // no slot of the tile is one (aligned run past every t): page 0
+        // stands in, and nothing reads the scores.
+        int32_t row = 0;
+        int64_t scale = 0;
+        if (r.rows != 0) {
+          row = static_cast<int32_t>(
+              static_cast<int64_t>(r.page) * (kPageBytes / 128) + r.in_page);
+          scale = static_cast<int64_t>(r.page) * kPageBytes +
+                  ic.layer->geo.ScalesOffset() + r.in_page * 4;
+        }
+        MbarArriveExpectTx(full + st, kKeyBytes + kTileSlots * 4);
+        TmaLoad2d(stage, map, 0, row, full + st);
+        BulkLoad(stage + kKeyBytes, b.arena + scale, kTileSlots * 4, full + st);
+      }
+    } else {
+      const KeySource src = TokenKeySource(b, ic, r, 128);
+      uint8_t* dst = stage + i * 128;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int chunk = half * 4 + j;
-      CpAsync16(dst + ((chunk ^ (i & 7)) << 4), src.row + chunk * 16,
-                r.rows != 0);
-    }
-    if (half == 0) {
-      CpAsync4(stage + kKeyBytes + i * 4, src.scale, r.rows != 0);
-      ts.pos[st][i] = r.pos;
-      ts.rows[st][i] = static_cast<uint8_t>(r.rows);
+      for (int j = 0; j < 4; ++j) {
+        const int chunk = half * 4 + j;
+        CpAsync16(dst + ((chunk ^ (i & 7)) << 4), src.row + chunk * 16,
+                  r.rows != 0);
+      }
+      if (half == 0) {
+        CpAsync4(stage + kKeyBytes + i * 4, src.scale, r.rows != 0);
+        ts.pos[st][i] = r.pos;
+        ts.rows[st][i] = static_cast<uint8_t>(r.rows);
+      }
     }
   }
 
@@ -796,11 +838,21 @@ struct TileLayout {
       (kTileOff + static_cast<int>(sizeof(TileShared)) + 15) / 16 * 16;
   static constexpr int kStagingOff = kWeightsOff + G * 128 * 4;
   static constexpr int kRadixOff = kStagingOff + G * kTileSlots * 4;
-  static constexpr int kBufferOff =
+  static constexpr int kBarOff =
       (kRadixOff + static_cast<int>(sizeof(RadixShared)) + 15) / 16 * 16;
+  static constexpr int kBufferOff = kBarOff + kMaxStages * 8 + 8;
   static constexpr int kBufferBytes = Scorer::kBlocks ? 0 : G * kCap * 8;
   // + 1024: the base is aligned up to 1024 bytes at run time (wgmma tiles).
   static constexpr int kBytes = kBufferOff + kBufferBytes + 1024;
+};
+
+template <class Scorer>
+struct UsesTma {
+  static constexpr bool value = false;
+};
+template <int G>
+struct UsesTma<WgmmaTokenScorer<G, true>> {
+  static constexpr bool value = true;
 };
 
 template <class Scorer>
@@ -1099,11 +1151,14 @@ __device__ __forceinline__ bool LastOfGroup(const SelectBuffers& b,
   return last;
 }
 
+// `keys`: the arena's tensor map, read only by bulk-copy scorers.
 template <class Scorer, int G>
 __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
-    TileKernel(SelectBuffers b, const WorkItem* items) {
+    TileKernel(SelectBuffers b, const WorkItem* items,
+               const __grid_constant__ CUtensorMap keys) {
   using Layout = TileLayout<Scorer, G>;
   constexpr bool kBlocks = Scorer::kBlocks;
+  constexpr bool kTma = UsesTma<Scorer>::value;
   constexpr int kCap = Layout::kCap;
   constexpr int kStages = Scorer::kStages;
   // Slot-score groups: one key per slot in the candidate buffer, the union
@@ -1150,6 +1205,16 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
 
   Scorer scorer;
   scorer.Init(b, ic, smem + Layout::kPersistOff);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + Layout::kBarOff);
+  if constexpr (kTma) {
+    scorer.full = full;
+    scorer.map = &keys;
+    if (threadIdx.x == 0) {
+      for (int s = 0; s < Scorer::kStages; ++s) MbarInit(full + s, 1);
+      MbarFenceInit();
+    }
+    __syncthreads();  // initialized before any thread waits on them
+  }
 
   int count[G];
   uint64_t tau[G];
@@ -1174,6 +1239,9 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
   static_assert(kStages >= 1 && kStages <= kMaxStages, "stages");
   const int64_t my_slot = ic.slot_begin + (threadIdx.x >> 1);
   auto slot_of = [&](int64_t tile) { return my_slot + tile * kTileSlots; };
+  // Bulk copies need one page lookup per tile: thread 0's (the tile's first
+  // slot).
+  const bool need_page = !kTma || threadIdx.x == 0;
   SlotRef ref{};
   UnionEntry entry{};
 #pragma unroll
@@ -1182,7 +1250,7 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
       uint8_t* stage = stages + s * Scorer::kStageBytes;
       if constexpr (Scorer::kSlotAhead) {
         const SlotRef r = ResolveSlot<G, kBlocks>(
-            b, ic, slot_of(s), LoadUnionEntry(ic, slot_of(s)));
+            b, ic, slot_of(s), LoadUnionEntry(ic, slot_of(s)), need_page);
         scorer.Issue(b, ic, stage, ts, s, r);
       } else {
         scorer.Issue(b, ic, stage, ts, s, ic.slot_begin + s * kTileSlots);
@@ -1192,7 +1260,8 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
   }
   if constexpr (Scorer::kSlotAhead) {
     ref = ResolveSlot<G, kBlocks>(b, ic, slot_of(kStages - 1),
-                                  LoadUnionEntry(ic, slot_of(kStages - 1)));
+                                  LoadUnionEntry(ic, slot_of(kStages - 1)),
+                                  need_page);
     entry = LoadUnionEntry(ic, slot_of(kStages));
   }
   // Stage of tile `it` and of tile it + kStages - 1 (the one copied now).
@@ -1208,14 +1277,19 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
         if (next < num_tiles) {
           scorer.Issue(b, ic, stages + ns * Scorer::kStageBytes, ts, ns, ref);
         }
-        ref = ResolveSlot<G, kBlocks>(b, ic, slot_of(next + 1), entry);
+        ref = ResolveSlot<G, kBlocks>(b, ic, slot_of(next + 1), entry,
+                                      need_page);
         entry = LoadUnionEntry(ic, slot_of(next + 2));
       } else if (next < num_tiles) {
         scorer.Issue(b, ic, stages + ns * Scorer::kStageBytes, ts, ns,
                      ic.slot_begin + next * kTileSlots);
       }
-      CpAsyncCommit();
-      CpAsyncWait<kStages - 1>();
+      if constexpr (kTma) {
+        MbarWait(full + st, static_cast<uint32_t>(it / kStages) & 1u);
+      } else {
+        CpAsyncCommit();
+        CpAsyncWait<kStages - 1>();
+      }
     }
     scorer.AfterWait();
     __syncthreads();  // tile `it` and its slot map are visible

@@ -30,7 +30,8 @@ int64_t TokenCtasPerSm(LaunchSpec::Scorer scorer) {
   switch (scorer) {
     case LaunchSpec::kWgmmaTma: return kTmaTokenCtasPerSm;
     case LaunchSpec::kWgmmaTmaSmem: return kTmaSmemTokenCtasPerSm;
-    case LaunchSpec::kWgmma: return kWgmmaTokenCtasPerSm;
+    case LaunchSpec::kWgmma:
+    case LaunchSpec::kWgmmaTopkTma: return kWgmmaTokenCtasPerSm;
     default: return 1;
   }
 }
@@ -600,14 +601,14 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     gd.slot_score_offset = -1;
     gd.slot_score_stride = 0;
     bool smem_scores = false;
+    // Tiles of aligned 128-key runs inside one page: bulk tensor copies.
+    const bool tma =
+        options.use_tma && token_scorer == LaunchSpec::kWgmma &&
+        cfg.key_format == KeyFormat::kFp8E4M3 &&
+        (!gb.hisa || cfg.block_size % kTileSlots == 0) &&
+        s.layers[gd.layer].geo.tokens_per_page % kTileSlots == 0;
     if (options.slot_scores && gb.hisa && G == 1 &&
         token_scorer != LaunchSpec::kGeneric && slots <= kSlotSelectCap) {
-      // Tiles of aligned 128-key runs inside one page: bulk tensor copies.
-      const bool tma =
-          options.use_tma && token_scorer == LaunchSpec::kWgmma &&
-          cfg.key_format == KeyFormat::kFp8E4M3 &&
-          cfg.block_size % kTileSlots == 0 &&
-          s.layers[gd.layer].geo.tokens_per_page % kTileSlots == 0;
       const int64_t stride = AlignUp(slots, 4);
       if ((slot_scores_total + G * stride) * 4 <=
           options.slot_score_budget_bytes) {
@@ -619,6 +620,9 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
         token_scorer = LaunchSpec::kWgmmaTmaSmem;
         smem_scores = true;
       }
+    }
+    if (tma && token_scorer == LaunchSpec::kWgmma) {
+      token_scorer = LaunchSpec::kWgmmaTopkTma;
     }
     const int64_t tiles = CeilDiv(slots, kTileSlots);
     // Split lists of a running top-k are merged (kFinalizeCap bounds it);
@@ -834,8 +838,11 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
                  s.scorer == LaunchSpec::kWgmmaTmaSmem) {
         if (key_map == nullptr) return cudaErrorInvalidValue;
         h = TokenKernelTma(s.scorer == LaunchSpec::kWgmmaTmaSmem);
-      } else if (s.scorer == LaunchSpec::kWgmma) {
-        h = TokenKernelWgmma(s.rows);
+      } else if (s.scorer == LaunchSpec::kWgmma ||
+                 s.scorer == LaunchSpec::kWgmmaTopkTma) {
+        const bool tma = s.scorer == LaunchSpec::kWgmmaTopkTma;
+        if (tma && key_map == nullptr) return cudaErrorInvalidValue;
+        h = TokenKernelWgmma(s.rows, tma);
       } else if (s.scorer == LaunchSpec::kMmaSync) {
         h = TokenKernelFp8(s.mt, s.ks, s.rows);
       } else {

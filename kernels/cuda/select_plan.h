@@ -95,14 +95,17 @@ struct PlanOptions {
 
 struct LaunchSpec {
   enum Stage : int { kBlockScores = 1, kTokens = 2 };
-  // kWgmmaTma: bulk tensor copies, slot scores in device scratch;
-  // kWgmmaTmaSmem: the same with the scores in shared memory (unsplit rows).
+  // kWgmmaTma: slot-score rows with bulk tensor copies, scores in device
+  // scratch; kWgmmaTmaSmem: the same with the scores in shared memory
+  // (unsplit rows); kWgmmaTopkTma: the running top-k wgmma kernel with bulk
+  // tensor copies.
   enum Scorer : int {
     kWgmma = 0,
     kMmaSync = 1,
     kGeneric = 2,
     kWgmmaTma = 3,
-    kWgmmaTmaSmem = 4
+    kWgmmaTmaSmem = 4,
+    kWgmmaTopkTma = 5
   };
   Stage stage = kTokens;
   Scorer scorer = kGeneric;

@@ -259,7 +259,11 @@ TEST(SelectPlanTest, SlotScoreGroupsFollowTheCapAndTheBudget) {
 // whose tiles are aligned 128-key runs in one page (B % 128 == 0 with FP8
 // D = 128 pages of 512 tokens), and only when the options allow it.
 TEST(SelectPlanTest, TmaTokenKernelTakesAlignedSlotScoreGroupsOnly) {
-  auto tma_groups = [](int block_size, bool use_tma) {
+  // Positions of the rows on the running top-k wgmma kernel with bulk
+  // copies (kWgmmaTopkTma), filled by tma_groups.
+  std::map<int64_t, int> topk_tma;
+  auto tma_groups = [&topk_tma](int block_size, bool use_tma) {
+    topk_tma.clear();
     const RequestConfig config{1, 128, block_size, KeyFormat::kFp8E4M3,
                                BlockPooling::kMean};
     CudaRequestStore store(nullptr, config);
@@ -279,6 +283,13 @@ TEST(SelectPlanTest, TmaTokenKernelTakesAlignedSlotScoreGroupsOnly) {
     const auto work = Read<WorkItem>(*plan, plan->items_off, items);
     std::map<int64_t, int> tma_items;  // row position -> TMA work items
     for (const LaunchSpec& s : plan->launches) {
+      if (s.scorer == LaunchSpec::kWgmmaTopkTma) {
+        for (int64_t i = s.first_item; i < s.first_item + s.num_items; ++i) {
+          const GroupDesc& g = groups[work[i].group];
+          EXPECT_EQ(work[i].slot_begin % kTileSlots, 0);
+          ++topk_tma[rows[g.rows[0]].position];
+        }
+      }
       if (s.scorer != LaunchSpec::kWgmmaTma) continue;
       EXPECT_EQ(s.stage, LaunchSpec::kTokens);
       EXPECT_EQ(s.rows, 1);
@@ -295,7 +306,13 @@ TEST(SelectPlanTest, TmaTokenKernelTakesAlignedSlotScoreGroupsOnly) {
   EXPECT_EQ(on.size(), 2u);  // not the over-cap HISA row, not DENSE
   EXPECT_GT(on.count(5000), 0u);
   EXPECT_GT(on.count(9000), 0u);
+  // The over-cap HISA row and the DENSE row keep a running top-k, with
+  // bulk copies.
+  EXPECT_EQ(topk_tma.size(), 2u);
+  EXPECT_GT(topk_tma.count(30000), 0u);
+  EXPECT_GT(topk_tma.count(40000), 0u);
   EXPECT_TRUE(tma_groups(128, false).empty());
+  EXPECT_TRUE(topk_tma.empty());
   // Without slot-score scratch the same rows run the shared-memory form,
   // one work item each.
   {
@@ -321,6 +338,8 @@ TEST(SelectPlanTest, TmaTokenKernelTakesAlignedSlotScoreGroupsOnly) {
     EXPECT_EQ(token_launches, 1);
   }
   EXPECT_TRUE(tma_groups(64, true).empty());  // tiles would span 2 blocks
+  EXPECT_EQ(topk_tma.size(), 1u);  // only DENSE: slots are positions
+  EXPECT_GT(topk_tma.count(40000), 0u);
   EXPECT_EQ(tma_groups(256, true).size(), 2u);
 }
 
