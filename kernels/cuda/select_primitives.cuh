@@ -289,21 +289,6 @@ __device__ __forceinline__ void FindThresholdBin(int need, RadixShared& rs) {
   }
 }
 
-// Histogram step of a radix pass, called by all 32 lanes of a warp: adds 1
-// to hist[bin] for every lane with `active`. Lanes with the same bin share
-// one atomic (the score keys of a row crowd into a few bins of the top
-// digit, and same-address shared atomics serialize).
-__device__ __forceinline__ void HistAdd(uint32_t* hist, uint32_t bin,
-                                        bool active) {
-  const int lane = threadIdx.x & 31;
-  // Inactive lanes match no one (values 256 + lane are unique, not bins).
-  const uint32_t peers = __match_any_sync(
-      0xFFFFFFFFu, active ? bin : 256u + static_cast<uint32_t>(lane));
-  if (active && __ffs(peers) - 1 == lane) {
-    atomicAdd(&hist[bin], static_cast<uint32_t>(__popc(peers)));
-  }
-}
-
 // Entries kept by a selection: composite c is kept iff (c >> shift) >= prefix.
 struct Threshold {
   uint64_t prefix = 0;
@@ -323,13 +308,11 @@ __device__ Threshold RadixSelect(int n, int need, Get get, RadixShared& rs) {
     shift -= 8;
     for (int i = tid; i < 256; i += kSelectThreads) rs.hist[i] = 0;
     __syncthreads();
-    // Warp-uniform trip count: HistAdd needs every lane.
-    for (int base = 0; base < n; base += kSelectThreads) {
-      const int i = base + tid;
-      const uint64_t c = i < n ? get(i) : 0;
-      const bool in =
-          i < n && (pass == 0 || (c >> (shift + 8)) == prefix);
-      HistAdd(rs.hist, static_cast<uint32_t>(c >> shift) & 255u, in);
+    for (int i = tid; i < n; i += kSelectThreads) {
+      const uint64_t c = get(i);
+      if (pass == 0 || (c >> (shift + 8)) == prefix) {
+        atomicAdd(&rs.hist[static_cast<uint32_t>(c >> shift) & 255u], 1u);
+      }
     }
     __syncthreads();
     FindThresholdBin(need, rs);
@@ -428,12 +411,11 @@ __device__ KeyThreshold RadixSelectKey(int n, int need, Get get,
     th.shift -= 8;
     for (int i = tid; i < 256; i += kSelectThreads) rs.hist[i] = 0;
     __syncthreads();
-    for (int base = 0; base < n; base += kSelectThreads) {
-      const int i = base + tid;
-      const uint32_t key = i < n ? get(i) : 0u;
-      const bool in =
-          i < n && (pass == 0 || (key >> (th.shift + 8)) == th.prefix);
-      HistAdd(rs.hist, (key >> th.shift) & 255u, in);
+    for (int i = tid; i < n; i += kSelectThreads) {
+      const uint32_t key = get(i);
+      if (pass == 0 || (key >> (th.shift + 8)) == th.prefix) {
+        atomicAdd(&rs.hist[(key >> th.shift) & 255u], 1u);
+      }
     }
     __syncthreads();
     FindThresholdBin(need, rs);
