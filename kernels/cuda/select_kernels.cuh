@@ -1081,7 +1081,6 @@ __device__ __forceinline__ void SelectFromSlotScores(const SelectBuffers& b,
     // 4 slots per thread per step (n and the row base are multiples of 4),
     // two steps' loads in flight.
     int valid = 0;
-    uint32_t lo = 0xFFFFFFFFu, hi = 0;  // range of the candidates' keys
 #pragma unroll 2
     for (int base = 4 * threadIdx.x; base < n; base += 4 * kSelectThreads) {
       // In place: each thread reads the 4 entries it then overwrites.
@@ -1095,11 +1094,8 @@ __device__ __forceinline__ void SelectFromSlotScores(const SelectBuffers& b,
         const int i = base + j;
         const bool cand = ((masks[i >> log2b] >> g) & 1) != 0 &&
                           position(i) <= ic.t[g];
-        const uint32_t key = cand ? max(OrderedKey(f[j]), 1u) : 0u;
-        keys[i] = key;
+        keys[i] = cand ? max(OrderedKey(f[j]), 1u) : 0u;
         valid += cand ? 1 : 0;
-        lo = cand ? min(lo, key) : lo;
-        hi = max(hi, key);
       }
     }
     // Candidates of the row, summed over the CTA.
@@ -1118,12 +1114,7 @@ __device__ __forceinline__ void SelectFromSlotScores(const SelectBuffers& b,
     // the lower slot is the lower position (SPEC 4.3 ties).
     auto key_of = [&](int i) { return keys[i]; };
     KeyThreshold th;  // keeps every candidate (key > 0)
-    if (total > k) {
-      uint64_t lo64 = lo, hi64 = hi;
-      RangeOverCta(&lo64, &hi64, rs);
-      th = RadixSelectKey(n, k, key_of, static_cast<uint32_t>(lo64),
-                          static_cast<uint32_t>(hi64), rs);
-    }
+    if (total > k) th = RadixSelectKey(n, k, key_of, rs);
     const RowDesc& row = b.rows[grp.rows[g]];
     int32_t* out_pos = b.out_pos + row.out_offset;
     float* out_scores = b.out_scores + row.out_offset;

@@ -255,40 +255,7 @@ struct RadixShared {
   int32_t ticket;
   int32_t warp_total[kSelectThreads / 32];
   int32_t tie_total[kSelectThreads / 32];
-  uint64_t warp_lo[kSelectThreads / 32];
-  uint64_t warp_hi[kSelectThreads / 32];
 };
-
-// CTA-wide min of lo and max of hi (every thread gets both).
-__device__ __forceinline__ void RangeOverCta(uint64_t* lo, uint64_t* hi,
-                                             RadixShared& rs) {
-  const int warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    *lo = min(*lo, __shfl_xor_sync(0xFFFFFFFFu, *lo, off));
-    *hi = max(*hi, __shfl_xor_sync(0xFFFFFFFFu, *hi, off));
-  }
-  if ((threadIdx.x & 31) == 0) {
-    rs.warp_lo[warp] = *lo;
-    rs.warp_hi[warp] = *hi;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int w = 0; w < kSelectThreads / 32; ++w) {
-    *lo = min(*lo, rs.warp_lo[w]);
-    *hi = max(*hi, rs.warp_hi[w]);
-  }
-  __syncthreads();
-}
-
-// Bits [0, top) in which the values of [lo, hi] differ (0 when lo == hi).
-// The radix selects below start their digits just under the bits all
-// candidates share: scores of one row crowd into a few exponents, so a
-// first digit at the top of the word would put nearly every entry into one
-// or two bins (serialized shared atomics) and resolve nothing.
-__device__ __forceinline__ int VaryingBits(uint64_t lo, uint64_t hi) {
-  return lo == hi ? 0 : 64 - __clzll(lo ^ hi);
-}
 
 // One radix pass's decision, by warp 0 over the 256-bin histogram: the bin
 // (rs.digit) that holds the need-th largest entry, how many entries of that
@@ -329,34 +296,22 @@ struct Threshold {
 };
 
 // The threshold keeping exactly `need` of the `n` (> need >= 1) distinct
-// composites get(0..n-1). MSB-first radix select with digits of up to 8
-// bits, starting under the bits every composite shares (VaryingBits), that
-// stops as soon as the remaining entries of the current bucket are all
-// kept.
+// composites get(0..n-1). MSB-first radix select with 8-bit digits that stops
+// as soon as the remaining entries of the current bucket are all kept.
 template <class Get>
 __device__ Threshold RadixSelect(int n, int need, Get get, RadixShared& rs) {
   const int tid = threadIdx.x;
-  uint64_t lo = ~uint64_t{0}, hi = 0;
-  for (int i = tid; i < n; i += kSelectThreads) {
-    const uint64_t c = get(i);
-    lo = min(lo, c);
-    hi = max(hi, c);
-  }
-  RangeOverCta(&lo, &hi, rs);
-  int top = VaryingBits(lo, hi);  // bits [0, top) still open
-  uint64_t prefix = top >= 64 ? 0 : hi >> top;
+  uint64_t prefix = 0;
+  int shift = 64;
 #pragma unroll 1
-  while (top > 0) {
-    const int width = min(8, top);
-    const int shift = top - width;
-    const uint64_t digit_mask = (uint64_t{1} << width) - 1;
+  for (int pass = 0; pass < 8; ++pass) {
+    shift -= 8;
     for (int i = tid; i < 256; i += kSelectThreads) rs.hist[i] = 0;
     __syncthreads();
     for (int i = tid; i < n; i += kSelectThreads) {
       const uint64_t c = get(i);
-      if (top >= 64 || (c >> top) == prefix) {
-        atomicAdd(&rs.hist[static_cast<uint32_t>((c >> shift) & digit_mask)],
-                  1u);
+      if (pass == 0 || (c >> (shift + 8)) == prefix) {
+        atomicAdd(&rs.hist[static_cast<uint32_t>(c >> shift) & 255u], 1u);
       }
     }
     __syncthreads();
@@ -365,14 +320,13 @@ __device__ Threshold RadixSelect(int n, int need, Get get, RadixShared& rs) {
     const int digit = rs.digit;
     const int bucket = rs.bucket;
     need = rs.need;
-    prefix = (prefix << width) | static_cast<uint64_t>(digit);
-    top = shift;
+    prefix = (prefix << 8) | static_cast<uint64_t>(digit);
     __syncthreads();
     if (bucket == need) break;
   }
   Threshold th;
   th.prefix = prefix;
-  th.shift = top;
+  th.shift = shift;
   return th;
 }
 
@@ -442,43 +396,36 @@ struct KeyThreshold {
   int32_t ties = 0;  // default: keeps every key > 0
 };
 
-// The threshold keeping exactly `need` of the n keys get(0..n-1), where
-// every key that may be kept lies in [lo, hi] and at least `need` keys do
-// (keys outside never count): MSB-first radix select with digits of up to
-// 8 bits, starting under the bits all of [lo, hi] share (VaryingBits),
-// stopping early when the threshold bucket is kept whole.
+// The threshold keeping exactly `need` (1 <= need <= n) of the n keys
+// get(0..n-1): MSB-first radix select, 8-bit digits, stopping early when the
+// threshold bucket is kept whole.
 template <class Get>
-__device__ KeyThreshold RadixSelectKey(int n, int need, Get get, uint32_t lo,
-                                       uint32_t hi, RadixShared& rs) {
+__device__ KeyThreshold RadixSelectKey(int n, int need, Get get,
+                                       RadixShared& rs) {
   const int tid = threadIdx.x;
-  int top = VaryingBits(lo, hi);  // bits [0, top) still open, top <= 32
-  uint32_t prefix = top >= 32 ? 0u : hi >> top;
+  KeyThreshold th;
+  th.prefix = 0;
+  th.shift = 32;
 #pragma unroll 1
-  while (top > 0) {
-    const int width = min(8, top);
-    const int shift = top - width;
-    const uint32_t digit_mask = (1u << width) - 1u;
+  for (int pass = 0; pass < 4; ++pass) {
+    th.shift -= 8;
     for (int i = tid; i < 256; i += kSelectThreads) rs.hist[i] = 0;
     __syncthreads();
     for (int i = tid; i < n; i += kSelectThreads) {
       const uint32_t key = get(i);
-      if (top >= 32 || (key >> top) == prefix) {
-        atomicAdd(&rs.hist[(key >> shift) & digit_mask], 1u);
+      if (pass == 0 || (key >> (th.shift + 8)) == th.prefix) {
+        atomicAdd(&rs.hist[(key >> th.shift) & 255u], 1u);
       }
     }
     __syncthreads();
     FindThresholdBin(need, rs);
     __syncthreads();
-    prefix = (prefix << width) | static_cast<uint32_t>(rs.digit);
+    th.prefix = (th.prefix << 8) | static_cast<uint32_t>(rs.digit);
     need = rs.need;
     const int bucket = rs.bucket;
-    top = shift;
     __syncthreads();
     if (bucket == need) break;
   }
-  KeyThreshold th;
-  th.prefix = prefix;
-  th.shift = top;
   th.ties = need;
   return th;
 }
