@@ -343,6 +343,43 @@ TEST(SelectPlanTest, TmaTokenKernelTakesAlignedSlotScoreGroupsOnly) {
   EXPECT_EQ(tma_groups(256, true).size(), 2u);
 }
 
+// Work-item splits follow the wave model: a decode batch of few rows splits
+// each row into as many items as fill one wave of resident CTAs (3 per SM
+// for the TMA kernel) without a second wave; a batch of many more rows than
+// resident CTAs does not split.
+TEST(SelectPlanTest, SplitsFillOneWaveForFewRowsAndNoneForMany) {
+  const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
+                             BlockPooling::kMean};
+  CudaRequestStore store(nullptr, config);
+  auto token_items = [&](int rows) {
+    Batch b;
+    std::vector<int64_t> positions;
+    for (int i = 0; i < rows; ++i) positions.push_back(60000 + i);
+    AddRows(b, &store, &config, positions, SelectMode::kHisa, 2048, 64);
+    PlanOptions options;
+    options.num_sms = 132;
+    options.use_tma = true;
+    options.pair_hisa_blocks = false;
+    absl::StatusOr<SelectPlan> plan = BuildSelectPlan(b.tasks, options);
+    EXPECT_TRUE(plan.ok()) << plan.status();
+    int64_t items = 0;
+    for (const LaunchSpec& s : plan->launches) {
+      if (s.stage != LaunchSpec::kTokens) continue;
+      EXPECT_EQ(s.scorer, LaunchSpec::kWgmmaTma);
+      items += s.num_items;
+    }
+    return items;
+  };
+  // 64 rows of 64 tiles: 6 items each (384 <= 3 x 132 resident CTAs).
+  const int64_t decode = token_items(64);
+  EXPECT_GT(decode, 2 * 132);
+  EXPECT_LE(decode, 3 * 132);
+  EXPECT_EQ(decode % 64, 0);
+  // 1024 rows (the prefill shape): waves of whole rows beat more waves of
+  // split rows (3 x (64 + 2) against 6 x (32 + 2) tile times).
+  EXPECT_EQ(token_items(1024), 1024);
+}
+
 // The request path plans straight into pinned staging (BuildSelectPlanInto);
 // it must produce exactly BuildSelectPlan's image and layout, whatever the
 // destination held before, and write nothing when the image does not fit.
