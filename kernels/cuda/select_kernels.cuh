@@ -18,12 +18,21 @@
 //                                over several CTAs the last one merges their
 //                                lists.
 //
+//   TmaTokenKernel               (tma_token_kernel.cuh) the token stage of
+//                                slot-score rows whose tiles are aligned
+//                                128-key runs in one page, with bulk tensor
+//                                copies and no CTA barrier in its loop.
+//
 // So a batch is one launch (DENSE) or two (HISA) per kernel variant present.
+// The token launch may start before the block launch ends (programmatic
+// dependent launch): token kernels read block-stage outputs only after
+// GridDependencyWait.
 //
 // Tile loop. A work item walks its slots 128 at a time. A slot is a candidate
 // position (DENSE: slot == position; HISA: block union[slot / B], offset
-// slot % B; block kernel: slot == block). Keys (or block means) of tile i+1
-// are copied with cp.async while tile i is scored. The scorer writes one
+// slot % B; block kernel: slot == block). Keys (or block means) of the next
+// tiles are copied (cp.async per thread, or one bulk tensor copy per tile
+// for kTma scorers) while tile i is scored. The scorer writes one
 // score per (row, slot) to `staging`; for a running top-k the consumer
 // appends the entries that can still make the top-k (composite >= tau) to
 // the row's candidate buffer in slot order, and compacts the buffer to

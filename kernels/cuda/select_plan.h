@@ -15,11 +15,14 @@
 // BuildSelectPlan groups the rows (neighbouring rows of one (request, layer,
 // mode, k, m, query shape) in pairs, the rest alone), decides each group's
 // path (FP8 tensor cores when keys and queries are FP8 and D is 64 or 128,
+// with bulk tensor copies where tiles are aligned 128-key runs of one page,
 // else the generic fp32 path), packs queries and weights, lays out every
 // descriptor, page table and scratch buffer in one device region of
 // plan.device_bytes bytes whose first plan.image_bytes bytes
 // (== plan.image.size()) are the upload image, and splits work items across
-// the GPU's SMs. Pure host code; the stores must not change until the launch
+// the GPU's SMs (per group, the split count that a wave model of the
+// kernel's resident CTAs favours). Pure host code; the stores must not
+// change until the launch
 // completes (the engine's reader lock guarantees it).
 //
 // BuildSelectPlanInto makes the same plan (the same image bytes) but writes
