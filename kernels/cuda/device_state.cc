@@ -32,7 +32,8 @@ bool EncodeKeyTensorMap(uint8_t* pages, int64_t num_pages, CUtensorMap* map) {
   }
   const cuuint64_t rows =
       static_cast<cuuint64_t>(num_pages) * (kPageBytes / 128);
-  if (rows > 0xFFFFFFFFull) return false;
+  // Box coordinates are signed 32-bit (kernels pass row indices as int32).
+  if (rows > 0x7FFFFFFFull) return false;
   const cuuint64_t dims[2] = {128, rows};
   const cuuint64_t strides[1] = {128};  // bytes between rows
   const cuuint32_t box[2] = {128, static_cast<cuuint32_t>(kTileSlots)};
