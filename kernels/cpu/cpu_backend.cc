@@ -105,15 +105,27 @@ struct Segment {
 };
 
 // Per-thread scratch reused across calls: a decoded key tile, a decoded
-// query, and a buffer of packed candidates.
+// query, a buffer of packed candidates, and (on the thread that calls
+// Select) the packed queries of a batch.
 struct ThreadScratch {
   AlignedBuffer<float> tile;
   std::vector<float> query;
   std::vector<uint64_t> keys;
+  AlignedBuffer<float> packed;
 
   float* Tile() {
     if (tile.empty()) tile.Allocate(int64_t{cpu::kScoreTileKeys} * kMaxHeadDim);
     return tile.data();
+  }
+  // At least `floats` floats, grown (never shrunk, not zeroed: PackQuery
+  // writes every float) so that steady-state batches allocate nothing and
+  // touch no fresh pages. Null when the allocation fails.
+  float* Packed(int64_t floats) {
+    if (packed.size_bytes() < floats * static_cast<int64_t>(sizeof(float)) &&
+        !packed.Allocate(floats, /*zero=*/false)) {
+      return nullptr;
+    }
+    return packed.data();
   }
 };
 
@@ -236,8 +248,8 @@ void CpuBackend::PrepareRow(RowPlan& row) const {
       std::memcpy(query.data(), q.q.data(), values * sizeof(float));
       break;
   }
-  cpu::PackQuery(query.data(), q.weights.data(), row.num_heads, row.head_dim,
-                 row.packed);
+  cpu::PackQuery(isa_, query.data(), q.weights.data(), row.num_heads,
+                 row.head_dim, row.packed);
 }
 
 void CpuBackend::ScoreBlocks(const RowPlan& row, int64_t begin,
@@ -413,9 +425,9 @@ void CpuBackend::Select(absl::Span<const SelectTask> tasks,
         cpu::RoundUp(cpu::PackedQueryFloats(row.num_heads, row.head_dim), 16);
     if (row.block_stage) total_blocks += row.num_blocks;
   }
-  AlignedBuffer<float> packed;
+  float* const packed = Scratch().Packed(packed_floats);
   std::vector<float> block_scores(total_blocks);
-  if (!packed.Allocate(packed_floats)) {
+  if (packed == nullptr) {
     for (const SelectTask& task : tasks) {
       task.result->status = absl::ResourceExhaustedError(
           "CPU backend: out of host memory for query scratch");
@@ -426,7 +438,7 @@ void CpuBackend::Select(absl::Span<const SelectTask> tasks,
     int64_t q_off = 0;
     int64_t b_off = 0;
     for (RowPlan& row : rows) {
-      row.packed = packed.data() + q_off;
+      row.packed = packed + q_off;
       q_off +=
           cpu::RoundUp(cpu::PackedQueryFloats(row.num_heads, row.head_dim), 16);
       if (row.block_stage) {

@@ -262,23 +262,96 @@ HISA_TARGET_AVX512 void ScoreKeysAvx512(const float* packed, int num_heads,
 
 }  // namespace
 
-void PackQuery(const float* q, const float* weights, int num_heads,
+namespace {
+
+#if HISA_CPU_HAVE_X86
+// dst[i * dst_stride + j] = src[j * src_stride + i] for i, j in [0, 8).
+HISA_TARGET_AVX2 inline void Transpose8x8(const float* src,
+                                          int64_t src_stride, float* dst,
+                                          int64_t dst_stride) {
+  __m256 r[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * src_stride);
+  __m256 t[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  __m256 u[8];
+  for (int i = 0; i < 2; ++i) {
+    const __m256* x = t + 4 * i;
+    u[4 * i + 0] = _mm256_shuffle_ps(x[0], x[2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * i + 1] = _mm256_shuffle_ps(x[0], x[2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[4 * i + 2] = _mm256_shuffle_ps(x[1], x[3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * i + 3] = _mm256_shuffle_ps(x[1], x[3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * dst_stride,
+                     _mm256_permute2f128_ps(u[i], u[4 + i], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * dst_stride,
+                     _mm256_permute2f128_ps(u[i], u[4 + i], 0x31));
+  }
+}
+
+// The packed layout of one head group, 8 x 8 blocks at a time (8 real heads
+// by 8 dimensions); the ragged edges (padded heads, head_dim % 8) go
+// element by element.
+HISA_TARGET_AVX2 void PackGroupAvx2(const float* q, int head_dim, int real,
+                                    int width, float* at) {
+  const int full_heads = real / 8 * 8;
+  const int full_dims = head_dim / 8 * 8;
+  for (int l = 0; l < full_heads; l += 8) {
+    for (int d = 0; d < full_dims; d += 8) {
+      Transpose8x8(q + int64_t{l} * head_dim + d, head_dim,
+                   at + int64_t{d} * width + l, width);
+    }
+  }
+  for (int d = 0; d < head_dim; ++d) {
+    float* row = at + int64_t{d} * width;
+    const int first = d < full_dims ? full_heads : 0;
+    for (int l = first; l < real; ++l) row[l] = q[int64_t{l} * head_dim + d];
+    for (int l = real; l < width; ++l) row[l] = 0.f;
+  }
+}
+#endif  // HISA_CPU_HAVE_X86
+
+// The same, one element at a time.
+void PackGroupScalar(const float* q, int head_dim, int real, int width,
+                     float* at) {
+  // Written in order (d outer, head lane inner): the stores stream, the
+  // strided reads stay in the cache.
+  for (int d = 0; d < head_dim; ++d) {
+    const float* src = q + d;
+    for (int l = 0; l < real; ++l) at[l] = src[int64_t{l} * head_dim];
+    for (int l = real; l < width; ++l) at[l] = 0.f;
+    at += width;
+  }
+}
+
+}  // namespace
+
+void PackQuery(CpuIsa isa, const float* q, const float* weights, int num_heads,
                int head_dim, float* packed) {
   const int hpad = PaddedHeads(num_heads);
   const int num_vectors = hpad / 8;
-  // Written in order (d outer, head lane inner): the stores stream, the
-  // strided reads stay in the cache. Padded heads get q = 0 and w = 0.
+  // Per group of head vectors: for each d, the group's `width` head lanes.
+  // Padded heads get q = 0 and w = 0.
   float* at = packed;
   for (int v0 = 0; v0 < num_vectors; v0 += kGroupVectors) {
     const int width = 8 * GroupWidth(num_vectors, v0);
     const int h0 = 8 * v0;
     const int real = std::min(width, num_heads - h0);
-    for (int d = 0; d < head_dim; ++d) {
-      const float* src = q + int64_t{h0} * head_dim + d;
-      for (int l = 0; l < real; ++l) at[l] = src[int64_t{l} * head_dim];
-      for (int l = real; l < width; ++l) at[l] = 0.f;
-      at += width;
+    const float* group_q = q + int64_t{h0} * head_dim;
+#if HISA_CPU_HAVE_X86
+    if (HasAvx2(isa)) {
+      PackGroupAvx2(group_q, head_dim, real, width, at);
+    } else {
+      PackGroupScalar(group_q, head_dim, real, width, at);
     }
+#else
+    (void)isa;
+    PackGroupScalar(group_q, head_dim, real, width, at);
+#endif
+    at += int64_t{head_dim} * width;
   }
   std::memcpy(at, weights, sizeof(float) * num_heads);
   std::fill(at + num_heads, at + hpad, 0.f);

@@ -5,7 +5,7 @@
 //
 //   AlignedBuffer<float> packed;
 //   packed.Allocate(PackedQueryFloats(H, D));
-//   PackQuery(q, w, H, D, packed.data());            // q[H][D] fp32, w[H]
+//   PackQuery(isa, q, w, H, D, packed.data());       // q[H][D] fp32, w[H]
 //   ScoreKeys(isa, packed.data(), H, D, keys, /*stride=*/D, n, scores);
 //
 // Packed query layout (both ISAs): heads are padded to Hpad = 8 * ceil(H/8)
@@ -57,8 +57,10 @@ inline constexpr int64_t PackedQueryFloats(int num_heads, int head_dim) {
 
 // Packs q[num_heads][head_dim] (fp32, head-major) and weights[num_heads]
 // into `packed` (PackedQueryFloats floats, 32-byte aligned; every float is
-// written). head_dim >= 1; num_heads in [1, 128].
-void PackQuery(const float* q, const float* weights, int num_heads,
+// written). head_dim >= 1; num_heads in [1, 128]. The AVX2 and AVX-512
+// ISAs transpose 8 x 8 blocks in registers; every ISA writes the same
+// bytes.
+void PackQuery(CpuIsa isa, const float* q, const float* weights, int num_heads,
                int head_dim, float* packed);
 
 // out[j] = sum_h w_h * ReLU(q_h . keys[j * stride .. j * stride + head_dim))

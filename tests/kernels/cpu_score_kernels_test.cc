@@ -46,7 +46,8 @@ Problem RandomProblem(std::mt19937_64& rng, int heads, int dim, int64_t n) {
   p.keys.resize(n * p.stride);
   for (float& v : p.keys) v = normal(rng);
   EXPECT_TRUE(p.packed.Allocate(PackedQueryFloats(heads, dim)));
-  PackQuery(p.q.data(), p.w.data(), heads, dim, p.packed.data());
+  PackQuery(CpuIsa::kScalar, p.q.data(), p.w.data(), heads, dim,
+            p.packed.data());
   return p;
 }
 
@@ -140,6 +141,34 @@ TEST(CpuScoreKernelsTest, ResolveCpuIsaNeverUpgrades) {
   EXPECT_EQ(ResolveCpuIsa(CpuIsa::kAvx512), best);
 }
 
+// Every ISA's packing (8 x 8 register transposes on AVX2 / AVX-512) writes
+// exactly the scalar packing's floats, ragged head counts and head_dims
+// included, and writes every float of the buffer.
+TEST(CpuScoreKernelsTest, PackQueryIsTheSameOnEveryIsa) {
+  SCOPED_TRACE(ref::SeedNote());
+  std::mt19937_64 rng(ref::TestSeed() + 205);
+  std::normal_distribution<float> normal;
+  for (int heads : {1, 3, 8, 13, 32, 40, 64, 65, 100, 128}) {
+    for (int dim : {1, 7, 8, 16, 60, 64, 100, 128}) {
+      std::vector<float> q(int64_t{heads} * dim), w(heads);
+      for (float& v : q) v = normal(rng);
+      for (float& v : w) v = normal(rng);
+      const int64_t floats = PackedQueryFloats(heads, dim);
+      AlignedBuffer<float> want, got;
+      ASSERT_TRUE(want.Allocate(floats));
+      ASSERT_TRUE(got.Allocate(floats));
+      PackQuery(CpuIsa::kScalar, q.data(), w.data(), heads, dim, want.data());
+      for (CpuIsa isa : Isas()) {
+        std::fill(got.data(), got.data() + floats, std::nanf(""));
+        PackQuery(isa, q.data(), w.data(), heads, dim, got.data());
+        EXPECT_EQ(std::memcmp(want.data(), got.data(), floats * sizeof(float)),
+                  0)
+            << CpuIsaName(isa) << " H=" << heads << " D=" << dim;
+      }
+    }
+  }
+}
+
 TEST(CpuScoreKernelsTest, PaddedHeadsContributeNothing) {
   // H = 3 padded to 8: a large w on a padded slot would show if the kernel
   // read it. Packing must zero it; check the packed buffer directly.
@@ -150,7 +179,7 @@ TEST(CpuScoreKernelsTest, PaddedHeadsContributeNothing) {
   for (int64_t i = 0; i < PackedQueryFloats(heads, dim); ++i) {
     packed.data()[i] = 999.0f;
   }
-  PackQuery(q.data(), w.data(), heads, dim, packed.data());
+  PackQuery(CpuIsa::kScalar, q.data(), w.data(), heads, dim, packed.data());
   const int hpad = PaddedHeads(heads);
   ASSERT_EQ(hpad, 8);
   for (int d = 0; d < dim; ++d) {
@@ -181,7 +210,7 @@ TEST(CpuScoreKernelsTest, ReluAndNegativeWeights) {
   }
   AlignedBuffer<float> packed;
   ASSERT_TRUE(packed.Allocate(PackedQueryFloats(heads, dim)));
-  PackQuery(q.data(), w.data(), heads, dim, packed.data());
+  PackQuery(CpuIsa::kScalar, q.data(), w.data(), heads, dim, packed.data());
   std::vector<float> key(dim, 1.0f);
   for (CpuIsa isa : Isas()) {
     float out = 0;
