@@ -12,7 +12,10 @@
 // issues with their address arithmetic, the per-thread slot map, the
 // staging round trip through shared memory and all three CTA barriers.
 //
-//   before the loop  one thread per tile resolves the tile's key row in
+//   before the loop  the barriers, the query operand and the weights
+//                    (while the block stage may still run: programmatic
+//                    dependent launch); then, after GridDependencyWait,
+//                    one thread per tile resolves the tile's key row in
 //                    the tensor map and its scales' address (union entry,
 //                    page table) into shared memory; thread 0 fills the
 //                    kTmaStages stages.
