@@ -461,8 +461,13 @@ void CpuBackend::Select(absl::Span<const SelectTask> tasks,
   });
   const Clock::time_point t2 = Clock::now();
 
-  // 3. Block choice -> candidate token ranges.
-  pool_.ParallelFor(num_rows, [&](int64_t i) { ChooseBlocks(rows[i]); });
+  // 3. Block choice -> candidate token ranges. Without block-stage rows it
+  // is one range per row: no hand-off to the pool for that.
+  if (total_blocks == 0) {
+    for (RowPlan& row : rows) ChooseBlocks(row);
+  } else {
+    pool_.ParallelFor(num_rows, [&](int64_t i) { ChooseBlocks(rows[i]); });
+  }
   const Clock::time_point t3 = Clock::now();
 
   // 4. Token scoring in segments, each keeping its own top-k.
