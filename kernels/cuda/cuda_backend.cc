@@ -165,8 +165,12 @@ void CudaBackend::RunBatch(absl::Span<const SelectTask> tasks, void* context,
   if (err != cudaSuccess) return fail(cuda::CudaError(err, "select upload"));
   // Stage events only when the caller wants stage times.
   cudaEvent_t* events = times != nullptr ? ctx->events : nullptr;
-  err = cuda::LaunchSelectPlan(plan, ctx->device, device_->arena(),
-                               device_->key_tensor_map(), stream, events);
+  // No map when bulk copies are off (HISA_CUDA_TMA=0): the GPU suite's
+  // variant run then also covers launches without one.
+  err = cuda::LaunchSelectPlan(
+      plan, ctx->device, device_->arena(),
+      plan_options_->use_tma ? device_->key_tensor_map() : nullptr, stream,
+      events);
   if (err != cudaSuccess) return fail(cuda::CudaError(err, "select launch"));
   // The download overwrites the staging the upload read: stream order puts
   // it after the upload and the kernels.

@@ -824,6 +824,8 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
     err = cudaEventRecord(events[0], stream);
     if (err != cudaSuccess) return err;
   }
+  CUtensorMap map_arg{};
+  if (key_map != nullptr) map_arg = *key_map;
   bool launched = false;  // a kernel of this plan is already in the stream
   for (int stage = LaunchSpec::kBlockScores; stage <= LaunchSpec::kTokens;
        ++stage) {
@@ -850,7 +852,9 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
       }
       if (h.fn == nullptr) return cudaErrorInvalidValue;
       const WorkItem* first = items + s.first_item;
-      void* args[] = {&b, &first, const_cast<CUtensorMap*>(key_map)};
+      // Every kernel takes the tensor map by value; without one (no bulk
+      // copies in this plan) a zeroed map stands in, never read.
+      void* args[] = {&b, &first, &map_arg};
       cudaLaunchConfig_t config = {};
       config.gridDim = dim3(static_cast<unsigned>(s.num_items));
       config.blockDim = dim3(kSelectThreads);
