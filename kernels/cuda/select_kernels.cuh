@@ -208,6 +208,35 @@ __device__ __forceinline__ SlotRef ResolveSlot(const SelectBuffers& b,
   return r;
 }
 
+// The bulk copies of an aligned 128-token FP8 D = 128 tile (token kernels
+// with kTma scorers, and TmaTokenKernel), `r` being the tile's first slot:
+// its first key row in the arena's tensor map (row i at arena + 128 i) and
+// its scales' byte offset in the arena. When no row has r as a candidate,
+// no slot of the tile is one (an aligned run past every t): page 0 stands
+// in, and nothing reads those scores.
+struct TileCopy {
+  int64_t scale;
+  int32_t row;
+};
+__device__ __forceinline__ TileCopy TileCopyOf(const LayerView& lv,
+                                               const SlotRef& r) {
+  if (r.rows == 0) return TileCopy{0, 0};
+  const int64_t page = r.page;
+  return TileCopy{page * kPageBytes + lv.geo.ScalesOffset() + r.in_page * 4,
+                  static_cast<int32_t>(page * (kPageBytes / 128) + r.in_page)};
+}
+// Issued by one thread: the tile's keys (128 rows x 128 B, landing in the
+// 128-byte swizzle of the wgmma operands) to `keys` and its 512 bytes of
+// scales to `scales`, both completing on `bar`.
+__device__ __forceinline__ void IssueTileCopy(const CUtensorMap* map,
+                                              const uint8_t* arena,
+                                              const TileCopy& c, void* keys,
+                                              void* scales, uint64_t* bar) {
+  MbarArriveExpectTx(bar, kTileSlots * 128 + kTileSlots * 4);
+  TmaLoad2d(keys, map, 0, c.row, bar);
+  BulkLoad(scales, arena + c.scale, kTileSlots * 4, bar);
+}
+
 // Where an FP8 token slot's key row (row_bytes) and scale live; both point
 // at the arena base (valid, never read: the copies zero-fill) when the slot
 // is no candidate.
@@ -755,21 +784,9 @@ struct WgmmaTokenScorer {
         ts.pos[st][i] = r.pos;
         ts.rows[st][i] = static_cast<uint8_t>(r.rows);
       }
-      if (tid == 0) {
-        // r is the tile's first slot. When no row has it as a candidate,
-        // no slot of the tile is one (aligned run past every t): page 0
-        // stands in, and nothing reads the scores.
-        int32_t row = 0;
-        int64_t scale = 0;
-        if (r.rows != 0) {
-          row = static_cast<int32_t>(
-              static_cast<int64_t>(r.page) * (kPageBytes / 128) + r.in_page);
-          scale = static_cast<int64_t>(r.page) * kPageBytes +
-                  ic.layer->geo.ScalesOffset() + r.in_page * 4;
-        }
-        MbarArriveExpectTx(full + st, kKeyBytes + kTileSlots * 4);
-        TmaLoad2d(stage, map, 0, row, full + st);
-        BulkLoad(stage + kKeyBytes, b.arena + scale, kTileSlots * 4, full + st);
+      if (tid == 0) {  // r is the tile's first slot
+        IssueTileCopy(map, b.arena, TileCopyOf(*ic.layer, r), stage,
+                      stage + kKeyBytes, full + st);
       }
     } else {
       const KeySource src = TokenKeySource(b, ic, r, 128);

@@ -55,14 +55,13 @@ template <bool kSmemScores>
 struct TmaTokenLayout {
   static constexpr int kKeyBytes = kTileSlots * 128;  // one tile, swizzled
   static constexpr int kScaleBytes = kTileSlots * 4;
-  static constexpr int kTxBytes = kKeyBytes + kScaleBytes;
   static constexpr int kKeysOff = 0;  // 1024-byte aligned stages
   static constexpr int kQOff = kKeysOff + kTmaStages * kKeyBytes;
   static constexpr int kScalesOff = kQOff + 64 * 128;
   static constexpr int kWeightsOff = kScalesOff + kTmaStages * kScaleBytes;
-  static constexpr int kTileScaleOff = kWeightsOff + 64 * 4;  // int64 each
-  static constexpr int kTileRowOff = kTileScaleOff + kTmaMaxTiles * 8;
-  static constexpr int kBarOff = kTileRowOff + kTmaMaxTiles * 4;
+  static constexpr int kTilesOff = kWeightsOff + 64 * 4;  // TileCopy each
+  static constexpr int kBarOff =
+      kTilesOff + kTmaMaxTiles * static_cast<int>(sizeof(TileCopy));
   static constexpr int kRadixOff = kBarOff + 2 * kTmaStages * 8;
   static constexpr int kScoresOff =
       (kRadixOff + static_cast<int>(sizeof(RadixShared)) + 15) / 16 * 16;
@@ -93,8 +92,7 @@ __global__ void __launch_bounds__(kSelectThreads,
   float* scale_stages = reinterpret_cast<float*>(smem + L::kScalesOff);
   uint8_t* qs = smem + L::kQOff;
   float* weights = reinterpret_cast<float*>(smem + L::kWeightsOff);
-  int64_t* tile_scale = reinterpret_cast<int64_t*>(smem + L::kTileScaleOff);
-  int32_t* tile_row = reinterpret_cast<int32_t*>(smem + L::kTileRowOff);
+  TileCopy* tiles = reinterpret_cast<TileCopy*>(smem + L::kTilesOff);
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
   uint64_t* empty = full + kTmaStages;
   RadixShared& rs = *reinterpret_cast<RadixShared*>(smem + L::kRadixOff);
@@ -118,35 +116,23 @@ __global__ void __launch_bounds__(kSelectThreads,
 
   GridDependencyWait();  // the unions are written
   const ItemContext<1> ic = MakeItemContext<1, false>(b, item, grp);
-  const LayerView& lv = *ic.layer;
   const int64_t span = ic.slot_end - ic.slot_begin;
   const int num_tiles =
       span > 0 ? static_cast<int>((span + kTileSlots - 1) / kTileSlots) : 0;
   // Tile j: slots slot_begin + 128 j ... (slot_begin is a multiple of 128
   // and B of 128, so the tile is one aligned run inside one block).
-  const int64_t in_block = (int64_t{1} << ic.log2b) - 1;
-  constexpr int64_t kRowsPerPage = kPageBytes / 128;
   for (int j = threadIdx.x; j < num_tiles; j += kSelectThreads) {
     const int64_t slot = ic.slot_begin + int64_t{j} * kTileSlots;
-    const int64_t pos =
-        (static_cast<int64_t>(ic.unions[2 * (slot >> ic.log2b)])
-         << ic.log2b) +
-        (slot & in_block);
-    const uint32_t page_rel =
-        DivFast(static_cast<uint32_t>(pos), ic.per_page_magic);
-    const uint32_t in_page = static_cast<uint32_t>(pos) - page_rel * ic.per_page;
-    const int64_t page = __ldg(b.tables + ic.table + page_rel);
-    tile_row[j] = static_cast<int32_t>(page * kRowsPerPage + in_page);
-    tile_scale[j] = page * kPageBytes + lv.geo.ScalesOffset() + in_page * 4;
+    tiles[j] = TileCopyOf(
+        *ic.layer,
+        ResolveSlot<1, false>(b, ic, slot, LoadUnionEntry(ic, slot)));
   }
   __syncthreads();  // barriers, tile map, queries and weights are ready
 
   auto issue = [&](int j) {  // thread 0 only
     const int s = j % kTmaStages;
-    MbarArriveExpectTx(full + s, L::kTxBytes);
-    TmaLoad2d(key_stages + s * L::kKeyBytes, &keys, 0, tile_row[j], full + s);
-    BulkLoad(scale_stages + s * kTileSlots, b.arena + tile_scale[j],
-             L::kScaleBytes, full + s);
+    IssueTileCopy(&keys, b.arena, tiles[j], key_stages + s * L::kKeyBytes,
+                  scale_stages + s * kTileSlots, full + s);
   };
   if (threadIdx.x == 0) {
     for (int j = 0; j < num_tiles && j < kTmaStages; ++j) issue(j);
