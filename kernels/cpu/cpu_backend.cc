@@ -48,6 +48,10 @@ constexpr int64_t kMinBlockUnit = 64;
 constexpr int64_t kMaxBlockUnit = 4096;
 // Largest head_dim (types.h): sizes the per-thread decode tile.
 constexpr int kMaxHeadDim = 256;
+// Packed queries a thread keeps between calls (about 250 rows of H = 64,
+// D = 128); a bigger batch's buffer is released when its call ends, so
+// host memory outside the byte budget stays bounded.
+constexpr int64_t kRetainedPackedBytes = int64_t{8} << 20;
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
@@ -117,15 +121,19 @@ struct ThreadScratch {
     if (tile.empty()) tile.Allocate(int64_t{cpu::kScoreTileKeys} * kMaxHeadDim);
     return tile.data();
   }
-  // At least `floats` floats, grown (never shrunk, not zeroed: PackQuery
-  // writes every float) so that steady-state batches allocate nothing and
-  // touch no fresh pages. Null when the allocation fails.
+  // At least `floats` floats, grown and not zeroed (PackQuery writes every
+  // float), so that steady-state batches allocate nothing and touch no
+  // fresh pages. Null when the allocation fails.
   float* Packed(int64_t floats) {
     if (packed.size_bytes() < floats * static_cast<int64_t>(sizeof(float)) &&
         !packed.Allocate(floats, /*zero=*/false)) {
       return nullptr;
     }
     return packed.data();
+  }
+  // Called when a Select ends: drops a buffer past kRetainedPackedBytes.
+  void TrimPacked() {
+    if (packed.size_bytes() > kRetainedPackedBytes) packed.Allocate(0);
   }
 };
 
@@ -493,6 +501,7 @@ void CpuBackend::Select(absl::Span<const SelectTask> tasks,
     WriteRow(rows[i], segments.data(), slots.get());
   });
   const Clock::time_point t5 = Clock::now();
+  Scratch().TrimPacked();
 
   if (times != nullptr) {
     const double stage4 = Seconds(t3, t4);
