@@ -452,16 +452,26 @@ struct Bf16BlockScorer {
     sub = warp % kWarpsPerRow;
     const int qh = ic.group->q_heads;
     head_groups = MT == 4 ? qh / 64 : 1;
-    // Copy every row's bf16 query into shared memory (16-byte vectors).
-    constexpr int kVecPerHead = kD * 2 / 16;
+    // Every row's query into shared memory as bf16, converted here from the
+    // fp8 copy (exact: e4m3 values are bf16 values), 16 values per step.
+    constexpr int kChunksPerHead = kD / 16;
     for (int gg = 0; gg < ic.num_rows; ++gg) {
-      const uint8_t* src = b.q + b.rows[ic.group->rows[gg]].q_offset +
-                           static_cast<int64_t>(qh) * kD;  // after the fp8 copy
+      const uint8_t* src = b.q + b.rows[ic.group->rows[gg]].q_offset;
       uint8_t* dst = persist + gg * kMaxQHeads * kStride;
-      for (int v = threadIdx.x; v < qh * kVecPerHead; v += kSelectThreads) {
-        const int h = v / kVecPerHead, part = v % kVecPerHead;
-        *reinterpret_cast<uint4*>(dst + h * kStride + part * 16) =
-            __ldg(reinterpret_cast<const uint4*>(src + h * kD * 2 + part * 16));
+      for (int v = threadIdx.x; v < qh * kChunksPerHead; v += kSelectThreads) {
+        const int h = v / kChunksPerHead, part = v % kChunksPerHead;
+        const uint4 raw =
+            __ldg(reinterpret_cast<const uint4*>(src + h * kD + part * 16));
+        const uint8_t* in = reinterpret_cast<const uint8_t*>(&raw);
+        uint32_t out[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          out[i] = Fp8ToBf16Bits(in[2 * i]) |
+                   (Fp8ToBf16Bits(in[2 * i + 1]) << 16);
+        }
+        uint4* d = reinterpret_cast<uint4*>(dst + h * kStride + part * 32);
+        d[0] = make_uint4(out[0], out[1], out[2], out[3]);
+        d[1] = make_uint4(out[4], out[5], out[6], out[7]);
       }
     }
     qs = persist + g * kMaxQHeads * kStride;
@@ -1174,6 +1184,7 @@ __device__ __forceinline__ bool LastOfGroup(const SelectBuffers& b,
   __syncthreads();
   const bool last = rs.ticket == expected - 1;
   if (last) __threadfence();
+  Trace(b.trace, kTraceTicket);
   return last;
 }
 
@@ -1210,10 +1221,12 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
   // The block stage lets the token stage launch at once (its CTAs take
   // SMs as block CTAs leave); the token stage reads block-stage outputs
   // (union counts, unions) only after the block stage has completed.
+  Trace(b.trace, kTraceStart);
   if constexpr (kBlocks) {
     AllowDependentLaunch();
   } else {
     GridDependencyWait();
+    Trace(b.trace, kTraceWaited);
   }
   const WorkItem item = items[blockIdx.x];
   const GroupDesc& grp = b.groups[item.group];
@@ -1290,6 +1303,7 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
                                   need_page);
     entry = LoadUnionEntry(ic, slot_of(kStages));
   }
+  Trace(b.trace, kTraceReady);
   // Stage of tile `it` and of tile it + kStages - 1 (the one copied now).
   int st = 0;
   int ns = kStages - 1;
@@ -1399,6 +1413,7 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
     }
   }
 
+  Trace(b.trace, kTraceLoopEnd);
   // The last CTA of a group (atomic ticket; counters reset for the next
   // launch) runs the group's next step: block choice after block scoring,
   // the merge of split lists after token top-k.
@@ -1411,6 +1426,7 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
       ChooseBlocksForGroup<G>(b, grp, reinterpret_cast<float*>(stages),
                               kStages * Scorer::kStageBytes / 4, rs);
       if (threadIdx.x == 0) b.counters[2 * item.group] = 0;
+      Trace(b.trace, kTraceTailEnd);
     }
     // A second block launch of the plan may have started early: it ends
     // only after the first has completed, so that the token stage, which
@@ -1422,6 +1438,7 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
       SelectFromSlotScores<G>(b, grp, ic, buf_keys,
                               reinterpret_cast<int32_t*>(stages), rs);
       if (threadIdx.x == 0) b.counters[2 * item.group + 1] = 0;
+      Trace(b.trace, kTraceTailEnd);
     }
   } else {
 #pragma unroll
@@ -1450,6 +1467,7 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
       __syncthreads();  // this CTA's own buffers are free again
       FinalizeGroup<G, kCap>(b, grp, buf_keys, buf_pos, rs);
       if (threadIdx.x == 0) b.counters[2 * item.group + 1] = 0;
+      Trace(b.trace, kTraceTailEnd);
     }
   }
 }

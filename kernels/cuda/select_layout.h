@@ -147,8 +147,8 @@ struct RowDesc {
 
 // Rows of one (request, layer, mode, k, m, query shape) scored together.
 // Fast path q layout at q_offset: fp8 [q_heads][D] (sign-flipped where the
-// head scale is negative), then for HISA bf16 [q_heads][D] of the same
-// values; weights w'_h = w_h * |scale_h| (0 for padding heads). Generic path:
+// head scale is negative; the block scorer converts it to bf16 itself);
+// weights w'_h = w_h * |scale_h| (0 for padding heads). Generic path:
 // fp32 [heads][D] dequantized values, weights w_h.
 struct GroupDesc {
   int32_t layer = 0;
@@ -211,7 +211,27 @@ struct SelectBuffers {
   int32_t* counters = nullptr;
   int32_t* out_pos = nullptr;
   float* out_scores = nullptr;
+  // Optional timeline (null unless a benchmark asks): kTraceSlots entries
+  // per CTA of this launch, see TracePoint.
+  uint64_t* trace = nullptr;
 };
+
+// Timeline points of a selection kernel's CTA, as %globaltimer nanoseconds
+// written by its thread 0 (0 = not reached); slot kTraceSm holds the SM id.
+// Traced launches: the first kTraceMaxLaunches of a plan, kTraceMaxCtas
+// CTAs each.
+enum TracePoint : int {
+  kTraceStart = 0,     // kernel entry
+  kTraceWaited = 1,    // previous kernel complete (GridDependencyWait)
+  kTraceReady = 2,     // prologue done, first tile requested
+  kTraceLoopEnd = 3,   // last tile scored
+  kTraceTicket = 4,    // group ticket taken (the last CTA runs the tail)
+  kTraceTailEnd = 5,   // block choice / final select / merge done
+  kTraceSm = 7,
+};
+inline constexpr int kTraceSlots = 8;
+inline constexpr int kTraceMaxCtas = 4096;
+inline constexpr int kTraceMaxLaunches = 4;
 
 }  // namespace hisa::cuda
 

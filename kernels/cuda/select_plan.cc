@@ -2,10 +2,6 @@
 
 #include <cuda_runtime.h>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -68,7 +64,7 @@ struct RowShape {
   int64_t w_count = 0;
 };
 
-RowShape ShapeOf(const RequestConfig& cfg, const QueryRow& row, bool hisa) {
+RowShape ShapeOf(const RequestConfig& cfg, const QueryRow& row) {
   RowShape s;
   const int D = cfg.head_dim;
   const int H = row.num_heads;
@@ -77,8 +73,8 @@ RowShape ShapeOf(const RequestConfig& cfg, const QueryRow& row, bool hisa) {
   if (s.fast) {
     s.mt = H <= 16 ? 1 : (H <= 32 ? 2 : 4);
     s.q_heads = s.mt < 4 ? s.mt * 16 : (H + 63) / 64 * 64;
-    // fp8 copy, plus a bf16 copy for the block scorer.
-    s.q_bytes = int64_t{s.q_heads} * D * (hisa ? 3 : 1);
+    // fp8 only: the block scorer converts it to bf16 on the device.
+    s.q_bytes = int64_t{s.q_heads} * D;
     s.w_count = s.q_heads;
   } else {
     s.q_heads = H;
@@ -93,106 +89,13 @@ int64_t ChosenBlocks(int64_t c, int m) {
   return c + 1 <= m ? c + 1 : std::max(m, 2);
 }
 
-// bf16 bits of every e4m3 byte (exact: e4m3 values are bf16 values).
-const uint16_t* Fp8ToBf16Table() {
-  static const auto* table = [] {
-    auto* t = new uint16_t[256];
-    for (int b = 0; b < 256; ++b) {
-      t[b] = Fp8IsNan(static_cast<uint8_t>(b))
-                 ? 0
-                 : FloatToBf16(Fp8E4M3ToFloat(static_cast<uint8_t>(b)));
-    }
-    return t;
-  }();
-  return table;
-}
-
-// dst[i] = bf16 bits of e4m3 src[i], NaN -> 0 (the table above), n values.
-void Fp8ToBf16Scalar(const uint8_t* src, uint16_t* dst, int64_t n) {
-  const uint16_t* to_bf16 = Fp8ToBf16Table();
-  for (int64_t i = 0; i < n; ++i) dst[i] = to_bf16[src[i]];
-}
-
-#if defined(__x86_64__)
-// The same, 16 values per step with byte shuffles (SSSE3). Normal e4m3
-// (exponent E >= 1): bf16 = sign | (E + 120) << 7 | M << 4, i.e. low byte =
-// low nibble << 4 and high byte = sign | ((E >> 1) + 0x3C); subnormals (E =
-// 0: M * 2^-9) and zeros come from an 8-entry table on M; NaN -> 0.
-__attribute__((target("ssse3"))) void Fp8ToBf16Ssse3(const uint8_t* src,
-                                                     uint16_t* dst,
-                                                     int64_t n) {
-  const __m128i lo_normal = _mm_setr_epi8(
-      0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, char(0x80), char(0x90),
-      char(0xA0), char(0xB0), char(0xC0), char(0xD0), char(0xE0), char(0xF0));
-  const __m128i hi_normal = _mm_setr_epi8(
-      0x3C, 0x3D, 0x3E, 0x3F, 0x40, 0x41, 0x42, 0x43, char(0xBC), char(0xBD),
-      char(0xBE), char(0xBF), char(0xC0), char(0xC1), char(0xC2), char(0xC3));
-  const __m128i lo_sub = _mm_setr_epi8(0, 0, char(0x80), char(0xC0), 0, 0x20,
-                                       0x40, 0x60, 0, 0, 0, 0, 0, 0, 0, 0);
-  const __m128i hi_sub = _mm_setr_epi8(0, 0x3B, 0x3B, 0x3B, 0x3C, 0x3C, 0x3C,
-                                       0x3C, 0, 0, 0, 0, 0, 0, 0, 0);
-  const __m128i nibble = _mm_set1_epi8(0x0F);
-  const __m128i exp_bits = _mm_set1_epi8(0x78);
-  const __m128i sign_bit = _mm_set1_epi8(char(0x80));
-  const __m128i magnitude = _mm_set1_epi8(0x7F);
-  const __m128i zero = _mm_setzero_si128();
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m128i x =
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
-    const __m128i lo_idx = _mm_and_si128(x, nibble);
-    const __m128i hi_idx = _mm_and_si128(_mm_srli_epi16(x, 4), nibble);
-    const __m128i sub = _mm_cmpeq_epi8(_mm_and_si128(x, exp_bits), zero);
-    const __m128i nan = _mm_cmpeq_epi8(_mm_and_si128(x, magnitude), magnitude);
-    __m128i lo = _mm_or_si128(
-        _mm_and_si128(sub, _mm_shuffle_epi8(lo_sub, lo_idx)),
-        _mm_andnot_si128(sub, _mm_shuffle_epi8(lo_normal, lo_idx)));
-    __m128i hi = _mm_or_si128(
-        _mm_and_si128(sub, _mm_or_si128(_mm_shuffle_epi8(hi_sub, lo_idx),
-                                        _mm_and_si128(x, sign_bit))),
-        _mm_andnot_si128(sub, _mm_shuffle_epi8(hi_normal, hi_idx)));
-    lo = _mm_andnot_si128(nan, lo);
-    hi = _mm_andnot_si128(nan, hi);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
-                     _mm_unpacklo_epi8(lo, hi));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i + 8),
-                     _mm_unpackhi_epi8(lo, hi));
-  }
-  Fp8ToBf16Scalar(src + i, dst + i, n - i);
-}
-
-// SSSE3 when the CPU has it and it agrees with the table on all 256 bytes
-// (checked once), else the table.
-void Fp8ToBf16(const uint8_t* src, uint16_t* dst, int64_t n) {
-  static const bool use_simd = [] {
-    if (!__builtin_cpu_supports("ssse3")) return false;
-    uint8_t all[256];
-    uint16_t simd[256], table[256];
-    for (int b = 0; b < 256; ++b) all[b] = static_cast<uint8_t>(b);
-    Fp8ToBf16Ssse3(all, simd, 256);
-    Fp8ToBf16Scalar(all, table, 256);
-    return std::memcmp(simd, table, sizeof(simd)) == 0;
-  }();
-  if (use_simd) {
-    Fp8ToBf16Ssse3(src, dst, n);
-  } else {
-    Fp8ToBf16Scalar(src, dst, n);
-  }
-}
-#else
-void Fp8ToBf16(const uint8_t* src, uint16_t* dst, int64_t n) {
-  Fp8ToBf16Scalar(src, dst, n);
-}
-#endif
-
-void PackQuery(const SelectTask& task, const RowShape& s, bool hisa,
-               uint8_t* q, float* w) {
+void PackQuery(const SelectTask& task, const RowShape& s, uint8_t* q,
+               float* w) {
   const QueryRow& row = *task.row;
   const int D = task.config->head_dim;
   const int H = row.num_heads;
   if (s.fast) {
     uint8_t* q8 = q;
-    uint16_t* qb = reinterpret_cast<uint16_t*>(q + int64_t{s.q_heads} * D);
     std::memcpy(q8, row.q.data(), int64_t{H} * D);
     std::memset(q8 + int64_t{H} * D, 0, int64_t{s.q_heads - H} * D);
     for (int h = 0; h < s.q_heads; ++h) {
@@ -207,9 +110,6 @@ void PackQuery(const SelectTask& task, const RowShape& s, bool hisa,
         for (int d = 0; d < D; ++d) q8[int64_t{h} * D + d] ^= 0x80;
       }
       w[h] = row.weights[h] * std::fabs(scale);
-    }
-    if (hisa) {
-      Fp8ToBf16(q8, qb, int64_t{s.q_heads} * D);
     }
   } else {
     float* qf = reinterpret_cast<float*>(q);
@@ -404,7 +304,7 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
           if (c + 1 > t.row->m) gb.hisa = true;
         }
       }
-      gb.shape = ShapeOf(*t0.config, *t0.row, gb.hisa);
+      gb.shape = ShapeOf(*t0.config, *t0.row);
       s.groups.push_back(gb);
     }
   }
@@ -740,7 +640,7 @@ void WriteImage(absl::Span<const SelectTask> tasks, const PlanScratch& s,
     const RowDesc& r = s.rows[i];
     const GroupBuild& gb = s.groups[s.row_group[i]];
     std::memset(q + q_end, 0, r.q_offset - q_end);  // alignment gap
-    PackQuery(tasks[s.row_task[i]], gb.shape, gb.hisa, q + r.q_offset,
+    PackQuery(tasks[s.row_task[i]], gb.shape, q + r.q_offset,
               w + r.w_offset);
     q_end = r.q_offset + gb.shape.q_bytes;
   }
@@ -756,7 +656,7 @@ void WriteImage(absl::Span<const SelectTask> tasks, const PlanScratch& s,
 int64_t EstimateTaskBytes(const SelectTask& task) {
   const QueryRow& row = *task.row;
   const RequestConfig& cfg = *task.config;
-  const RowShape s = ShapeOf(cfg, row, task.mode == SelectMode::kHisa);
+  const RowShape s = ShapeOf(cfg, row);
   const int64_t c = row.position / cfg.block_size;
   const PageGeometry geo =
       MakeGeometry(cfg.head_dim, static_cast<int>(cfg.key_format),
@@ -798,7 +698,8 @@ absl::Status BuildSelectPlanInto(absl::Span<const SelectTask> tasks,
 
 cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
                              const uint8_t* arena, const CUtensorMap* key_map,
-                             cudaStream_t stream, cudaEvent_t* events) {
+                             cudaStream_t stream, cudaEvent_t* events,
+                             uint64_t* trace) {
   SelectBuffers b;
   b.arena = arena;
   b.layers = reinterpret_cast<const LayerView*>(base + plan.layers_off);
@@ -827,6 +728,7 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
   CUtensorMap map_arg{};
   if (key_map != nullptr) map_arg = *key_map;
   bool launched = false;  // a kernel of this plan is already in the stream
+  int traced = 0;         // launches given a trace region
   for (int stage = LaunchSpec::kBlockScores; stage <= LaunchSpec::kTokens;
        ++stage) {
     for (const LaunchSpec& s : plan.launches) {
@@ -854,6 +756,9 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
       const WorkItem* first = items + s.first_item;
       // Every kernel takes the tensor map by value; without one (no bulk
       // copies in this plan) a zeroed map stands in, never read.
+      b.trace = trace != nullptr && traced < kTraceMaxLaunches
+                    ? trace + int64_t{traced++} * kTraceMaxCtas * kTraceSlots
+                    : nullptr;
       void* args[] = {&b, &first, &map_arg};
       cudaLaunchConfig_t config = {};
       config.gridDim = dim3(static_cast<unsigned>(s.num_items));

@@ -155,10 +155,14 @@ absl::Status BuildSelectPlanInto(absl::Span<const SelectTask> tasks,
                                  int64_t capacity, SelectPlan* plan);
 
 // `key_map` is the arena's tensor map (DeviceState::key_tensor_map); it may
-// be null only when the plan has no kWgmmaTma launch.
+// be null only when the plan has no kWgmmaTma launch. `trace` (device
+// memory, zeroed, kTraceMaxLaunches * kTraceMaxCtas * kTraceSlots entries;
+// null in serving) receives the kernels' timelines (select_layout.h
+// TracePoint), launch i at i * kTraceMaxCtas * kTraceSlots.
 cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* device_base,
                              const uint8_t* arena, const CUtensorMap* key_map,
-                             cudaStream_t stream, cudaEvent_t* events);
+                             cudaStream_t stream, cudaEvent_t* events,
+                             uint64_t* trace = nullptr);
 
 }  // namespace hisa::cuda
 

@@ -160,6 +160,22 @@ __device__ __forceinline__ void GridDependencyWait() {
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
 }
 
+// ---- Timeline (SelectBuffers::trace; a null pointer costs one branch).
+__device__ __forceinline__ void Trace(uint64_t* trace, TracePoint point) {
+  if (trace == nullptr || threadIdx.x != 0 || blockIdx.x >= kTraceMaxCtas) {
+    return;
+  }
+  uint64_t now;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+  uint64_t* cta = trace + static_cast<int64_t>(blockIdx.x) * kTraceSlots;
+  cta[point] = now;
+  if (point == kTraceStart) {
+    uint32_t sm;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+    cta[kTraceSm] = sm;
+  }
+}
+
 // ---- Transaction barriers and the bulk copy engine (sm_90). A CTA is its
 // own cluster here, so the .shared::cluster forms address this CTA's shared
 // memory.
@@ -223,6 +239,11 @@ __device__ __forceinline__ float Fp8ToFloat(uint8_t byte) {
   __nv_fp8_e4m3 v;
   v.__x = byte;
   return static_cast<float>(v);
+}
+// bf16 bits of an e4m3 byte (exact: e4m3 values are bf16 values); NaN -> 0.
+__device__ __forceinline__ uint32_t Fp8ToBf16Bits(uint8_t byte) {
+  const float f = Fp8ToFloat(byte);
+  return f != f ? 0u : __float_as_uint(f) >> 16;
 }
 __device__ __forceinline__ float Bf16BitsToFloat(uint16_t bits) {
   return __uint_as_float(static_cast<uint32_t>(bits) << 16);

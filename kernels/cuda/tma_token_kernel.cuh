@@ -99,6 +99,7 @@ __global__ void __launch_bounds__(kSelectThreads,
 
   // Before the block stage completes (programmatic dependent launch): the
   // barriers, the query operand and the weights, from the uploaded plan.
+  Trace(b.trace, kTraceStart);
   const WorkItem item = items[blockIdx.x];
   const GroupDesc& grp = b.groups[item.group];
   if (threadIdx.x == 0) {
@@ -115,6 +116,7 @@ __global__ void __launch_bounds__(kSelectThreads,
   FenceProxyAsync();
 
   GridDependencyWait();  // the unions are written
+  Trace(b.trace, kTraceWaited);
   const ItemContext<1> ic = MakeItemContext<1, false>(b, item, grp);
   const int64_t span = ic.slot_end - ic.slot_begin;
   const int num_tiles =
@@ -137,6 +139,7 @@ __global__ void __launch_bounds__(kSelectThreads,
   if (threadIdx.x == 0) {
     for (int j = 0; j < num_tiles && j < kTmaStages; ++j) issue(j);
   }
+  Trace(b.trace, kTraceReady);
 
   const int lane = threadIdx.x & 31;
   const int warp = (threadIdx.x >> 5) & 3;
@@ -189,6 +192,7 @@ __global__ void __launch_bounds__(kSelectThreads,
     }
   }
 
+  Trace(b.trace, kTraceLoopEnd);
   if (LastOfGroup(b, item, 1, grp.num_splits, rs)) {
     // Every tile was waited for: the stage area is free for the select.
     SelectFromSlotScores<1>(
@@ -196,6 +200,7 @@ __global__ void __launch_bounds__(kSelectThreads,
         reinterpret_cast<int32_t*>(smem + L::kSelectUnionsOff), rs,
         kSmemScores);
     if (threadIdx.x == 0) b.counters[2 * item.group + 1] = 0;
+    Trace(b.trace, kTraceTailEnd);
   }
 }
 
