@@ -6,6 +6,7 @@
 //
 //   hisa_gpu_bench --lengths=8192,65536 --json=/tmp/bench.json [--reps=7]
 //                  [--shapes=prefill1024,causal,decode64,decode256]
+//                  [--trace]   (per-CTA kernel timelines of HISA batches)
 //
 // Method. Keys are appended through the backend (real pages, real
 // summaries). Each measured batch is planned once (select_plan.h), uploaded
@@ -49,6 +50,7 @@
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/device_state.h"
+#include "kernels/cuda/select_layout.h"
 #include "kernels/cuda/select_plan.h"
 #include "kernels/formats.h"
 #include "kernels/types.h"
@@ -73,6 +75,9 @@ struct Args {
   std::string json = "gpu_bench.json";
   int reps = 7;
   bool causal = true;
+  // Print the kernels' per-CTA timeline (select_layout.h TracePoint) of one
+  // extra launch of each HISA decode and prefill1024 batch.
+  bool trace = false;
   // Shapes to run (prefill1024, causal, decode64, decode256); empty = all.
   std::vector<std::string> shapes;
   bool Runs(absl::string_view shape) const {
@@ -103,6 +108,8 @@ Args ParseArgs(int argc, char** argv) {
       a.shapes = absl::StrSplit(v, ',', absl::SkipEmpty());
     } else if (arg == "--no-causal") {
       a.causal = false;
+    } else if (arg == "--trace") {
+      a.trace = true;
     } else {
       std::fprintf(stderr, "unknown argument %s\n", arg.c_str());
       std::exit(1);
@@ -215,11 +222,64 @@ void SmemScores(cuda::PlanOptions& o) { o.slot_score_budget_bytes = 0; }
 // A/B variant: per-thread cp.async copies instead of bulk tensor copies.
 void NoTma(cuda::PlanOptions& o) { o.use_tma = false; }
 
+// The timeline of one traced launch sequence: per kernel, for each trace
+// point, min / median / max over its CTAs in microseconds from the first
+// CTA's start; then the tail (ticket -> tail end) of the CTAs that ran one.
+void PrintTrace(const char* label, const std::vector<uint64_t>& trace) {
+  uint64_t t0 = UINT64_MAX;
+  for (size_t i = 0; i < trace.size(); i += cuda::kTraceSlots) {
+    if (trace[i + cuda::kTraceStart] != 0) {
+      t0 = std::min(t0, trace[i + cuda::kTraceStart]);
+    }
+  }
+  if (t0 == UINT64_MAX) return;
+  static const char* kNames[] = {"start", "waited", "ready", "loop_end",
+                                 "ticket", "tail_end"};
+  std::printf("trace %s (us from the first CTA's start)\n", label);
+  const size_t per_launch = size_t{cuda::kTraceMaxCtas} * cuda::kTraceSlots;
+  for (int l = 0; l < cuda::kTraceMaxLaunches; ++l) {
+    const uint64_t* t = trace.data() + l * per_launch;
+    int ctas = 0;
+    while (ctas < cuda::kTraceMaxCtas &&
+           t[ctas * cuda::kTraceSlots + cuda::kTraceStart] != 0) {
+      ++ctas;
+    }
+    if (ctas == 0) continue;
+    std::printf("  launch %d: %d CTAs\n", l, ctas);
+    std::vector<double> tails;
+    for (int p = cuda::kTraceStart; p <= cuda::kTraceTailEnd; ++p) {
+      std::vector<double> v;
+      for (int c = 0; c < ctas; ++c) {
+        const uint64_t x = t[c * cuda::kTraceSlots + p];
+        if (x != 0) v.push_back((static_cast<double>(x - t0)) * 1e-3);
+      }
+      if (v.empty()) continue;
+      std::sort(v.begin(), v.end());
+      std::printf("    %-9s n=%4zu  min %7.2f  median %7.2f  max %7.2f\n",
+                  kNames[p], v.size(), v.front(), v[v.size() / 2], v.back());
+    }
+    for (int c = 0; c < ctas; ++c) {
+      const uint64_t* x = t + c * cuda::kTraceSlots;
+      if (x[cuda::kTraceTailEnd] != 0 && x[cuda::kTraceTicket] != 0) {
+        tails.push_back(static_cast<double>(x[cuda::kTraceTailEnd] -
+                                            x[cuda::kTraceTicket]) * 1e-3);
+      }
+    }
+    if (!tails.empty()) {
+      std::sort(tails.begin(), tails.end());
+      std::printf("    tail (ticket -> tail_end) n=%zu  min %.2f  median %.2f"
+                  "  max %.2f\n", tails.size(), tails.front(),
+                  tails[tails.size() / 2], tails.back());
+    }
+  }
+}
+
 Measure TimeBatch(CudaBackend& backend, const std::vector<QueryRow>& rows,
                   const std::vector<const RequestStore*>& stores,
                   const RequestConfig& config, int reps, bool keep_output,
                   const std::function<void(cuda::PlanOptions&)>& variant =
-                      nullptr) {
+                      nullptr,
+                  std::vector<uint64_t>* trace = nullptr) {
   std::vector<RowResult> results(rows.size());
   std::vector<SelectTask> tasks(rows.size());
   for (size_t i = 0; i < rows.size(); ++i) {
@@ -273,6 +333,19 @@ Measure TimeBatch(CudaBackend& backend, const std::vector<QueryRow>& rows,
         m.stage_ms[s] = x;
       }
     }
+  }
+  if (trace != nullptr) {  // one more launch, traced
+    const size_t n = size_t{cuda::kTraceMaxLaunches} * cuda::kTraceMaxCtas *
+                     cuda::kTraceSlots;
+    uint64_t* d_trace = nullptr;
+    CUDA_OK(cudaMalloc(&d_trace, n * 8));
+    CUDA_OK(cudaMemset(d_trace, 0, n * 8));
+    CUDA_OK(cuda::LaunchSelectPlan(*plan, base, arena, key_map, stream,
+                                   nullptr, d_trace));
+    CUDA_OK(cudaStreamSynchronize(stream));
+    trace->resize(n);
+    CUDA_OK(cudaMemcpy(trace->data(), d_trace, n * 8, cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaFree(d_trace));
   }
   CUDA_OK(cudaStreamDestroy(stream));
   m.median_ms = Median(times);
@@ -500,7 +573,12 @@ int main(int argc, char** argv) {
         hisa_rows.push_back(RowFrom(prefill_q, i, t, SelectMode::kHisa));
       }
       const Measure md = TimeBatch(backend, dense, stores, config, args.reps, true);
-      const Measure mh = TimeBatch(backend, hisa_rows, stores, config, args.reps, true);
+      std::vector<uint64_t> trace;
+      const Measure mh = TimeBatch(backend, hisa_rows, stores, config, args.reps,
+                                   true, nullptr, args.trace ? &trace : nullptr);
+      if (args.trace) {
+        PrintTrace(absl::StrCat("prefill1024 HISA L=", L).c_str(), trace);
+      }
       const double recall = Recall(mh.positions, md.positions, rows_n);
       const double key_bytes_read = L * static_cast<double>(token_bytes);
       report("prefill1024", L, "DENSE", rows_n, md, DenseFlops(dense),
@@ -589,7 +667,13 @@ int main(int argc, char** argv) {
         stores.push_back(decode_stores[r].get());
       }
       const Measure md = TimeBatch(backend, dense, stores, config, args.reps, true);
-      const Measure mh = TimeBatch(backend, hisa_rows, stores, config, args.reps, true);
+      std::vector<uint64_t> trace;
+      const Measure mh = TimeBatch(backend, hisa_rows, stores, config, args.reps,
+                                   true, nullptr, args.trace ? &trace : nullptr);
+      if (args.trace) {
+        PrintTrace(absl::StrCat("decode", requests, " HISA L=", L).c_str(),
+                   trace);
+      }
       const double recall = Recall(mh.positions, md.positions, requests);
       const double dense_bytes = requests * L * static_cast<double>(token_bytes);
       const double hisa_bytes =
