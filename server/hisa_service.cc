@@ -415,7 +415,7 @@ class HisaService::SelectReactor final
         continue;
       }
       message->slot[i] = static_cast<int>(message->rows.size());
-      message->rows.push_back(*row);
+      message->rows.push_back(*std::move(row));
     }
     message->results.resize(message->rows.size());
 
