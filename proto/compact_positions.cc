@@ -52,23 +52,34 @@ inline uint64_t MaskWord(const uint8_t* bytes, size_t n) {
   return w;
 }
 
-// Both encoders write into a string already sized exactly (zero-filled).
-void EncodeDelta(absl::Span<const int32_t> pos, std::string* out) {
-  char* at = out->data();
+// Writes the delta_varint form of `pos` to `out` (at least 5 bytes per
+// position) and returns its size. Most gaps take one byte: that branch
+// first.
+size_t EncodeDelta(absl::Span<const int32_t> pos, char* out) {
+  char* at = out;
   int64_t prev = -1;
   for (int32_t p : pos) {
-    at = PutVarint(static_cast<uint32_t>(p - prev - 1), at);
+    const uint32_t gap = static_cast<uint32_t>(p - prev - 1);
+    if (gap < 0x80) {
+      *at++ = static_cast<char>(gap);
+    } else {
+      at = PutVarint(gap, at);
+    }
     prev = p;
   }
+  return static_cast<size_t>(at - out);
 }
 
 // Writes the block_bitmask form of `pos` to `out` (at least
 // pos.size() * (5 + block_size / 8) bytes, any contents) and returns its
-// size. Bits accumulate in a 64-bit word (64 positions of one block) that
-// is stored once when the position moves past it: a byte-wise |= per
-// position would chain every position through store-to-load forwarding.
+// size, or kTooBig as soon as it has grown past `limit` bytes (a sparse row,
+// whose delta form is smaller: no need to finish). Bits accumulate in a
+// 64-bit word (64 positions of one block) that is stored once when the
+// position moves past it: a byte-wise |= per position would chain every
+// position through store-to-load forwarding.
+constexpr size_t kTooBig = ~size_t{0};
 size_t EncodeBitmask(absl::Span<const int32_t> pos, int block_size,
-                     char* out) {
+                     size_t limit, char* out) {
   const int mask_bytes = block_size / 8;
   const int shift = __builtin_ctz(static_cast<unsigned>(block_size));
   const int in_block_mask = block_size - 1;
@@ -89,6 +100,7 @@ size_t EncodeBitmask(absl::Span<const int32_t> pos, int block_size,
     const int in_block = p & in_block_mask;
     if (block != prev_block) {
       if (mask != nullptr) flush();
+      if (static_cast<size_t>(at - out) > limit) return kTooBig;
       mask = PutVarint(static_cast<uint32_t>(block - prev_block - 1), at);
       std::memset(mask, 0, static_cast<size_t>(mask_bytes));
       at = mask + mask_bytes;
@@ -103,7 +115,8 @@ size_t EncodeBitmask(absl::Span<const int32_t> pos, int block_size,
     word |= uint64_t{1} << (in_block & 63);
   }
   if (mask != nullptr) flush();
-  return static_cast<size_t>(at - out);
+  const size_t size = static_cast<size_t>(at - out);
+  return size > limit ? kTooBig : size;
 }
 
 }  // namespace
@@ -119,36 +132,35 @@ void EncodePositions(absl::Span<const int32_t> positions, int block_size,
   out->Clear();
   out->set_count(static_cast<uint32_t>(count));
   // The bitmask form needs a power-of-two block of at least 8 positions.
-  // It is written in one pass to a per-thread scratch; delta_varint takes at
-  // least one byte per position, so a bitmask under `count` bytes wins
-  // without sizing the delta form; otherwise the smaller one (ties: delta).
+  // Each form is written in one pass to a per-thread scratch and the smaller
+  // one is copied out (ties: delta). delta_varint takes at least one byte
+  // per position, so a bitmask under `count` bytes wins without writing the
+  // delta form. Every delta is at most the last position, so the delta form
+  // is at most count varints of that size: a bitmask past it stops early.
   const bool bitmask_ok =
       block_size >= 8 && (block_size & (block_size - 1)) == 0;
   thread_local std::vector<char> scratch;
-  size_t bitmask_bytes = 0;
-  if (bitmask_ok) {
+  size_t bitmask_bytes = kTooBig;
+  if (bitmask_ok && count > 0) {
     scratch.resize(std::max(scratch.size(),
                             count * (5 + static_cast<size_t>(block_size / 8))));
-    bitmask_bytes = EncodeBitmask(pos, block_size, scratch.data());
+    const size_t delta_bound =
+        count * VarintSize(static_cast<uint32_t>(pos[count - 1]));
+    bitmask_bytes =
+        EncodeBitmask(pos, block_size, delta_bound, scratch.data());
   }
-  bool use_bitmask = bitmask_ok && bitmask_bytes < count;
-  size_t delta_bytes = 0;
-  if (!use_bitmask) {
-    int64_t prev = -1;
-    for (int32_t p : pos) {
-      delta_bytes += VarintSize(static_cast<uint32_t>(p - prev - 1));
-      prev = p;
+  if (bitmask_bytes >= count) {
+    thread_local std::vector<char> delta;
+    delta.resize(std::max(delta.size(), count * 5));
+    const size_t delta_bytes = EncodeDelta(pos, delta.data());
+    if (bitmask_bytes >= delta_bytes) {
+      std::string* d = out->mutable_delta_varint();  // set even when empty
+      if (delta_bytes > 0) d->assign(delta.data(), delta_bytes);
+      return;
     }
-    use_bitmask = bitmask_ok && bitmask_bytes < delta_bytes;
   }
-  if (use_bitmask) {
-    out->set_block_size(static_cast<uint32_t>(block_size));
-    out->mutable_block_bitmask()->assign(scratch.data(), bitmask_bytes);
-    return;
-  }
-  std::string* delta = out->mutable_delta_varint();
-  delta->assign(delta_bytes, '\0');
-  EncodeDelta(pos, delta);
+  out->set_block_size(static_cast<uint32_t>(block_size));
+  out->mutable_block_bitmask()->assign(scratch.data(), bitmask_bytes);
 }
 
 absl::StatusOr<std::vector<int32_t>> DecodePositions(
