@@ -73,48 +73,50 @@ size_t EncodeDelta(absl::Span<const int32_t> pos, char* out) {
 // Writes the block_bitmask form of `pos` to `out` (at least
 // pos.size() * (5 + block_size / 8) bytes, any contents) and returns its
 // size, or kTooBig as soon as it has grown past `limit` bytes (a sparse row,
-// whose delta form is smaller: no need to finish). Bits accumulate in a
-// 64-bit word (64 positions of one block) that is stored once when the
-// position moves past it: a byte-wise |= per position would chain every
-// position through store-to-load forwarding.
+// whose delta form is smaller: no need to finish). Positions go in runs:
+// a block's header and zeroed mask, then for each 64-position word of it
+// the run of positions inside the word ORed into a register and stored
+// once (one load, shift, OR and predictable compare per position; a
+// byte-wise |= would chain every position through store-to-load
+// forwarding).
 constexpr size_t kTooBig = ~size_t{0};
+constexpr bool kLittleEndian = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
 size_t EncodeBitmask(absl::Span<const int32_t> pos, int block_size,
                      size_t limit, char* out) {
   const int mask_bytes = block_size / 8;
   const int shift = __builtin_ctz(static_cast<unsigned>(block_size));
-  const int in_block_mask = block_size - 1;
+  const size_t n = pos.size();
   char* at = out;
-  char* mask = nullptr;
-  int32_t prev_block = -1;
-  int word_index = 0;  // 64-bit word of the current block's mask
-  uint64_t word = 0;
-  auto flush = [&] {
-    const int first = 8 * word_index;
-    const int n = std::min(8, mask_bytes - first);
-    for (int j = 0; j < n; ++j) {
-      mask[first + j] = static_cast<char>(word >> (8 * j));
+  int64_t prev_block = -1;
+  size_t i = 0;
+  while (i < n) {
+    if (static_cast<size_t>(at - out) > limit) return kTooBig;
+    const int64_t block = pos[i] >> shift;
+    const int64_t block_base = block << shift;
+    const int64_t block_end = block_base + block_size;
+    char* mask = PutVarint(static_cast<uint32_t>(block - prev_block - 1), at);
+    std::memset(mask, 0, static_cast<size_t>(mask_bytes));
+    at = mask + mask_bytes;
+    prev_block = block;
+    while (i < n && pos[i] < block_end) {
+      const int w = static_cast<int>((pos[i] - block_base) >> 6);
+      const int64_t word_base = block_base + 64 * int64_t{w};
+      const int64_t word_end = std::min(block_end, word_base + 64);
+      uint64_t word = 0;
+      do {
+        word |= uint64_t{1} << (pos[i] - word_base);
+        ++i;
+      } while (i < n && pos[i] < word_end);
+      const int bytes = std::min(8, mask_bytes - 8 * w);
+      if (bytes == 8 && kLittleEndian) {
+        std::memcpy(mask + 8 * w, &word, 8);
+      } else {
+        for (int j = 0; j < bytes; ++j) {
+          mask[8 * w + j] = static_cast<char>(word >> (8 * j));
+        }
+      }
     }
-  };
-  for (int32_t p : pos) {
-    const int32_t block = p >> shift;
-    const int in_block = p & in_block_mask;
-    if (block != prev_block) {
-      if (mask != nullptr) flush();
-      if (static_cast<size_t>(at - out) > limit) return kTooBig;
-      mask = PutVarint(static_cast<uint32_t>(block - prev_block - 1), at);
-      std::memset(mask, 0, static_cast<size_t>(mask_bytes));
-      at = mask + mask_bytes;
-      prev_block = block;
-      word_index = in_block >> 6;
-      word = 0;
-    } else if ((in_block >> 6) != word_index) {
-      flush();
-      word_index = in_block >> 6;
-      word = 0;
-    }
-    word |= uint64_t{1} << (in_block & 63);
   }
-  if (mask != nullptr) flush();
   const size_t size = static_cast<size_t>(at - out);
   return size > limit ? kTooBig : size;
 }
