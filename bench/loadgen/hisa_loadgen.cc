@@ -26,9 +26,12 @@
 // own time per message (SelectResponse.server_seconds: read to reply ready,
 // queueing and engine time included), the remainder (latency minus server
 // time: transport, serialization, client decode), the echo's p50/p99/p99.9,
-// and the ratios. Then the three anchors: decode 1-row p50 vs echo p50
-// (target <= 1.3x), 64-row p50 vs 1-row p50 (target <= 3x), compact position
-// bytes vs raw int32 (target <= 1/3).
+// and the ratios. When the load generator started the server, also where
+// the server's time per message goes: the means over the phase of its own
+// /metrics histograms (RPC, batch queue wait, engine batch and its stages).
+// Then the three anchors: decode 1-row p50 vs echo p50 (target <= 1.3x),
+// 64-row p50 vs 1-row p50 (target <= 3x), compact position bytes vs raw
+// int32 (target <= 1/3).
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -60,6 +63,7 @@
 #include "client/bidi_stream.h"
 #include "client/hisa_client.h"
 #include "client/latency_summary.h"
+#include "client/metrics_scrape.h"
 #include "client/server_process.h"
 #include "client/synthetic_workload.h"
 #include "kernels/status_macros.h"
@@ -146,7 +150,59 @@ struct PhaseResult {
   LatencySummary remainder;  // latency - server_seconds, per message
   LatencySummary echo;
   int64_t echo_messages = 0;
+  std::string server_breakdown;  // ServerBreakdown, when scraped
 };
+
+// The server's Select histograms (sums in seconds, and the RPC count) read
+// from its /metrics; their difference over a phase gives the server's mean
+// time per message by part. Only HISA Selects move them (the echo is another
+// server).
+struct ServerCounters {
+  static constexpr const char* kStages[] = {"prepare", "block_scoring",
+                                            "block_choice", "token_scoring",
+                                            "topk"};
+  double messages = 0;  // Select RPCs (one per message on a stream)
+  double rpc = 0;       // read to reply ready
+  double queue = 0;     // waiting for the batcher
+  double batch = 0;     // Engine::Select of the batches
+  double stage[5] = {};
+};
+
+absl::StatusOr<ServerCounters> ScrapeServer(int metrics_port) {
+  ASSIGN_OR_RETURN(const std::string text, HttpGet(metrics_port, "/metrics"));
+  ServerCounters c;
+  ASSIGN_OR_RETURN(c.messages,
+                   MetricValue(text, "hisa_rpc_duration_seconds_count{method=\"Select\"}"));
+  ASSIGN_OR_RETURN(c.rpc,
+                   MetricValue(text, "hisa_rpc_duration_seconds_sum{method=\"Select\"}"));
+  ASSIGN_OR_RETURN(c.queue, MetricValue(text, "hisa_select_queue_wait_seconds_sum"));
+  ASSIGN_OR_RETURN(c.batch, MetricValue(text, "hisa_select_batch_duration_seconds_sum"));
+  for (int i = 0; i < 5; ++i) {
+    ASSIGN_OR_RETURN(
+        c.stage[i],
+        MetricValue(text, absl::StrCat("hisa_select_stage_duration_seconds_sum{stage=\"",
+                                       ServerCounters::kStages[i], "\"}")));
+  }
+  return c;
+}
+
+// "rpc X = queue Q + engine E (prepare .. top-k ..) + other O", means per
+// message between two scrapes.
+std::string ServerBreakdown(const ServerCounters& a, const ServerCounters& b) {
+  const double n = b.messages - a.messages;
+  if (n <= 0) return "";
+  auto per = [&](double x, double y) { return FormatSeconds((y - x) / n); };
+  std::string stages;
+  for (int i = 0; i < 5; ++i) {
+    absl::StrAppend(&stages, i > 0 ? ", " : "", ServerCounters::kStages[i], " ",
+                    per(a.stage[i], b.stage[i]));
+  }
+  const double other =
+      ((b.rpc - a.rpc) - (b.queue - a.queue) - (b.batch - a.batch)) / n;
+  return absl::StrFormat("rpc %s = queue %s + engine %s (%s) + other %s",
+                         per(a.rpc, b.rpc), per(a.queue, b.queue),
+                         per(a.batch, b.batch), stages, FormatSeconds(other));
+}
 
 // Runs `body(stream_index, measure)` on `streams` threads: each first sends
 // `warmup` unmeasured messages, then all start measuring together and stop
@@ -536,6 +592,8 @@ absl::Status Run(int argc, char** argv) {
     ASSIGN_OR_RETURN(server, ServerProcess::Start(opts));
     target = server->target();
   }
+  // The started server's metrics endpoint (0: none, or not ours).
+  const int metrics_port = server != nullptr ? server->metrics_port() : 0;
   std::unique_ptr<ServerProcess> echo_process;
   std::unique_ptr<EchoServer> echo_in_process;
   std::string echo_target;
@@ -586,7 +644,13 @@ absl::Status Run(int argc, char** argv) {
     for (int rows : decode_rows) shapes.push_back({false, rows});
     if (prefill_rows > 0) shapes.push_back({true, prefill_rows});
     for (const auto& [prefill, rows] : shapes) {
+      absl::StatusOr<ServerCounters> before = absl::UnavailableError("");
+      if (metrics_port > 0) before = ScrapeServer(metrics_port);
       ASSIGN_OR_RETURN(PhaseResult r, gen.RunPhase(prefill, rows, streams));
+      if (before.ok()) {
+        absl::StatusOr<ServerCounters> after = ScrapeServer(metrics_port);
+        if (after.ok()) r.server_breakdown = ServerBreakdown(*before, *after);
+      }
       std::cout << absl::StrFormat(
           "%-7s S=%-2d R=%-4d %6d msgs  p50 %9s  p99 %9s  p99.9 %9s  server "
           "p50 %9s | echo p50 %9s  p99 %9s  | ratio %.2f%s\n",
@@ -597,6 +661,9 @@ absl::Status Run(int argc, char** argv) {
           r.row_errors > 0 ? absl::StrCat("  ROW ERRORS ", r.row_errors, ": ",
                                           r.first_error)
                            : "");
+      if (!r.server_breakdown.empty()) {
+        std::cout << "  server per message: " << r.server_breakdown << "\n";
+      }
       results.push_back(r);
     }
   }
@@ -696,8 +763,21 @@ absl::Status Run(int argc, char** argv) {
           "ready: queueing + engine); `rest` = latency - server per message "
           "(transport, serialization, decode); echo = the same request/response "
           "sizes through the echo service and the same client stream code.\n\n"
-       << Table(results) << "\n"
-       << anchor_text << "\n";
+       << Table(results) << "\n";
+    std::string breakdown;
+    for (const PhaseResult& r : results) {
+      if (r.server_breakdown.empty()) continue;
+      absl::StrAppend(&breakdown, "- ", r.shape, " S=", r.streams, " R=", r.rows,
+                      ": ", r.server_breakdown, "\n");
+    }
+    if (!breakdown.empty()) {
+      md << "Server time per message, means over each phase from the "
+            "server's /metrics (queue = waiting for the batcher; engine = "
+            "Engine::Select and its stages; other = conversion, response "
+            "encoding, hand-offs):\n\n"
+         << breakdown << "\n";
+    }
+    md << anchor_text << "\n";
     std::cout << "wrote " << md_path << "\n";
   }
   if (server != nullptr) RETURN_IF_ERROR(server->Stop());

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "client/metrics_scrape.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/hisa.grpc.pb.h"
@@ -67,13 +68,9 @@ class WireClient {
   absl::Duration timeout_;
 };
 
-// Body of GET http://127.0.0.1:port/path (HTTP/1.0, loopback only).
-absl::StatusOr<std::string> HttpGet(int port, const std::string& path);
-
-// The value of the first sample line starting with `series` followed by a
-// space (e.g. `hisa_open_streams{method="Select"}`), or NOT_FOUND.
-absl::StatusOr<double> MetricValue(const std::string& text,
-                                   const std::string& series);
+// Metrics scraping (client/metrics_scrape.h), under the names tests use.
+using ::hisa::HttpGet;
+using ::hisa::MetricValue;
 
 // Runs `promtool check metrics` on `text`. Returns its exit code and output;
 // UNAVAILABLE when promtool is not installed.
