@@ -1,6 +1,8 @@
 #include "server/executor.h"
 
 #include <algorithm>
+#include <atomic>
+#include <memory>
 #include <utility>
 
 namespace hisa {
@@ -21,6 +23,55 @@ bool Executor::Schedule(absl::AnyInvocable<void() &&>&& task) {
   }
   work_cv_.notify_one();
   return true;
+}
+
+void Executor::ParallelFor(int64_t n, int64_t grain,
+                           absl::FunctionRef<void(int64_t, int64_t)> fn) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(1, grain);
+  const int64_t chunks = (n + grain - 1) / grain;
+  const int64_t helpers = std::min<int64_t>(chunks - 1, num_threads() - 1);
+  if (helpers <= 0) {
+    for (int64_t begin = 0; begin < n; begin += grain) {
+      fn(begin, std::min(n, begin + grain));
+    }
+    return;
+  }
+  // Shared with the helper tasks, which may outlive this call (a late one
+  // only reads `next`); `fn` is called only for chunks claimed before the
+  // last one completes, while this call still waits.
+  struct State {
+    std::atomic<int64_t> next{0};
+    int64_t n = 0, grain = 0, chunks = 0;
+    absl::FunctionRef<void(int64_t, int64_t)>* fn = nullptr;
+    std::mutex mu;
+    std::condition_variable all_done;
+    int64_t done = 0;  // guarded by mu
+  };
+  auto state = std::make_shared<State>();
+  state->n = n;
+  state->grain = grain;
+  state->chunks = chunks;
+  state->fn = &fn;
+  auto run = [](State& s) {
+    int64_t ran = 0;
+    for (int64_t c = s.next.fetch_add(1); c < s.chunks;
+         c = s.next.fetch_add(1)) {
+      const int64_t begin = c * s.grain;
+      (*s.fn)(begin, std::min(s.n, begin + s.grain));
+      ++ran;
+    }
+    if (ran == 0) return;
+    std::lock_guard<std::mutex> lock(s.mu);
+    s.done += ran;
+    if (s.done == s.chunks) s.all_done.notify_all();
+  };
+  for (int64_t i = 0; i < helpers; ++i) {
+    if (!Schedule([state, run] { run(*state); })) break;
+  }
+  run(*state);
+  std::unique_lock<std::mutex> lock(state->mu);
+  state->all_done.wait(lock, [&] { return state->done == state->chunks; });
 }
 
 int64_t Executor::queued() const {

@@ -13,7 +13,15 @@
 //   or fail it.
 //   Stop runs every task queued before it, joins the threads and is
 //   idempotent; the destructor calls it. Stop must not be called from a task.
-// Thread safety: Schedule may be called from any thread, including tasks.
+//   ParallelFor(n, grain, fn) calls fn(begin, end) over [0, n) in chunks of
+//   `grain`, on the calling thread and on up to num_threads() - 1 helper
+//   tasks, and returns when every chunk has run. Chunks are claimed from a
+//   shared counter, so a helper that starts late (its thread busy with other
+//   work) finds nothing left and the caller never waits for it: callable
+//   from a task, never deadlocks, and runs inline when there is one chunk
+//   or one thread.
+// Thread safety: Schedule and ParallelFor may be called from any thread,
+// including tasks.
 #ifndef HISA_SERVER_EXECUTOR_H_
 #define HISA_SERVER_EXECUTOR_H_
 
@@ -26,6 +34,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
+#include "absl/functional/function_ref.h"
 
 namespace hisa {
 
@@ -38,6 +47,8 @@ class Executor {
   Executor& operator=(const Executor&) = delete;
 
   bool Schedule(absl::AnyInvocable<void() &&>&& task);
+  void ParallelFor(int64_t n, int64_t grain,
+                   absl::FunctionRef<void(int64_t, int64_t)> fn);
   void Stop();
 
   int num_threads() const { return static_cast<int>(threads_.size()); }

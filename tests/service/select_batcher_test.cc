@@ -418,5 +418,67 @@ TEST(ExecutorTest, RunsEveryTaskAndRefusesAfterStop) {
   executor.Stop();  // idempotent
 }
 
+// Every index once, whatever the grain, thread count or caller.
+TEST(ExecutorTest, ParallelForCoversEveryIndexOnce) {
+  for (int threads : {1, 2, 4}) {
+    Executor executor(threads);
+    for (int64_t n : {0, 1, 7, 64, 1000}) {
+      for (int64_t grain : {1, 8, 2000}) {
+        std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+        executor.ParallelFor(n, grain, [&](int64_t begin, int64_t end) {
+          EXPECT_LE(0, begin);
+          EXPECT_LT(begin, end);
+          EXPECT_LE(end, n);
+          EXPECT_LE(end - begin, grain);
+          for (int64_t i = begin; i < end; ++i) hits[i].fetch_add(1);
+        });
+        for (int64_t i = 0; i < n; ++i) {
+          ASSERT_EQ(hits[i].load(), 1) << "threads " << threads << " n " << n
+                                       << " grain " << grain << " i " << i;
+        }
+      }
+    }
+  }
+}
+
+// Called from a task while every other worker is blocked: the caller runs
+// the chunks itself (helpers queued behind the blocked workers start late,
+// find nothing left and touch nothing of the returned call).
+TEST(ExecutorTest, ParallelForFromATaskWithBusyWorkersDoesNotWait) {
+  Executor executor(3);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release = false;
+  std::atomic<int> blocked{0};
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(executor.Schedule([&] {
+      blocked.fetch_add(1);
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return release; });
+    }));
+  }
+  while (blocked.load() < 2) std::this_thread::yield();
+  std::atomic<int64_t> sum{0};
+  std::atomic<bool> finished{false};
+  ASSERT_TRUE(executor.Schedule([&] {
+    executor.ParallelFor(100, 10, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) sum.fetch_add(i);
+    });
+    finished.store(true);
+  }));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (!finished.load() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_TRUE(finished.load());
+  EXPECT_EQ(sum.load(), 99 * 100 / 2);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  executor.Stop();
+}
+
 }  // namespace
 }  // namespace hisa
