@@ -62,6 +62,10 @@ struct SelectStageTimes {
   double token_scoring = 0;  // I(t, s) over candidates
   double topk = 0;           // top-k, sort, output
 };
+// The stages' names, in field order (the service's metric labels).
+inline constexpr int kNumSelectStages = 5;
+inline constexpr const char* kSelectStageNames[kNumSelectStages] = {
+    "prepare", "block_scoring", "block_choice", "token_scoring", "topk"};
 
 // A validated query row handed to Backend::Select.
 //   mode is kDense or kHisa (the engine resolved kAuto).

@@ -142,10 +142,8 @@ ServiceMetrics::ServiceMetrics(const Engine* engine)
                      .Help("Engine Select time per stage and batch, summed over "
                            "the batch's rows.")
                      .Register(*registry_);
-  const char* stage_names[] = {"prepare", "block_scoring", "block_choice",
-                               "token_scoring", "topk"};
-  for (int s = 0; s < 5; ++s) {
-    stage_duration_[s] = &stages.Add({{"stage", stage_names[s]}},
+  for (int s = 0; s < kNumSelectStages; ++s) {
+    stage_duration_[s] = &stages.Add({{"stage", kSelectStageNames[s]}},
                                      LatencyBuckets());
   }
   auto& rows = prometheus::BuildCounter()
@@ -216,10 +214,10 @@ void ServiceMetrics::ObserveSelectBatch(int64_t rows,
                                         const SelectStageTimes& stages) {
   batch_rows_->Observe(static_cast<double>(rows));
   batch_duration_->Observe(absl::ToDoubleSeconds(engine_time));
-  const double values[] = {stages.prepare, stages.block_scoring,
-                           stages.block_choice, stages.token_scoring,
-                           stages.topk};
-  for (int s = 0; s < 5; ++s) {
+  const double values[kNumSelectStages] = {
+      stages.prepare, stages.block_scoring, stages.block_choice,
+      stages.token_scoring, stages.topk};
+  for (int s = 0; s < kNumSelectStages; ++s) {
     // A backend leaves stages it does not time at 0; observing those would
     // claim they took no time.
     if (values[s] > 0) stage_duration_[s]->Observe(values[s]);

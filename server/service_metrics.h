@@ -112,8 +112,8 @@ class ServiceMetrics {
   prometheus::Histogram* batch_rows_ = nullptr;
   prometheus::Histogram* batch_duration_ = nullptr;
   prometheus::Histogram* queue_wait_ = nullptr;
-  // prepare, block_scoring, block_choice, token_scoring, topk
-  std::array<prometheus::Histogram*, 5> stage_duration_{};
+  // kSelectStageNames order (kernels/backend.h)
+  std::array<prometheus::Histogram*, kNumSelectStages> stage_duration_{};
   prometheus::Counter* rows_dense_ = nullptr;
   prometheus::Counter* rows_hisa_ = nullptr;
   prometheus::Counter* append_tokens_ = nullptr;

@@ -66,6 +66,7 @@
 #include "client/metrics_scrape.h"
 #include "client/server_process.h"
 #include "client/synthetic_workload.h"
+#include "kernels/backend.h"
 #include "kernels/status_macros.h"
 
 #ifndef HISA_SERVER_BINARY
@@ -158,14 +159,11 @@ struct PhaseResult {
 // time per message by part. Only HISA Selects move them (the echo is another
 // server).
 struct ServerCounters {
-  static constexpr const char* kStages[] = {"prepare", "block_scoring",
-                                            "block_choice", "token_scoring",
-                                            "topk"};
   double messages = 0;  // Select RPCs (one per message on a stream)
   double rpc = 0;       // read to reply ready
   double queue = 0;     // waiting for the batcher
   double batch = 0;     // Engine::Select of the batches
-  double stage[5] = {};
+  double stage[kNumSelectStages] = {};  // kSelectStageNames order
 };
 
 absl::StatusOr<ServerCounters> ScrapeServer(int metrics_port) {
@@ -177,11 +175,11 @@ absl::StatusOr<ServerCounters> ScrapeServer(int metrics_port) {
                    MetricValue(text, "hisa_rpc_duration_seconds_sum{method=\"Select\"}"));
   ASSIGN_OR_RETURN(c.queue, MetricValue(text, "hisa_select_queue_wait_seconds_sum"));
   ASSIGN_OR_RETURN(c.batch, MetricValue(text, "hisa_select_batch_duration_seconds_sum"));
-  for (int i = 0; i < 5; ++i) {
+  for (int i = 0; i < kNumSelectStages; ++i) {
     ASSIGN_OR_RETURN(
         c.stage[i],
         MetricValue(text, absl::StrCat("hisa_select_stage_duration_seconds_sum{stage=\"",
-                                       ServerCounters::kStages[i], "\"}")));
+                                       kSelectStageNames[i], "\"}")));
   }
   return c;
 }
@@ -193,8 +191,8 @@ std::string ServerBreakdown(const ServerCounters& a, const ServerCounters& b) {
   if (n <= 0) return "";
   auto per = [&](double x, double y) { return FormatSeconds((y - x) / n); };
   std::string stages;
-  for (int i = 0; i < 5; ++i) {
-    absl::StrAppend(&stages, i > 0 ? ", " : "", ServerCounters::kStages[i], " ",
+  for (int i = 0; i < kNumSelectStages; ++i) {
+    absl::StrAppend(&stages, i > 0 ? ", " : "", kSelectStageNames[i], " ",
                     per(a.stage[i], b.stage[i]));
   }
   const double other =
