@@ -9,8 +9,9 @@
 //
 // Every kernel takes (SelectBuffers, const WorkItem*, CUtensorMap) (the
 // arena's tensor map, read by the bulk-copy kernels only) and runs
-// kSelectThreads threads per block. The first call for a handle raises the kernel's dynamic
-// shared memory limit (thread-safe, once per process and kernel).
+// kSelectThreads threads per block. The first call for a handle raises the
+// kernel's dynamic shared memory limit (thread-safe, once per process and
+// kernel).
 #ifndef HISA_KERNELS_CUDA_KERNEL_REGISTRY_H_
 #define HISA_KERNELS_CUDA_KERNEL_REGISTRY_H_
 
@@ -26,8 +27,7 @@ struct KernelHandle {
 KernelHandle TokenKernelWgmma(int rows, bool tma);
 // Token scoring of slot-score HISA rows with bulk tensor copies
 // (tma_token_kernel.cuh), the scores in device scratch or (smem_scores, one
-// work item per row) in shared memory. Takes a third argument: the arena's
-// CUtensorMap.
+// work item per row) in shared memory.
 KernelHandle TokenKernelTma(bool smem_scores);
 // Token refinement + top-k, FP8 queries and keys: mt in {1, 2, 4} m16 tiles
 // of heads (4: 64 heads per pass, several passes for more), ks = D / 32 in

@@ -26,10 +26,12 @@ KernelHandle TokenKs(int ks, int rows) {
 }  // namespace
 
 // Two CTAs per SM (228 KB of shared memory, 1 KB reserved per CTA).
-static_assert(kWgmmaTokenCtasPerSm * (TileLayout<WgmmaTokenScorer<2>, 2>::kBytes + 1024) <=
+static_assert(kWgmmaTokenCtasPerSm *
+                      (TileLayout<WgmmaTokenScorer<2>, 2>::kBytes + 1024) <=
                   228 * 1024,
               "wgmma token kernel (2 rows) must fit twice per SM");
-static_assert(kWgmmaTokenCtasPerSm * (TileLayout<WgmmaTokenScorer<1>, 1>::kBytes + 1024) <=
+static_assert(kWgmmaTokenCtasPerSm *
+                      (TileLayout<WgmmaTokenScorer<1>, 1>::kBytes + 1024) <=
                   228 * 1024,
               "wgmma token kernel (1 row) must fit twice per SM");
 

@@ -278,6 +278,7 @@ struct Fp8TokenScorer {
   static constexpr int kSlotsPerWarp = kTileSlots / kWarpsPerRow;  // 16 G
   static constexpr int kNT = kSlotsPerWarp / 8;                      // 2 G
   static constexpr bool kBlocks = false;
+  static constexpr bool kTma = false;  // no bulk tensor copies
   // 255 registers (query fragments stay in registers): one CTA per SM.
   static constexpr int kMinBlocks = 1;
   static constexpr int kStages = 2;
@@ -432,6 +433,7 @@ struct Bf16BlockScorer {
   static constexpr int kSlotsPerWarp = kTileSlots / kWarpsPerRow;
   static constexpr int kNT = kSlotsPerWarp / 8;
   static constexpr bool kBlocks = true;
+  static constexpr bool kTma = false;  // no bulk tensor copies
   // Decode (G == 1): one tile per item and a single stage, so two CTAs per
   // SM fit in shared memory; cap registers to match.
   static constexpr int kMinBlocks = G == 1 ? 2 : 1;
@@ -598,6 +600,7 @@ struct GenericScorer {
   static constexpr int kStageBytes = 0;
   static constexpr int kPersistBytes = 0;
   static constexpr bool kBlocks = kBlocksT;
+  static constexpr bool kTma = false;  // no bulk tensor copies
   static constexpr int kMinBlocks = 1;
   static constexpr int kStages = 1;
   static constexpr int kCap = kCandidateCap;
@@ -880,15 +883,6 @@ struct TileLayout {
   static constexpr int kBufferBytes = Scorer::kBlocks ? 0 : G * kCap * 8;
   // + 1024: the base is aligned up to 1024 bytes at run time (wgmma tiles).
   static constexpr int kBytes = kBufferOff + kBufferBytes + 1024;
-};
-
-template <class Scorer>
-struct UsesTma {
-  static constexpr bool value = false;
-};
-template <int G>
-struct UsesTma<WgmmaTokenScorer<G, true>> {
-  static constexpr bool value = true;
 };
 
 template <class Scorer>
@@ -1195,7 +1189,7 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
                const __grid_constant__ CUtensorMap keys) {
   using Layout = TileLayout<Scorer, G>;
   constexpr bool kBlocks = Scorer::kBlocks;
-  constexpr bool kTma = UsesTma<Scorer>::value;
+  constexpr bool kTma = Scorer::kTma;
   constexpr int kCap = Layout::kCap;
   constexpr int kStages = Scorer::kStages;
   // Slot-score groups: one key per slot in the candidate buffer, the union

@@ -754,11 +754,11 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
       }
       if (h.fn == nullptr) return cudaErrorInvalidValue;
       const WorkItem* first = items + s.first_item;
-      // Every kernel takes the tensor map by value; without one (no bulk
-      // copies in this plan) a zeroed map stands in, never read.
       b.trace = trace != nullptr && traced < kTraceMaxLaunches
                     ? trace + int64_t{traced++} * kTraceMaxCtas * kTraceSlots
                     : nullptr;
+      // Every kernel takes the tensor map by value; without one (no bulk
+      // copies in this plan) a zeroed map stands in, never read.
       void* args[] = {&b, &first, &map_arg};
       cudaLaunchConfig_t config = {};
       config.gridDim = dim3(static_cast<unsigned>(s.num_items));

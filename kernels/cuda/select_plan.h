@@ -22,8 +22,8 @@
 // (== plan.image.size()) are the upload image, and splits work items across
 // the GPU's SMs (per group, the split count that a wave model of the
 // kernel's resident CTAs favours). Pure host code; the stores must not
-// change until the launch
-// completes (the engine's reader lock guarantees it).
+// change until the launch completes (the engine's reader lock guarantees
+// it).
 //
 // BuildSelectPlanInto makes the same plan (the same image bytes) but writes
 // the image to a caller buffer, e.g. pinned staging for one cudaMemcpyAsync,
