@@ -64,7 +64,7 @@ inline uint64_t MaskWord(const uint8_t* bytes, size_t n) {
 
 // Writes first + i for every set bit i of w, ascending, at dst and returns
 // how many (first + 63 fits an int32: the caller checked).
-size_t ExpandWordScalar(uint64_t w, int64_t first, int32_t* dst) {
+size_t ExpandScalar(uint64_t w, int64_t first, int32_t* dst) {
   size_t n = 0;
   for (; w != 0; w &= w - 1) {
     dst[n++] = static_cast<int32_t>(first + __builtin_ctzll(w));
@@ -76,9 +76,9 @@ size_t ExpandWordScalar(uint64_t w, int64_t first, int32_t* dst) {
 // The same, 16 bits at a time: one compress of the 16 lanes' positions
 // and one masked store (no write past the last position) per 16 bits,
 // instead of a ctz and a store per set bit.
-__attribute__((target("avx512f"))) size_t ExpandWordAvx512(uint64_t w,
-                                                          int64_t first,
-                                                          int32_t* dst) {
+__attribute__((target("avx512f"))) size_t ExpandAvx512(uint64_t w,
+                                                      int64_t first,
+                                                      int32_t* dst) {
   const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
                                           11, 12, 13, 14, 15);
   size_t n = 0;
@@ -101,23 +101,23 @@ using ExpandWordFn = size_t (*)(uint64_t, int64_t, int32_t*);
 
 // AVX-512 where the CPU has it and it agrees with the scalar form on a
 // pattern of every 16-bit chunk shape (checked once), else scalar.
-ExpandWordFn ExpandWord() {
+ExpandWordFn Expander() {
   static const ExpandWordFn fn = [] {
 #if defined(__x86_64__)
     if (__builtin_cpu_supports("avx512f")) {
       int32_t a[64], b[64];
       for (uint64_t w : {~uint64_t{0}, uint64_t{0x8000000000000001},
                          uint64_t{0x00F0FF000A0B0C0D}, uint64_t{1} << 17}) {
-        const size_t na = ExpandWordAvx512(w, 1000, a);
-        const size_t nb = ExpandWordScalar(w, 1000, b);
+        const size_t na = ExpandAvx512(w, 1000, a);
+        const size_t nb = ExpandScalar(w, 1000, b);
         if (na != nb || std::memcmp(a, b, na * sizeof(int32_t)) != 0) {
-          return &ExpandWordScalar;
+          return &ExpandScalar;
         }
       }
-      return &ExpandWordAvx512;
+      return &ExpandAvx512;
     }
 #endif
-    return &ExpandWordScalar;
+    return &ExpandScalar;
   }();
   return fn;
 }
@@ -258,7 +258,7 @@ absl::StatusOr<std::vector<int32_t>> DecodePositions(
     const uint8_t* data = reinterpret_cast<const uint8_t*>(str.data());
     const size_t size = str.size();
     const size_t mask_bytes = static_cast<size_t>(block_size / 8);
-    const ExpandWordFn expand = ExpandWord();
+    const ExpandWordFn expand = Expander();
     size_t at = 0;
     int64_t block = -1;
     while (at < size) {
@@ -307,5 +307,17 @@ absl::StatusOr<std::vector<int32_t>> DecodePositions(
   }
   return out;
 }
+
+namespace compact_internal {
+
+size_t ExpandWordScalar(uint64_t w, int64_t first, int32_t* dst) {
+  return ExpandScalar(w, first, dst);
+}
+size_t ExpandWordFast(uint64_t w, int64_t first, int32_t* dst) {
+  return Expander()(w, first, dst);
+}
+bool FastIsVectorized() { return Expander() != &ExpandScalar; }
+
+}  // namespace compact_internal
 
 }  // namespace hisa

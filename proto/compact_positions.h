@@ -33,6 +33,17 @@ void EncodePositions(absl::Span<const int32_t> positions, int block_size,
 absl::StatusOr<std::vector<int32_t>> DecodePositions(
     const v1::CompactPositions& in, int k);
 
+// The bitmask decoder's word expansion, exposed for its tests: writes
+// first + i for every set bit i of w, ascending, at dst and returns how many
+// (first + 63 must fit an int32). Scalar is the reference; Fast is what
+// DecodePositions uses: AVX-512 where the CPU has it and it agreed with the
+// scalar form on its check at first use (FastIsVectorized), else scalar.
+namespace compact_internal {
+size_t ExpandWordScalar(uint64_t w, int64_t first, int32_t* dst);
+size_t ExpandWordFast(uint64_t w, int64_t first, int32_t* dst);
+bool FastIsVectorized();
+}  // namespace compact_internal
+
 }  // namespace hisa
 
 #endif  // HISA_PROTO_COMPACT_POSITIONS_H_
