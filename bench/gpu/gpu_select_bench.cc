@@ -44,6 +44,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -235,6 +236,11 @@ void PrintTrace(const char* label, const std::vector<uint64_t>& trace) {
   if (t0 == UINT64_MAX) return;
   static const char* kNames[] = {"start", "waited", "ready", "loop_end",
                                  "ticket", "tail_end"};
+  auto spread = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return absl::StrFormat("n=%4zu  min %7.2f  median %7.2f  max %7.2f",
+                           v.size(), v.front(), v[v.size() / 2], v.back());
+  };
   std::printf("trace %s (us from the first CTA's start)\n", label);
   const size_t per_launch = size_t{cuda::kTraceMaxCtas} * cuda::kTraceSlots;
   for (int l = 0; l < cuda::kTraceMaxLaunches; ++l) {
@@ -254,9 +260,7 @@ void PrintTrace(const char* label, const std::vector<uint64_t>& trace) {
         if (x != 0) v.push_back((static_cast<double>(x - t0)) * 1e-3);
       }
       if (v.empty()) continue;
-      std::sort(v.begin(), v.end());
-      std::printf("    %-9s n=%4zu  min %7.2f  median %7.2f  max %7.2f\n",
-                  kNames[p], v.size(), v.front(), v[v.size() / 2], v.back());
+      std::printf("    %-9s %s\n", kNames[p], spread(v).c_str());
     }
     for (int c = 0; c < ctas; ++c) {
       const uint64_t* x = t + c * cuda::kTraceSlots;
@@ -266,10 +270,7 @@ void PrintTrace(const char* label, const std::vector<uint64_t>& trace) {
       }
     }
     if (!tails.empty()) {
-      std::sort(tails.begin(), tails.end());
-      std::printf("    tail (ticket -> tail_end) n=%zu  min %.2f  median %.2f"
-                  "  max %.2f\n", tails.size(), tails.front(),
-                  tails[tails.size() / 2], tails.back());
+      std::printf("    tail (ticket -> tail_end) %s\n", spread(tails).c_str());
     }
   }
 }
