@@ -8,6 +8,7 @@
 #   sass:   per-SASS-instruction executed counts and stall samples of the
 #           token kernel ($OUT/sass_<shape>.csv; the 40 hottest printed).
 #   OUT=/tmp/x bench/gpu/ncu_profile.sh stalls|sass decode64|prefill1024 [L]
+#   OUT=/tmp/x bench/gpu/ncu_profile.sh sass select   # the decode tail alone
 set -u -o pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${OUT:-$ROOT/out-gpu}
@@ -27,9 +28,14 @@ bench_args=(--lengths="$L" --shapes="$SHAPE" --reps=3 --no-causal --json=/tmp/nc
 run_ncu() { LD_LIBRARY_PATH="$BIN/lib:${LD_LIBRARY_PATH:-}" timeout 200 ncu --kernel-name-base mangled "$@"; }
 
 if [[ $MODE == sass ]]; then
+  # Shape "select": the histogram form of hisa_select_microbench's kernel
+  # (the decode tail alone) instead of a bench shape.
+  target=("$BIN/hisa_gpu_bench" "${bench_args[@]}")
+  [[ $SHAPE == select ]] && TOKEN=SelectTailILb1 SKIP=2 &&
+    target=("$BIN/hisa_select_microbench" --reps=2)
   run_ncu --kernel-name "regex:$TOKEN" --launch-skip "$SKIP" --launch-count 1 \
     --section SourceCounters --section WarpStateStats -o /tmp/ncu_sass -f \
-    "$BIN/hisa_gpu_bench" "${bench_args[@]}" > "$OUT/sass_$SHAPE.log" 2>&1
+    "${target[@]}" > "$OUT/sass_$SHAPE.log" 2>&1
   ncu --import /tmp/ncu_sass.ncu-rep --page source --csv --print-source sass \
     > "$OUT/sass_$SHAPE.csv" 2>> "$OUT/sass_$SHAPE.log"
   python3 - "$OUT/sass_$SHAPE.csv" <<'PY'
@@ -46,7 +52,7 @@ for r in data:
     by_op[op] = by_op.get(op, 0) + int(r[st])
 print("stall samples by opcode:", ", ".join(
     f"{k} {v}" for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])[:16]))
-for r in sorted(data, key=lambda r: -int(r[st]))[:40]:
+for r in sorted(data, key=lambda r: -int(r[st]))[:60]:
     print(r[st], r[ex], r[src].strip())
 PY
   exit 0

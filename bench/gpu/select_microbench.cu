@@ -1,11 +1,17 @@
 // Micro-benchmark of the final per-row select of slot-score HISA rows (the
 // tail of the decode token stage, bench --trace's ticket -> tail_end): one
 // CTA per row picks the k largest of n slot scores, ties to the lower slot,
-// and writes positions in slot order with the primitives
-// SelectFromSlotScores uses (RadixSelectKey, CompactByKey). Each CTA times
-// its phases with clock64 (load + keys, radix select, compaction + writes);
-// the launch is timed with CUDA events (median of many runs); every output
-// is checked against a host sort. The baseline for any faster select.
+// and writes positions in slot order, two ways in the same run:
+//   radix: SelectFromSlotScores's primitives (RadixSelectKey from scratch,
+//          CompactByKey), the baseline;
+//   hist:  SelectFromSlotKeys's (the decode kernel's): a kKeyHistBins
+//          histogram of the keys (counted by the scoring CTAs in the
+//          kernel, here by the same CTA in its own timed phase), then
+//          HistSelectKey (the bin's keys gathered and radix-selected),
+//          then the same CompactByKey.
+// Each CTA times its phases with clock64 (load + keys, histogram,
+// threshold, compaction + writes); the launch is timed with CUDA events
+// (median of many runs); every output is checked against a host sort.
 //
 //   hisa_select_microbench [--rows=64] [--n=8192] [--k=2048] [--reps=200]
 //                          [--distinct=0]  (> 0: scores take that many
@@ -37,14 +43,18 @@ namespace {
     }                                                                     \
   } while (0)
 
-constexpr int kPhases = 4;  // start, keys ready, threshold, written
+constexpr int kPhases = 5;  // start, keys, histogram, threshold, written
 
+template <bool kHist>
 __global__ void __launch_bounds__(kSelectThreads)
     SelectTail(const float* scores, int n, int k, int32_t* out_pos,
                long long* clocks) {
   extern __shared__ __align__(16) uint8_t smem[];
   uint32_t* keys = reinterpret_cast<uint32_t*>(smem);
-  RadixShared& rs = *reinterpret_cast<RadixShared*>(smem + n * 4);
+  uint32_t* hist = reinterpret_cast<uint32_t*>(smem + n * 4);
+  uint32_t* list = hist + kKeyHistBins;  // n entries
+  RadixShared& rs =
+      *reinterpret_cast<RadixShared*>(smem + n * 8 + kKeyHistBins * 4);
   const float* row = scores + static_cast<int64_t>(blockIdx.x) * n;
   int32_t* out = out_pos + static_cast<int64_t>(blockIdx.x) * k;
   long long t[kPhases];
@@ -57,16 +67,29 @@ __global__ void __launch_bounds__(kSelectThreads)
     keys[base + 2] = max(OrderedKey(v.z), 1u);
     keys[base + 3] = max(OrderedKey(v.w), 1u);
   }
+  if (kHist) {
+    for (int i = threadIdx.x; i < kKeyHistBins; i += kSelectThreads) {
+      hist[i] = 0;
+    }
+  }
   __syncthreads();
   t[1] = clock64();
-  auto key_of = [&](int i) { return keys[i]; };
-  const KeyThreshold th = RadixSelectKey(n, k, key_of, rs);
-  __syncthreads();
+  if (kHist) {
+    for (int i = threadIdx.x; i < n; i += kSelectThreads) {
+      atomicAdd(&hist[keys[i] >> kKeyHistShift], 1u);
+    }
+    __syncthreads();
+  }
   t[2] = clock64();
+  auto key_of = [&](int i) { return keys[i]; };
+  const KeyThreshold th = kHist ? HistSelectKey(keys, n, k, hist, list, n, rs)
+                                : RadixSelectKey(n, k, key_of, rs);
+  __syncthreads();
+  t[3] = clock64();
   CompactByKey(
       n, key_of, th, [&](int dst, int i) { out[dst] = i; }, rs);
   __syncthreads();
-  t[3] = clock64();
+  t[4] = clock64();
   if (threadIdx.x == 0) {
     for (int p = 0; p < kPhases; ++p) clocks[blockIdx.x * kPhases + p] = t[p];
   }
@@ -88,6 +111,7 @@ struct Result {
   int bad_rows = 0;
 };
 
+template <bool kHist>
 Result Run(const std::vector<float>& scores, int rows, int n, int k,
            int reps) {
   float* d_scores;
@@ -98,9 +122,11 @@ Result Run(const std::vector<float>& scores, int rows, int n, int k,
   CUDA_OK(cudaMalloc(&d_clocks, static_cast<size_t>(rows) * kPhases * 8));
   CUDA_OK(cudaMemcpy(d_scores, scores.data(), scores.size() * 4,
                      cudaMemcpyHostToDevice));
-  const int smem = n * 4 + static_cast<int>(sizeof(RadixShared));
-  CUDA_OK(cudaFuncSetAttribute(
-      SelectTail, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const int smem =
+      n * 8 + kKeyHistBins * 4 + static_cast<int>(sizeof(RadixShared));
+  CUDA_OK(cudaFuncSetAttribute(SelectTail<kHist>,
+                               cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               smem));
   cudaEvent_t start, stop;
   CUDA_OK(cudaEventCreate(&start));
   CUDA_OK(cudaEventCreate(&stop));
@@ -110,7 +136,8 @@ Result Run(const std::vector<float>& scores, int rows, int n, int k,
   std::vector<long long> clocks(static_cast<size_t>(rows) * kPhases);
   for (int r = 0; r < reps + 5; ++r) {
     CUDA_OK(cudaEventRecord(start));
-    SelectTail<<<rows, kSelectThreads, smem>>>(d_scores, n, k, d_pos, d_clocks);
+    SelectTail<kHist>
+        <<<rows, kSelectThreads, smem>>>(d_scores, n, k, d_pos, d_clocks);
     CUDA_OK(cudaEventRecord(stop));
     CUDA_OK(cudaEventSynchronize(stop));
     float x = 0;
@@ -183,13 +210,21 @@ int Main(int argc, char** argv) {
       s = std::round(std::clamp(s - 0.5f, 0.f, 1.f) * (distinct - 1));
     }
   }
-  const Result r = Run(scores, rows, n, k, reps);
-  std::printf(
-      "launch %.2f us | slowest CTA: keys %.2f, radix select %.2f, "
-      "compaction + writes %.2f us | %s\n",
-      r.launch_us, r.phase_us[0], r.phase_us[1], r.phase_us[2],
-      r.bad_rows == 0 ? "correct" : "WRONG");
-  return r.bad_rows == 0 ? 0 : 1;
+  const Result radix = Run<false>(scores, rows, n, k, reps);
+  const Result hist = Run<true>(scores, rows, n, k, reps);
+  for (const auto& [name, r] : {std::pair<const char*, const Result&>{
+                                    "radix", radix},
+                                {"hist ", hist}}) {
+    std::printf(
+        "%s launch %.2f us | slowest CTA: keys %.2f, histogram %.2f, "
+        "threshold %.2f, compaction + writes %.2f us | %s\n",
+        name, r.launch_us, r.phase_us[0], r.phase_us[1], r.phase_us[2],
+        r.phase_us[3], r.bad_rows == 0 ? "correct" : "WRONG");
+  }
+  std::printf("hist / radix, threshold + compaction: %.2fx\n",
+              (hist.phase_us[2] + hist.phase_us[3]) /
+                  (radix.phase_us[2] + radix.phase_us[3]));
+  return radix.bad_rows == 0 && hist.bad_rows == 0 ? 0 : 1;
 }
 
 }  // namespace

@@ -1218,6 +1218,13 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
   Trace(b.trace, kTraceStart);
   if constexpr (kBlocks) {
     AllowDependentLaunch();
+    // The token stage's key histograms start from zero: it counts into
+    // them only after the block stage has completed (its own
+    // GridDependencyWait), and nothing else touches them.
+    for (int64_t i = int64_t{blockIdx.x} * kSelectThreads + threadIdx.x;
+         i < b.slot_hist_count; i += int64_t{gridDim.x} * kSelectThreads) {
+      b.slot_hist[i] = 0;
+    }
   } else {
     GridDependencyWait();
     Trace(b.trace, kTraceWaited);

@@ -59,6 +59,13 @@ inline constexpr int kMaxGroupRows = 2;
 // Most candidate slots per row of a slot-score group (GroupDesc below): the
 // final selection holds one score key per slot in shared memory.
 inline constexpr int kSlotSelectCap = 8192;
+// Histogram of a slot-key row's candidate keys (select_primitives.cuh
+// OrderedKey, 0 = no candidate) by their top kKeyHistBits bits: the token
+// work items that score the row count its keys, so that its final select
+// starts from the bin holding the k-th largest key.
+inline constexpr int kKeyHistBits = 11;
+inline constexpr int kKeyHistBins = 1 << kKeyHistBits;
+inline constexpr int kKeyHistShift = 32 - kKeyHistBits;
 
 enum : int32_t { kModeDense = 1, kModeHisa = 2 };
 enum : int32_t { kFormatFp8 = 1, kFormatBf16 = 2, kFormatFp32 = 3 };
@@ -178,6 +185,11 @@ struct GroupDesc {
   int32_t split_unions = 0;
   int64_t slot_score_offset = -1;
   int32_t union_groups[kMaxGroupRows] = {0, 0};
+  // Slot-key groups (the bulk-copy token kernel with the scratch): the
+  // scratch holds keys rather than scores, and the group's key histogram
+  // is slot_hist[slot_hist_index * kKeyHistBins ...]. -1: none.
+  int32_t slot_hist_index = -1;
+  int32_t pad = 0;
 };
 
 // A token-kernel or block-kernel work item: slots [slot_begin, slot_end) of
@@ -205,7 +217,11 @@ struct SelectBuffers {
   uint32_t* partial_key = nullptr;
   int32_t* partial_counts = nullptr;
   int32_t partial_stride = 0;           // entries per partial list
-  float* slot_scores = nullptr;         // slot-score groups' scores
+  float* slot_scores = nullptr;         // slot-score groups' scores (keys)
+  // Slot-key groups' key histograms (GroupDesc::slot_hist_index), zeroed
+  // by the block stage before the token stage counts into them.
+  uint32_t* slot_hist = nullptr;
+  int64_t slot_hist_count = 0;          // entries
   // Two per group: CTAs done with block scoring / with token top-k. Zero
   // before a launch; the last CTA of a group resets its counter.
   int32_t* counters = nullptr;

@@ -459,6 +459,7 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
   int64_t partial_lists = 0;
   int32_t partial_stride = 0;
   int64_t slot_scores_total = 0;  // floats
+  int32_t hist_groups = 0;        // slot-key groups
   for (int gi = 0; gi < num_groups; ++gi) {
     const GroupBuild& gb = s.groups[gi];
     GroupDesc& gd = s.gdesc[gi];
@@ -500,6 +501,7 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     // final select).
     gd.slot_score_offset = -1;
     gd.slot_score_stride = 0;
+    gd.slot_hist_index = -1;
     bool smem_scores = false;
     // Tiles of aligned 128-key runs inside one page: bulk tensor copies.
     const bool tma =
@@ -515,7 +517,10 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
         gd.slot_score_offset = slot_scores_total;
         gd.slot_score_stride = static_cast<int32_t>(stride);
         slot_scores_total += G * stride;
-        if (tma) token_scorer = LaunchSpec::kWgmmaTma;
+        if (tma) {
+          token_scorer = LaunchSpec::kWgmmaTma;
+          gd.slot_hist_index = hist_groups++;
+        }
       } else if (tma) {
         token_scorer = LaunchSpec::kWgmmaTmaSmem;
         smem_scores = true;
@@ -609,6 +614,8 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
   plan->partial_key_off = reserve(partial_lists * partial_stride * 4);
   plan->partial_counts_off = reserve(partial_lists * 4);
   plan->slot_scores_off = reserve(slot_scores_total * 4);
+  plan->slot_hist_count = int64_t{hist_groups} * kKeyHistBins;
+  plan->slot_hist_off = reserve(plan->slot_hist_count * 4);
   plan->out_entries = out_total;
   plan->out_pos_off = reserve(out_total * 4);
   plan->out_scores_off = reserve(out_total * 4);
@@ -669,6 +676,7 @@ int64_t EstimateTaskBytes(const SelectTask& task) {
   if (task.mode == SelectMode::kHisa) {
     bytes += (c + 1) * 4 + ChosenBlocks(c, row.m) * 8;
     bytes += ChosenBlocks(c, row.m) * cfg.block_size * 4;  // slot scores
+    bytes += kKeyHistBins * 4;                              // key histogram
   }
   return bytes;
 }
@@ -716,6 +724,8 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
   b.partial_counts = reinterpret_cast<int32_t*>(base + plan.partial_counts_off);
   b.partial_stride = plan.partial_stride;
   b.slot_scores = reinterpret_cast<float*>(base + plan.slot_scores_off);
+  b.slot_hist = reinterpret_cast<uint32_t*>(base + plan.slot_hist_off);
+  b.slot_hist_count = plan.slot_hist_count;
   b.out_pos = reinterpret_cast<int32_t*>(base + plan.out_pos_off);
   b.out_scores = reinterpret_cast<float*>(base + plan.out_scores_off);
   b.counters = reinterpret_cast<int32_t*>(base + plan.counters_off);

@@ -128,7 +128,9 @@ struct SelectPlan {
           tables_off = 0, q_off = 0, w_off = 0, counters_off = 0;
   int64_t block_scores_off = 0, unions_off = 0, union_counts_off = 0,
           partial_pos_off = 0, partial_key_off = 0, partial_counts_off = 0,
-          slot_scores_off = 0, out_pos_off = 0, out_scores_off = 0;
+          slot_scores_off = 0, slot_hist_off = 0, out_pos_off = 0,
+          out_scores_off = 0;
+  int64_t slot_hist_count = 0;  // uint32 entries at slot_hist_off
   int32_t partial_stride = 0;
   int64_t out_entries = 0;
   std::vector<LaunchSpec> launches;

@@ -274,6 +274,8 @@ struct RadixShared {
   int32_t need;
   int32_t bucket;
   int32_t ticket;
+  int32_t total;
+  int32_t count;
   int32_t warp_total[kSelectThreads / 32];
   int32_t tie_total[kSelectThreads / 32];
 };
@@ -418,30 +420,37 @@ struct KeyThreshold {
 };
 
 // The threshold keeping exactly `need` (1 <= need <= n) of the n keys
-// get(0..n-1): MSB-first radix select, 8-bit digits, stopping early when the
-// threshold bucket is kept whole.
+// get(0..n-1): MSB-first radix select, 8-bit digits (the last may be
+// shorter), stopping early when the threshold bucket is kept whole. By
+// default from scratch; given (prefix, shift), only among the keys with
+// (key >> shift) == prefix, `need` being the rank inside that bucket.
 template <class Get>
 __device__ KeyThreshold RadixSelectKey(int n, int need, Get get,
-                                       RadixShared& rs) {
+                                       RadixShared& rs, uint32_t prefix = 0,
+                                       int shift = 32) {
   const int tid = threadIdx.x;
   KeyThreshold th;
-  th.prefix = 0;
-  th.shift = 32;
+  th.prefix = prefix;
+  th.shift = shift;
 #pragma unroll 1
-  for (int pass = 0; pass < 4; ++pass) {
-    th.shift -= 8;
+  while (th.shift > 0) {
+    const int next = th.shift > 8 ? th.shift - 8 : 0;
+    const int bits = th.shift - next;
+    const uint32_t digit_mask = (1u << bits) - 1u;
     for (int i = tid; i < 256; i += kSelectThreads) rs.hist[i] = 0;
     __syncthreads();
     for (int i = tid; i < n; i += kSelectThreads) {
       const uint32_t key = get(i);
-      if (pass == 0 || (key >> (th.shift + 8)) == th.prefix) {
-        atomicAdd(&rs.hist[(key >> th.shift) & 255u], 1u);
+      if (th.shift == 32 || (key >> th.shift) == th.prefix) {
+        atomicAdd(&rs.hist[(key >> next) & digit_mask], 1u);
       }
     }
     __syncthreads();
     FindThresholdBin(need, rs);
     __syncthreads();
-    th.prefix = (th.prefix << 8) | static_cast<uint32_t>(rs.digit);
+    th.prefix = (th.shift == 32 ? 0u : th.prefix << bits) |
+                static_cast<uint32_t>(rs.digit);
+    th.shift = next;
     need = rs.need;
     const int bucket = rs.bucket;
     __syncthreads();
@@ -449,6 +458,123 @@ __device__ KeyThreshold RadixSelectKey(int n, int need, Get get,
   }
   th.ties = need;
   return th;
+}
+
+// The bin of a kKeyHistBins-bin histogram (shared memory, 16-byte aligned)
+// that holds the need-th largest counted key: rs.digit, rs.need (how many
+// of that bin are kept), rs.bucket (its count), and rs.total (every counted
+// key; when rs.total < need, rs.digit is not set).
+__device__ __forceinline__ void FindThresholdBinWide(const uint32_t* hist,
+                                                     int need,
+                                                     RadixShared& rs) {
+  constexpr int kPer = kKeyHistBins / kSelectThreads;
+  static_assert(kPer == 8, "two 16-byte loads per thread");
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const uint4 lo = reinterpret_cast<const uint4*>(hist)[2 * tid];
+  const uint4 hi = reinterpret_cast<const uint4*>(hist)[2 * tid + 1];
+  const uint32_t h[kPer] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+  uint32_t total = 0;
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) total += h[j];
+  uint32_t suffix = total;  // this lane's bins and the warp's higher ones
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const uint32_t v = __shfl_down_sync(0xFFFFFFFFu, suffix, off);
+    if (lane + off < 32) suffix += v;
+  }
+  if (lane == 0) rs.warp_total[warp] = static_cast<int32_t>(suffix);
+  __syncthreads();
+  uint32_t cum = suffix - total;  // counted keys in higher bins
+  uint32_t all = 0;
+#pragma unroll
+  for (int w = 0; w < kSelectThreads / 32; ++w) {
+    const uint32_t t = static_cast<uint32_t>(rs.warp_total[w]);
+    cum += w > warp ? t : 0u;
+    all += t;
+  }
+  if (tid == 0) rs.total = static_cast<int32_t>(all);
+  const uint32_t want = static_cast<uint32_t>(need);
+#pragma unroll
+  for (int j = kPer - 1; j >= 0; --j) {
+    if (cum < want && cum + h[j] >= want) {
+      rs.digit = tid * kPer + j;
+      rs.need = static_cast<int32_t>(want - cum);
+      rs.bucket = static_cast<int32_t>(h[j]);
+    }
+    cum += h[j];
+  }
+  __syncthreads();
+}
+
+// The threshold keeping the k largest nonzero keys of keys[0, n) (shared
+// memory; 0 = no candidate), given `hist`, the kKeyHistBins histogram of
+// those nonzero keys (shared memory): the bin holding the k-th largest
+// comes from the histogram; the keys of that bin are gathered into `list`
+// (shared memory, room for list_cap) and radix-selected there, or, when
+// they do not fit, radix-selected in place among all n. Every nonzero key
+// is kept when there are at most k.
+__device__ __forceinline__ KeyThreshold HistSelectKey(const uint32_t* keys,
+                                                      int n, int k,
+                                                      const uint32_t* hist,
+                                                      uint32_t* list,
+                                                      int list_cap,
+                                                      RadixShared& rs) {
+  FindThresholdBinWide(hist, k, rs);
+  KeyThreshold th;  // keeps every key > 0
+  if (rs.total <= k) return th;
+  const uint32_t bin = static_cast<uint32_t>(rs.digit);
+  const int need = rs.need;
+  const int bucket = rs.bucket;
+  // Bin 0 may also hold zeros (no candidates), which the histogram does
+  // not count: its entries are always ranked by radix passes over all n,
+  // which see the zeros (ranked last).
+  if (bin > 0 && bucket == need) {
+    th.prefix = bin;
+    th.shift = kKeyHistShift;
+    th.ties = need;
+    return th;
+  }
+  if (bin == 0 || bucket > list_cap) {
+    return RadixSelectKey(
+        n, need, [&](int i) { return keys[i]; }, rs, bin, kKeyHistShift);
+  }
+  // Gather the bin's keys (in any order: only the threshold comes out).
+  constexpr int kUnroll = 8;
+  const int lane = threadIdx.x & 31;
+  const uint32_t lower = (1u << lane) - 1u;
+  if (threadIdx.x == 0) rs.count = 0;  // the list's length
+  __syncthreads();
+  for (int i0 = (threadIdx.x >> 5) * 32 * kUnroll; i0 < n;
+       i0 += kSelectThreads * kUnroll) {
+    uint32_t key[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int i = i0 + u * 32 + lane;
+      key[u] = i < n ? keys[i] : 0u;
+    }
+    uint32_t ballot[kUnroll];
+    int count = 0;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      ballot[u] = __ballot_sync(0xFFFFFFFFu, (key[u] >> kKeyHistShift) == bin);
+      count += __popc(ballot[u]);
+    }
+    int base = 0;
+    if (lane == 0 && count > 0) base = atomicAdd(&rs.count, count);
+    base = __shfl_sync(0xFFFFFFFFu, base, 0);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int at = base + __popc(ballot[u] & lower);
+      if (((ballot[u] >> lane) & 1u) && at < list_cap) list[at] = key[u];
+      base += __popc(ballot[u]);
+    }
+  }
+  __syncthreads();
+  return RadixSelectKey(
+      min(rs.count, list_cap), need, [&](int i) { return list[i]; }, rs, bin,
+      kKeyHistShift);
 }
 
 // Stable compaction of the entries `th` keeps among key_of(0..n-1): calls

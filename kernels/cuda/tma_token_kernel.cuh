@@ -27,8 +27,13 @@
 //                    Thread 0 refills the stage of the previous tile once
 //                    all 8 warps released it, so one warpgroup may run a
 //                    tile ahead of the other.
-//   last CTA         of the group (atomic ticket): SelectFromSlotScores, as
-//                    in TileKernel.
+//                    Each slot's key (0 when it is no candidate) goes to
+//                    the scratch and is counted in the CTA's histogram of
+//                    key bins (kKeyHistBins), added to the group's at the
+//                    end.
+//   last CTA         of the group (atomic ticket): SelectFromSlotKeys, which
+//                    takes the bin of the k-th largest key from the
+//                    histogram and radix-selects only inside that bin.
 //
 // kSmemScores (one work item per row, for batches whose rows outgrow the
 // slot-score scratch, e.g. a causal prefill of 64K rows): the scores stay in
@@ -60,23 +65,78 @@ struct TmaTokenLayout {
   static constexpr int kScalesOff = kQOff + 64 * 128;
   static constexpr int kWeightsOff = kScalesOff + kTmaStages * kScaleBytes;
   static constexpr int kTilesOff = kWeightsOff + 64 * 4;  // TileCopy each
-  static constexpr int kBarOff =
+  static constexpr int kTileValidOff =
       kTilesOff + kTmaMaxTiles * static_cast<int>(sizeof(TileCopy));
+  static constexpr int kBarOff = kTileValidOff + kTmaMaxTiles * 4;
   static constexpr int kRadixOff = kBarOff + 2 * kTmaStages * 8;
-  static constexpr int kScoresOff =
+  static constexpr int kHistOff =
       (kRadixOff + static_cast<int>(sizeof(RadixShared)) + 15) / 16 * 16;
+  static constexpr int kScoresOff = kHistOff + kKeyHistBins * 4;
   static constexpr int kScoresBytes = kSmemScores ? kSlotSelectCap * 4 : 0;
   // + 1024: the base is aligned up to 1024 bytes at run time.
   static constexpr int kBytes = kScoresOff + kScoresBytes + 1024;
   // The final select: one key per slot (in the score area, or the key
-  // stages), then the union (in the key stages).
+  // stages), then the union's blocks (in the key stages).
   static constexpr int kSelectKeysOff = kSmemScores ? kScoresOff : 0;
   static constexpr int kSelectUnionsOff = kSmemScores ? 0 : kSlotSelectCap * 4;
   static_assert(kQOff % 1024 == 0, "query operand must stay 1024-aligned");
-  static_assert(kSelectUnionsOff + kSlotSelectCap / 16 * 8 <= kQOff,
+  // Then the keys of the k-th largest key's histogram bin.
+  static constexpr int kSelectListOff =
+      kSelectUnionsOff + kSlotSelectCap / 16 * 8;
+  static constexpr int kSelectListCap = (kQOff - kSelectListOff) / 4;
+  static_assert(kSelectListCap >= 2048,
                 "final select must fit in the key stages");
   static_assert(kBarOff % 8 == 0, "mbarriers are 8-byte aligned");
 };
+
+// The final select of a slot-key row (one row per group): keys[i] is slot
+// i's key (0: no candidate) and hist the histogram of the nonzero keys.
+// Unless `local` (the scores-in-shared-memory form, whose one CTA scored
+// every slot), both are first loaded from the group's scratch and global
+// histogram. Positions ascend with the slot, so the k kept entries are
+// written in slot order; -1 pads the rest.
+__device__ __forceinline__ void SelectFromSlotKeys(
+    const SelectBuffers& b, const GroupDesc& grp, const ItemContext<1>& ic,
+    uint32_t* keys, int32_t* blocks, uint32_t* hist, uint32_t* list,
+    int list_cap, bool local, RadixShared& rs) {
+  const int log2b = ic.log2b;
+  const int num_blocks = __ldcg(b.union_counts + grp.union_index);
+  const int n = num_blocks << log2b;  // <= kSlotSelectCap, a multiple of 4
+  for (int u = threadIdx.x; u < num_blocks; u += kSelectThreads) {
+    blocks[u] = __ldcg(ic.unions + 2 * u);
+  }
+  if (!local) {
+    const uint4* src = reinterpret_cast<const uint4*>(
+        b.slot_scores + grp.slot_score_offset);
+#pragma unroll 8
+    for (int i = threadIdx.x; i < n / 4; i += kSelectThreads) {
+      reinterpret_cast<uint4*>(keys)[i] = __ldcg(src + i);
+    }
+    const uint4* gh = reinterpret_cast<const uint4*>(
+        b.slot_hist + int64_t{grp.slot_hist_index} * kKeyHistBins);
+    for (int i = threadIdx.x; i < kKeyHistBins / 4; i += kSelectThreads) {
+      reinterpret_cast<uint4*>(hist)[i] = __ldcg(gh + i);
+    }
+  }
+  __syncthreads();
+  const int k = grp.k;
+  const KeyThreshold th = HistSelectKey(keys, n, k, hist, list, list_cap, rs);
+  const RowDesc& row = b.rows[grp.rows[0]];
+  int32_t* out_pos = b.out_pos + row.out_offset;
+  float* out_scores = b.out_scores + row.out_offset;
+  const int in_block = (1 << log2b) - 1;
+  const int kept = CompactByKey(
+      n, [&](int i) { return keys[i]; }, th,
+      [&](int dst, int i) {
+        out_pos[dst] = (blocks[i >> log2b] << log2b) + (i & in_block);
+        out_scores[dst] = KeyToFloat(keys[i]);
+      },
+      rs);
+  for (int i = kept + threadIdx.x; i < k; i += kSelectThreads) {
+    out_pos[i] = -1;
+    out_scores[i] = __int_as_float(0x7FC00000);
+  }
+}
 
 template <bool kSmemScores>
 __global__ void __launch_bounds__(kSelectThreads,
@@ -93,6 +153,8 @@ __global__ void __launch_bounds__(kSelectThreads,
   uint8_t* qs = smem + L::kQOff;
   float* weights = reinterpret_cast<float*>(smem + L::kWeightsOff);
   TileCopy* tiles = reinterpret_cast<TileCopy*>(smem + L::kTilesOff);
+  int32_t* tile_valid = reinterpret_cast<int32_t*>(smem + L::kTileValidOff);
+  uint32_t* hist = reinterpret_cast<uint32_t*>(smem + L::kHistOff);
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
   uint64_t* empty = full + kTmaStages;
   RadixShared& rs = *reinterpret_cast<RadixShared*>(smem + L::kRadixOff);
@@ -110,6 +172,7 @@ __global__ void __launch_bounds__(kSelectThreads,
     MbarFenceInit();
   }
   StoreSwizzledQueries(b, grp, qs);
+  for (int i = threadIdx.x; i < kKeyHistBins; i += kSelectThreads) hist[i] = 0;
   if (threadIdx.x < 64) {
     weights[threadIdx.x] = b.w[b.rows[grp.rows[0]].w_offset + threadIdx.x];
   }
@@ -123,11 +186,17 @@ __global__ void __launch_bounds__(kSelectThreads,
       span > 0 ? static_cast<int>((span + kTileSlots - 1) / kTileSlots) : 0;
   // Tile j: slots slot_begin + 128 j ... (slot_begin is a multiple of 128
   // and B of 128, so the tile is one aligned run inside one block).
+  // Its candidates are the first tile_valid[j] slots: the tile lies in one
+  // block of the union, and positions past t end the run.
   for (int j = threadIdx.x; j < num_tiles; j += kSelectThreads) {
     const int64_t slot = ic.slot_begin + int64_t{j} * kTileSlots;
-    tiles[j] = TileCopyOf(
-        *ic.layer,
-        ResolveSlot<1, false>(b, ic, slot, LoadUnionEntry(ic, slot)));
+    const SlotRef r =
+        ResolveSlot<1, false>(b, ic, slot, LoadUnionEntry(ic, slot));
+    tiles[j] = TileCopyOf(*ic.layer, r);
+    tile_valid[j] =
+        r.rows == 0 ? 0
+                    : static_cast<int32_t>(min(int64_t{kTileSlots},
+                                               ic.t[0] - r.pos + 1));
   }
   __syncthreads();  // barriers, tile map, queries and weights are ready
 
@@ -147,11 +216,12 @@ __global__ void __launch_bounds__(kSelectThreads,
   const int r0 = slot0 + warp * 16 + (lane >> 2);
   const int tid4 = lane & 3;
   const uint64_t db = WgmmaDescSw128(qs);
-  // Scores by slot index: the device scratch, or shared memory (the item
-  // is the whole row: slot_begin == 0).
-  float* out = kSmemScores
-                   ? reinterpret_cast<float*>(smem + L::kScoresOff)
-                   : b.slot_scores + grp.slot_score_offset;
+  // Keys by slot index (0: no candidate), counted in `hist`: the device
+  // scratch, or shared memory (the item is the whole row: slot_begin == 0).
+  uint32_t* out = kSmemScores
+                      ? reinterpret_cast<uint32_t*>(smem + L::kScoresOff)
+                      : reinterpret_cast<uint32_t*>(b.slot_scores +
+                                                    grp.slot_score_offset);
 #pragma unroll 1
   for (int it = 0; it < num_tiles; ++it) {
     const int s = it % kTmaStages;
@@ -186,19 +256,38 @@ __global__ void __launch_bounds__(kSelectThreads,
 
     const float2 sum = WgmmaHeadSum<64>(d, weights, 0, tid4);
     if (tid4 == 0) {
+      const int valid = tile_valid[it];
+      const uint32_t key0 =
+          r0 < valid ? max(OrderedKey(sum.x * scale0), 1u) : 0u;
+      const uint32_t key1 =
+          r0 + 8 < valid ? max(OrderedKey(sum.y * scale1), 1u) : 0u;
+      if (key0 != 0) atomicAdd(&hist[key0 >> kKeyHistShift], 1u);
+      if (key1 != 0) atomicAdd(&hist[key1 >> kKeyHistShift], 1u);
       const int64_t slot = ic.slot_begin + int64_t{it} * kTileSlots + r0;
-      if (slot < ic.slot_end) out[slot] = sum.x * scale0;
-      if (slot + 8 < ic.slot_end) out[slot + 8] = sum.y * scale1;
+      if (slot < ic.slot_end) out[slot] = key0;
+      if (slot + 8 < ic.slot_end) out[slot + 8] = key1;
     }
   }
 
   Trace(b.trace, kTraceLoopEnd);
+  if constexpr (!kSmemScores) {
+    // This CTA's counts join the group's histogram (LastOfGroup's fence
+    // orders them before the ticket).
+    __syncthreads();
+    uint32_t* group_hist =
+        b.slot_hist + int64_t{grp.slot_hist_index} * kKeyHistBins;
+    for (int i = threadIdx.x; i < kKeyHistBins; i += kSelectThreads) {
+      const uint32_t c = hist[i];
+      if (c != 0) atomicAdd(group_hist + i, c);
+    }
+  }
   if (LastOfGroup(b, item, 1, grp.num_splits, rs)) {
     // Every tile was waited for: the stage area is free for the select.
-    SelectFromSlotScores<1>(
+    SelectFromSlotKeys(
         b, grp, ic, reinterpret_cast<uint32_t*>(smem + L::kSelectKeysOff),
-        reinterpret_cast<int32_t*>(smem + L::kSelectUnionsOff), rs,
-        kSmemScores);
+        reinterpret_cast<int32_t*>(smem + L::kSelectUnionsOff), hist,
+        reinterpret_cast<uint32_t*>(smem + L::kSelectListOff),
+        L::kSelectListCap, kSmemScores, rs);
     if (threadIdx.x == 0) b.counters[2 * item.group + 1] = 0;
     Trace(b.trace, kTraceTailEnd);
   }
