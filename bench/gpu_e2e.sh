@@ -36,7 +36,8 @@
 # this order), E2E_CONTEXTS
 # (4096,65536), E2E_PREFILL_ROWS (1024), E2E_SECONDS (2: measured seconds
 # per loadgen phase), E2E_BUDGET_S (450: every step gets at most what is
-# left of it, so the summary prints inside one device call), HISA_E2E_BIN
+# left of it, so the summary prints inside one device call),
+# E2E_SERVER_ARGS (more hisa_server flags, comma-separated), HISA_E2E_BIN
 # (.carry-e2e, or build-e2e's outputs when absent).
 set -u -o pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -85,6 +86,7 @@ PREFILL_ROWS=${E2E_PREFILL_ROWS:-1024}
 SECONDS_PER_PHASE=${E2E_SECONDS:-2}
 BUDGET=${E2E_BUDGET_S:-450}
 BIN=${HISA_E2E_BIN:-$ROOT/.carry-e2e}
+SERVER_ARGS=${E2E_SERVER_ARGS:-}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 T0=$(date +%s)
 has() { [[ ",$PARTS," == *",$1,"* ]]; }
@@ -167,13 +169,13 @@ bench() {
 lg_rows=()
 loadgen() {
   local backend=$1 L=$2 start rc before
-  note "loadgen: backend $backend, L=$L, prefill $PREFILL_ROWS rows"
+  note "loadgen: backend $backend, L=$L, prefill $PREFILL_ROWS rows${SERVER_ARGS:+, server flags $SERVER_ARGS}"
   start=$(date +%s)
   before=$(cat "$OUT/loadgen.md" 2>/dev/null | wc -l)
   echo "### backend $backend, L=$L" >> "$OUT/loadgen.log"
   timeout "$(limit 100)" bash -c "LD_LIBRARY_PATH='${LIBS}:${LD_LIBRARY_PATH:-}' '$BIN/hisa_loadgen' \
       --server_binary='$BIN/hisa_server' --echo_binary='$BIN/hisa_echo_server' \
-      --server_args=--backend=$backend,--metrics_listen=127.0.0.1:0,--memory_budget=8G \
+      --server_args=--backend=$backend,--metrics_listen=127.0.0.1:0,--memory_budget=8G${SERVER_ARGS:+,$SERVER_ARGS} \
       --streams=1 --decode_rows=1,64 --prefill_rows=$PREFILL_ROWS --context=$L \
       --seconds=$SECONDS_PER_PHASE --rounds=2 --warmup=5 \
       --results_md='$OUT/loadgen.md' --results_append" > "$OUT/lg_run.txt" 2>&1

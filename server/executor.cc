@@ -2,12 +2,18 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <utility>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace hisa {
 
-Executor::Executor(int num_threads) {
+Executor::Executor(int num_threads, absl::Duration idle_spin)
+    : idle_spin_(std::max(idle_spin, absl::ZeroDuration())) {
   const int n = std::max(1, num_threads);
   threads_.reserve(n);
   for (int i = 0; i < n; ++i) threads_.emplace_back([this] { WorkerLoop(); });
@@ -16,12 +22,17 @@ Executor::Executor(int num_threads) {
 Executor::~Executor() { Stop(); }
 
 bool Executor::Schedule(absl::AnyInvocable<void() &&>&& task) {
+  bool wake;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return false;
     queue_.push_back(std::move(task));
+    queued_.fetch_add(1, std::memory_order_release);
+    // A polling worker takes a lone task (it re-checks the queue under mu_
+    // before it sleeps, so no wake-up is lost); any more need a sleeper.
+    wake = !spinning_ || queue_.size() > 1;
   }
-  work_cv_.notify_one();
+  if (wake) work_cv_.notify_one();
   return true;
 }
 
@@ -84,10 +95,27 @@ void Executor::Stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
+    stop_requested_.store(true, std::memory_order_relaxed);
   }
   work_cv_.notify_all();
   for (std::thread& thread : threads_) {
     if (thread.joinable()) thread.join();
+  }
+}
+
+void Executor::Spin() {
+  const auto until = std::chrono::steady_clock::now() +
+                     absl::ToChronoNanoseconds(idle_spin_);
+  for (int i = 1; queued_.load(std::memory_order_acquire) == 0 &&
+                  !stop_requested_.load(std::memory_order_relaxed);
+       ++i) {
+#if defined(__x86_64__) || defined(__i386__)
+    _mm_pause();
+#endif
+    if (i % 64 == 0) {
+      if (std::chrono::steady_clock::now() >= until) return;
+      std::this_thread::yield();  // let other runnable threads have the core
+    }
   }
 }
 
@@ -96,11 +124,20 @@ void Executor::WorkerLoop() {
     absl::AnyInvocable<void() &&> task;
     {
       std::unique_lock<std::mutex> lock(mu_);
+      if (queue_.empty() && !stopping_ && !spinning_ &&
+          idle_spin_ > absl::ZeroDuration()) {
+        spinning_ = true;
+        lock.unlock();
+        Spin();
+        lock.lock();
+        spinning_ = false;
+      }
       work_cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
       // Stopping still drains the queue: queued work may hold RPCs open.
       if (queue_.empty()) return;
       task = std::move(queue_.front());
       queue_.pop_front();
+      queued_.fetch_sub(1, std::memory_order_relaxed);
     }
     std::move(task)();
   }

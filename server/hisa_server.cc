@@ -56,6 +56,11 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
     return Invalid(absl::StrCat("threads must be in [1, 256], got ",
                                 options.executor_threads));
   }
+  if (options.executor_idle_spin < absl::ZeroDuration() ||
+      options.executor_idle_spin > absl::Milliseconds(10)) {
+    return Invalid(absl::StrCat("executor_spin must be in [0, 10ms], got ",
+                                absl::FormatDuration(options.executor_idle_spin)));
+  }
   if (options.max_message_bytes < 1024 ||
       options.max_message_bytes > std::numeric_limits<int>::max()) {
     return Invalid(absl::StrCat("max_message_bytes must be in [1K, ",
@@ -113,7 +118,8 @@ HisaServer::~HisaServer() { Shutdown(absl::ZeroDuration()); }
 
 absl::Status HisaServer::Init() {
   metrics_ = std::make_unique<ServiceMetrics>(engine_.get());
-  executor_ = std::make_unique<Executor>(options_.executor_threads);
+  executor_ = std::make_unique<Executor>(options_.executor_threads,
+                                         options_.executor_idle_spin);
   batcher_ = std::make_unique<SelectBatcher>(engine_.get(), executor_.get(),
                                              options_.batch, metrics_.get());
   ServiceOptions service_options;

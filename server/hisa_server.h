@@ -65,6 +65,10 @@ struct ServerOptions {
   EngineOptions engine;
   // Executor threads that run engine calls.
   int executor_threads = 4;
+  // How long an idle executor thread polls for work before it sleeps
+  // (Executor's idle_spin): a lone Select then starts at once instead of
+  // after a thread wake-up.
+  absl::Duration executor_idle_spin = absl::ZeroDuration();
   // gRPC max receive message size.
   int64_t max_message_bytes = int64_t{64} << 20;
   int max_rows_per_message = 4096;

@@ -49,6 +49,10 @@ ABSL_FLAG(int32_t, max_layers, 256, "most layers per request");
 ABSL_FLAG(int32_t, max_heads, 128, "most query heads per row (<= 128)");
 ABSL_FLAG(int32_t, threads, 4,
           "executor threads that run engine calls for the RPCs");
+ABSL_FLAG(absl::Duration, executor_spin, absl::Microseconds(50),
+          "how long an idle executor thread polls for work before it "
+          "sleeps (one at a time; 0 sleeps at once): a lone Select starts "
+          "without waiting for a thread wake-up");
 ABSL_FLAG(int32_t, backend_threads, 0,
           "CPU backend worker threads; 0 = one per hardware thread");
 ABSL_FLAG(int32_t, batch_max_rows, 1024,
@@ -83,6 +87,7 @@ hisa::ServerOptions OptionsFromFlags() {
   options.engine.max_heads = absl::GetFlag(FLAGS_max_heads);
   options.engine.num_threads = absl::GetFlag(FLAGS_backend_threads);
   options.executor_threads = absl::GetFlag(FLAGS_threads);
+  options.executor_idle_spin = absl::GetFlag(FLAGS_executor_spin);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes).bytes;
   options.max_rows_per_message = absl::GetFlag(FLAGS_max_rows_per_message);
   options.batch.max_rows = absl::GetFlag(FLAGS_batch_max_rows);

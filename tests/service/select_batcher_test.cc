@@ -418,6 +418,37 @@ TEST(ExecutorTest, RunsEveryTaskAndRefusesAfterStop) {
   executor.Stop();  // idempotent
 }
 
+// A polling worker takes a lone task without a wake-up; a burst must still
+// reach the sleeping workers: three tasks that each wait until all three
+// have started finish only if they run concurrently. (Liveness: whether a
+// burst lands before the poller takes its task is up to timing, so this
+// fails for an executor that never wakes a sleeper, not for every race.)
+TEST(ExecutorTest, PollingWorkerPassesBurstsOnToSleepingWorkers) {
+  for (int round = 0; round < 20; ++round) {
+    Executor executor(3, absl::Milliseconds(2));
+    std::atomic<int> started{0};
+    std::atomic<int> done{0};
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    // Let one worker start polling and the others fall asleep.
+    std::this_thread::sleep_for(std::chrono::microseconds(round * 100));
+    for (int i = 0; i < 3; ++i) {
+      ASSERT_TRUE(executor.Schedule([&] {
+        started.fetch_add(1);
+        while (started.load() < 3 &&
+               std::chrono::steady_clock::now() < deadline) {
+          std::this_thread::yield();
+        }
+        done.fetch_add(1);
+      }));
+    }
+    executor.Stop();
+    ASSERT_EQ(done.load(), 3);
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline)
+        << "round " << round << ": the tasks did not run concurrently";
+  }
+}
+
 // Every index once, whatever the grain, thread count or caller.
 TEST(ExecutorTest, ParallelForCoversEveryIndexOnce) {
   for (int threads : {1, 2, 4}) {
