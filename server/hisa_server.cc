@@ -56,10 +56,12 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
     return Invalid(absl::StrCat("threads must be in [1, 256], got ",
                                 options.executor_threads));
   }
-  if (options.executor_idle_spin < absl::ZeroDuration() ||
-      options.executor_idle_spin > absl::Milliseconds(10)) {
-    return Invalid(absl::StrCat("executor_spin must be in [0, 10ms], got ",
-                                absl::FormatDuration(options.executor_idle_spin)));
+  if (options.executor_idle_spin.has_value() &&
+      (*options.executor_idle_spin < absl::ZeroDuration() ||
+       *options.executor_idle_spin > absl::Milliseconds(10))) {
+    return Invalid(absl::StrCat(
+        "executor_spin must be 'auto' or a duration in [0, 10ms], got ",
+        absl::FormatDuration(*options.executor_idle_spin)));
   }
   if (options.max_message_bytes < 1024 ||
       options.max_message_bytes > std::numeric_limits<int>::max()) {
@@ -118,8 +120,9 @@ HisaServer::~HisaServer() { Shutdown(absl::ZeroDuration()); }
 
 absl::Status HisaServer::Init() {
   metrics_ = std::make_unique<ServiceMetrics>(engine_.get());
-  executor_ = std::make_unique<Executor>(options_.executor_threads,
-                                         options_.executor_idle_spin);
+  const absl::Duration spin = options_.executor_idle_spin.value_or(
+      engine_->backend_name() == "cuda" ? kGpuIdleSpin : absl::ZeroDuration());
+  executor_ = std::make_unique<Executor>(options_.executor_threads, spin);
   batcher_ = std::make_unique<SelectBatcher>(engine_.get(), executor_.get(),
                                              options_.batch, metrics_.get());
   ServiceOptions service_options;

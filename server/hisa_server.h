@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -54,6 +55,11 @@ namespace hisa {
 
 inline constexpr char kServerVersion[] = "0.1.0";
 
+// ServerOptions::executor_idle_spin's default with the cuda backend: longer
+// than the gap between a ping-pong client's messages (~100-200 us), so the
+// next one still finds a polling thread.
+inline constexpr absl::Duration kGpuIdleSpin = absl::Microseconds(500);
+
 struct ServerOptions {
   // TCP listener ("host:port"; port 0 picks a free one); "" for none.
   std::string listen = "0.0.0.0:50051";
@@ -67,8 +73,10 @@ struct ServerOptions {
   int executor_threads = 4;
   // How long an idle executor thread polls for work before it sleeps
   // (Executor's idle_spin): a lone Select then starts at once instead of
-  // after a thread wake-up.
-  absl::Duration executor_idle_spin = absl::ZeroDuration();
+  // after a thread wake-up. nullopt: kGpuIdleSpin with the cuda backend
+  // (its host cores idle while the GPU works), none with the cpu backend
+  // (whose cores compute the selections).
+  std::optional<absl::Duration> executor_idle_spin;
   // gRPC max receive message size.
   int64_t max_message_bytes = int64_t{64} << 20;
   int max_rows_per_message = 4096;

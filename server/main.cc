@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <string>
 
@@ -49,10 +50,11 @@ ABSL_FLAG(int32_t, max_layers, 256, "most layers per request");
 ABSL_FLAG(int32_t, max_heads, 128, "most query heads per row (<= 128)");
 ABSL_FLAG(int32_t, threads, 4,
           "executor threads that run engine calls for the RPCs");
-ABSL_FLAG(absl::Duration, executor_spin, absl::Microseconds(50),
+ABSL_FLAG(std::string, executor_spin, "auto",
           "how long an idle executor thread polls for work before it "
-          "sleeps (one at a time; 0 sleeps at once): a lone Select starts "
-          "without waiting for a thread wake-up");
+          "sleeps (one at a time; 0 sleeps at once), so a lone Select "
+          "starts without waiting for a thread wake-up; auto: 500us with "
+          "the cuda backend, 0 with the cpu backend");
 ABSL_FLAG(int32_t, backend_threads, 0,
           "CPU backend worker threads; 0 = one per hardware thread");
 ABSL_FLAG(int32_t, batch_max_rows, 1024,
@@ -87,7 +89,18 @@ hisa::ServerOptions OptionsFromFlags() {
   options.engine.max_heads = absl::GetFlag(FLAGS_max_heads);
   options.engine.num_threads = absl::GetFlag(FLAGS_backend_threads);
   options.executor_threads = absl::GetFlag(FLAGS_threads);
-  options.executor_idle_spin = absl::GetFlag(FLAGS_executor_spin);
+  if (const std::string spin = absl::GetFlag(FLAGS_executor_spin);
+      spin != "auto") {
+    absl::Duration d;
+    if (!absl::ParseDuration(spin, &d)) {
+      std::fprintf(stderr,
+                   "hisa_server: --executor_spin wants 'auto' or a duration "
+                   "such as 500us, got '%s'\n",
+                   spin.c_str());
+      std::exit(1);
+    }
+    options.executor_idle_spin = d;
+  }
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes).bytes;
   options.max_rows_per_message = absl::GetFlag(FLAGS_max_rows_per_message);
   options.batch.max_rows = absl::GetFlag(FLAGS_batch_max_rows);
