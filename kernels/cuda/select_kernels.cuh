@@ -1078,18 +1078,17 @@ __device__ void FinalizeGroup(const SelectBuffers& b, const GroupDesc& grp,
 // row, one key per union slot (0 = not a candidate of this row: block not
 // chosen by it, or past t; NaN scores map to 1, still below every number),
 // one radix select on the keys (ties to the lower slot), one ordered
-// compaction straight to the output. Slots ascend with position, so the output is sorted.
-// `keys` holds kSlotSelectCap entries, `unions` 2 * kSlotSelectCap / 16.
-// The scores come from the device scratch, or (scores_in_keys, G == 1) are
-// already in `keys` as floats and become keys in place.
+// compaction straight to the output. Slots ascend with position, so the
+// output is sorted. `keys` holds kSlotSelectCap entries, `unions`
+// 2 * kSlotSelectCap / 16. The bulk-copy token kernel's rows, which arrive
+// as keys with a histogram, use SelectFromSlotKeys (tma_token_kernel.cuh).
 template <int G>
 __device__ __forceinline__ void SelectFromSlotScores(const SelectBuffers& b,
                                                   const GroupDesc& grp,
                                                   const ItemContext<G>& ic,
                                                   uint32_t* keys,
                                                   int32_t* unions,
-                                                  RadixShared& rs,
-                                                  bool scores_in_keys = false) {
+                                                  RadixShared& rs) {
   const int log2b = ic.log2b;
   const int num_blocks = __ldcg(b.union_counts + grp.union_index);
   const int n = num_blocks << log2b;  // <= kSlotSelectCap (planner)
@@ -1113,11 +1112,7 @@ __device__ __forceinline__ void SelectFromSlotScores(const SelectBuffers& b,
     int valid = 0;
 #pragma unroll 2
     for (int base = 4 * threadIdx.x; base < n; base += 4 * kSelectThreads) {
-      // In place: each thread reads the 4 entries it then overwrites.
-      const float4 v =
-          scores_in_keys
-              ? *reinterpret_cast<const float4*>(keys + base)
-              : __ldcg(reinterpret_cast<const float4*>(scores + base));
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(scores + base));
       const float f[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
