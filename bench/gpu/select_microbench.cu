@@ -16,6 +16,7 @@
 //   hisa_select_microbench [--rows=64] [--n=8192] [--k=2048] [--reps=200]
 //                          [--distinct=0]  (> 0: scores take that many
 //                                           values: ties, crowded digits)
+//                          [--list_cap=5504] (hist: gather room)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -47,8 +48,8 @@ constexpr int kPhases = 5;  // start, keys, histogram, threshold, written
 
 template <bool kHist>
 __global__ void __launch_bounds__(kSelectThreads)
-    SelectTail(const float* scores, int n, int k, int32_t* out_pos,
-               long long* clocks) {
+    SelectTail(const float* scores, int n, int k, int list_cap,
+               int32_t* out_pos, long long* clocks) {
   extern __shared__ __align__(16) uint8_t smem[];
   uint32_t* keys = reinterpret_cast<uint32_t*>(smem);
   uint32_t* hist = reinterpret_cast<uint32_t*>(smem + n * 4);
@@ -82,8 +83,9 @@ __global__ void __launch_bounds__(kSelectThreads)
   }
   t[2] = clock64();
   auto key_of = [&](int i) { return keys[i]; };
-  const KeyThreshold th = kHist ? HistSelectKey(keys, n, k, hist, list, n, rs)
-                                : RadixSelectKey(n, k, key_of, rs);
+  const KeyThreshold th =
+      kHist ? HistSelectKey(keys, n, k, hist, list, list_cap, rs)
+            : RadixSelectKey(n, k, key_of, rs);
   __syncthreads();
   t[3] = clock64();
   CompactByKey(
@@ -113,7 +115,7 @@ struct Result {
 
 template <bool kHist>
 Result Run(const std::vector<float>& scores, int rows, int n, int k,
-           int reps) {
+           int list_cap, int reps) {
   float* d_scores;
   int32_t* d_pos;
   long long* d_clocks;
@@ -137,7 +139,8 @@ Result Run(const std::vector<float>& scores, int rows, int n, int k,
   for (int r = 0; r < reps + 5; ++r) {
     CUDA_OK(cudaEventRecord(start));
     SelectTail<kHist>
-        <<<rows, kSelectThreads, smem>>>(d_scores, n, k, d_pos, d_clocks);
+        <<<rows, kSelectThreads, smem>>>(d_scores, n, k, list_cap, d_pos,
+                                         d_clocks);
     CUDA_OK(cudaEventRecord(stop));
     CUDA_OK(cudaEventSynchronize(stop));
     float x = 0;
@@ -190,6 +193,9 @@ int Main(int argc, char** argv) {
   const int k = Flag(argc, argv, "k", 2048);
   const int reps = Flag(argc, argv, "reps", 200);
   const int distinct = Flag(argc, argv, "distinct", 0);
+  // Gather room of the decode kernel's select (TmaTokenLayout<false>::
+  // kSelectListCap): a bigger threshold bin is split once more first.
+  const int list_cap = std::min(n, Flag(argc, argv, "list_cap", 5504));
   if (n % 4 != 0 || n > kSlotSelectCap || k < 1 || k > n) {
     std::fprintf(stderr, "need n %% 4 == 0, n <= %d, 1 <= k <= n\n",
                  kSlotSelectCap);
@@ -210,8 +216,8 @@ int Main(int argc, char** argv) {
       s = std::round(std::clamp(s - 0.5f, 0.f, 1.f) * (distinct - 1));
     }
   }
-  const Result radix = Run<false>(scores, rows, n, k, reps);
-  const Result hist = Run<true>(scores, rows, n, k, reps);
+  const Result radix = Run<false>(scores, rows, n, k, list_cap, reps);
+  const Result hist = Run<true>(scores, rows, n, k, list_cap, reps);
   for (const auto& [name, r] : {std::pair<const char*, const Result&>{
                                     "radix", radix},
                                 {"hist ", hist}}) {

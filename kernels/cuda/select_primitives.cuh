@@ -510,37 +510,62 @@ __device__ __forceinline__ void FindThresholdBinWide(const uint32_t* hist,
 
 // The threshold keeping the k largest nonzero keys of keys[0, n) (shared
 // memory; 0 = no candidate), given `hist`, the kKeyHistBins histogram of
-// those nonzero keys (shared memory): the bin holding the k-th largest
-// comes from the histogram; the keys of that bin are gathered into `list`
-// (shared memory, room for list_cap) and radix-selected there, or, when
-// they do not fit, radix-selected in place among all n. Every nonzero key
-// is kept when there are at most k.
+// those nonzero keys' top bits (shared memory, 16-byte aligned; may be
+// overwritten): the bin holding the k-th largest comes from the histogram;
+// a bin of more than list_cap keys is split once more by the next
+// kKeyHistBits bits (one pass over the keys into `hist`); then the keys of
+// the (sub-)bin are gathered into `list` (shared memory, room for list_cap)
+// and radix-selected there. Every nonzero key is kept when there are at
+// most k.
 __device__ __forceinline__ KeyThreshold HistSelectKey(const uint32_t* keys,
                                                       int n, int k,
-                                                      const uint32_t* hist,
+                                                      uint32_t* hist,
                                                       uint32_t* list,
                                                       int list_cap,
                                                       RadixShared& rs) {
   FindThresholdBinWide(hist, k, rs);
   KeyThreshold th;  // keeps every key > 0
   if (rs.total <= k) return th;
-  const uint32_t bin = static_cast<uint32_t>(rs.digit);
-  const int need = rs.need;
-  const int bucket = rs.bucket;
+  uint32_t prefix = static_cast<uint32_t>(rs.digit);
+  int shift = kKeyHistShift;
+  int need = rs.need;
+  int bucket = rs.bucket;
+  auto all_keys = [&](int i) { return keys[i]; };
   // Bin 0 may also hold zeros (no candidates), which the histogram does
   // not count: its entries are always ranked by radix passes over all n,
   // which see the zeros (ranked last).
-  if (bin > 0 && bucket == need) {
-    th.prefix = bin;
-    th.shift = kKeyHistShift;
+  if (prefix == 0) return RadixSelectKey(n, need, all_keys, rs, 0, shift);
+  if (bucket > list_cap && bucket > need) {
+    // Too many to gather: split the bin by the next bits.
+    const int next = shift - kKeyHistBits;
+    for (int i = threadIdx.x; i < kKeyHistBins; i += kSelectThreads) {
+      hist[i] = 0;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += kSelectThreads) {
+      const uint32_t key = keys[i];
+      if ((key >> shift) == prefix) {
+        atomicAdd(&hist[(key >> next) & (kKeyHistBins - 1)], 1u);
+      }
+    }
+    __syncthreads();
+    FindThresholdBinWide(hist, need, rs);
+    prefix = (prefix << kKeyHistBits) | static_cast<uint32_t>(rs.digit);
+    shift = next;
+    need = rs.need;
+    bucket = rs.bucket;
+  }
+  if (bucket == need) {  // the whole (sub-)bin is kept
+    th.prefix = prefix;
+    th.shift = shift;
     th.ties = need;
     return th;
   }
-  if (bin == 0 || bucket > list_cap) {
-    return RadixSelectKey(
-        n, need, [&](int i) { return keys[i]; }, rs, bin, kKeyHistShift);
+  if (bucket > list_cap) {  // a crowd of equal keys
+    return RadixSelectKey(n, need, all_keys, rs, prefix, shift);
   }
-  // Gather the bin's keys (in any order: only the threshold comes out).
+  // Gather the (sub-)bin's keys (in any order: only the threshold comes
+  // out).
   constexpr int kUnroll = 8;
   const int lane = threadIdx.x & 31;
   const uint32_t lower = (1u << lane) - 1u;
@@ -558,7 +583,7 @@ __device__ __forceinline__ KeyThreshold HistSelectKey(const uint32_t* keys,
     int count = 0;
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      ballot[u] = __ballot_sync(0xFFFFFFFFu, (key[u] >> kKeyHistShift) == bin);
+      ballot[u] = __ballot_sync(0xFFFFFFFFu, (key[u] >> shift) == prefix);
       count += __popc(ballot[u]);
     }
     int base = 0;
@@ -573,8 +598,8 @@ __device__ __forceinline__ KeyThreshold HistSelectKey(const uint32_t* keys,
   }
   __syncthreads();
   return RadixSelectKey(
-      min(rs.count, list_cap), need, [&](int i) { return list[i]; }, rs, bin,
-      kKeyHistShift);
+      min(rs.count, list_cap), need, [&](int i) { return list[i]; }, rs,
+      prefix, shift);
 }
 
 // Stable compaction of the entries `th` keeps among key_of(0..n-1): calls

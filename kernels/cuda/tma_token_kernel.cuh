@@ -80,10 +80,11 @@ struct TmaTokenLayout {
   static constexpr int kSelectKeysOff = kSmemScores ? kScoresOff : 0;
   static constexpr int kSelectUnionsOff = kSmemScores ? 0 : kSlotSelectCap * 4;
   static_assert(kQOff % 1024 == 0, "query operand must stay 1024-aligned");
-  // Then the keys of the k-th largest key's histogram bin.
+  // Then the keys of the k-th largest key's histogram bin, up to the
+  // weights (the query operand and the scale stages are free by then).
   static constexpr int kSelectListOff =
       kSelectUnionsOff + kSlotSelectCap / 16 * 8;
-  static constexpr int kSelectListCap = (kQOff - kSelectListOff) / 4;
+  static constexpr int kSelectListCap = (kWeightsOff - kSelectListOff) / 4;
   static_assert(kSelectListCap >= 2048,
                 "final select must fit in the key stages");
   static_assert(kBarOff % 8 == 0, "mbarriers are 8-byte aligned");
