@@ -16,6 +16,7 @@
 #include <vector>
 
 #include <signal.h>
+#include <sys/wait.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -902,20 +903,18 @@ TEST_F(ServiceIntegrationTest, HealthReflectionAndUnixSocket) {
 
 // --------------------------------------------------------------- batching --
 
-TEST_F(ServiceIntegrationTest, ConcurrentStreamsShareEngineBatches) {
-  StartServer({"--batch_max_wait=2ms", "--batch_max_rows=64"});
-  const v1::RequestConfig config = testing::MakeConfig(1, 128, 128, v1::FP32);
-  const int64_t length = 4096;
-  Fill("b", config, length, 1024);
-  constexpr int kStreams = 8;
-  const int messages = kSanitized ? 5 : 20;
+// Each of `streams` streams sends `messages` one-row DENSE messages over
+// request "b" (FP32, `length` tokens, layer 0) and reads each answer;
+// returns the rows answered OK under their own message id.
+int ConcurrentOneRowStreams(const std::string& target, uint64_t seed,
+                            const v1::RequestConfig& config, int64_t length,
+                            int streams, int messages) {
   std::atomic<int> ok_rows{0};
   std::vector<std::thread> threads;
-  const uint64_t base_seed = rng_();
-  for (int s = 0; s < kStreams; ++s) {
+  for (int s = 0; s < streams; ++s) {
     threads.emplace_back([&, s] {
-      std::mt19937_64 rng(base_seed + s);
-      WireClient client(server_->target());
+      std::mt19937_64 rng(seed + s);
+      WireClient client(target);
       grpc::ClientContext context;
       client.SetDeadline(&context);
       auto stream = client.stub().Select(&context);
@@ -937,8 +936,20 @@ TEST_F(ServiceIntegrationTest, ConcurrentStreamsShareEngineBatches) {
     });
   }
   for (std::thread& thread : threads) thread.join();
+  return ok_rows.load();
+}
+
+TEST_F(ServiceIntegrationTest, ConcurrentStreamsShareEngineBatches) {
+  StartServer({"--batch_max_wait=2ms", "--batch_max_rows=64"});
+  const v1::RequestConfig config = testing::MakeConfig(1, 128, 128, v1::FP32);
+  const int64_t length = 4096;
+  Fill("b", config, length, 1024);
+  constexpr int kStreams = 8;
+  const int messages = kSanitized ? 5 : 20;
   const int total = kStreams * messages;
-  EXPECT_EQ(ok_rows.load(), total);
+  EXPECT_EQ(ConcurrentOneRowStreams(server_->target(), rng_(), config, length,
+                                    kStreams, messages),
+            total);
   const std::string text = Scrape();
   const double rows = *MetricValue(text, "hisa_select_batch_rows_sum");
   const double batches = *MetricValue(text, "hisa_select_batch_rows_count");
@@ -948,6 +959,42 @@ TEST_F(ServiceIntegrationTest, ConcurrentStreamsShareEngineBatches) {
                total, kStreams, batches, rows / batches);
   EXPECT_EQ(rows, total);
   EXPECT_LT(batches, total);
+}
+
+// With an executor thread polling for work (--executor_spin, the cuda
+// backend's default), every row is still answered and rows still batch;
+// the drain at TearDown stops the poller.
+TEST_F(ServiceIntegrationTest, PollingExecutorServesConcurrentStreams) {
+  StartServer({"--executor_spin=300us", "--threads=3"});
+  const v1::RequestConfig config = testing::MakeConfig(1, 128, 128, v1::FP32);
+  const int64_t length = 2048;
+  Fill("b", config, length, 1024);
+  constexpr int kStreams = 4;
+  const int messages = kSanitized ? 5 : 20;
+  EXPECT_EQ(ConcurrentOneRowStreams(server_->target(), rng_(), config, length,
+                                    kStreams, messages),
+            kStreams * messages);
+  EXPECT_EQ(Metric("hisa_select_batch_rows_sum"), kStreams * messages);
+}
+
+// A bad --executor_spin stops the server at start with the flag's name.
+TEST(ServerFlagsTest, BadExecutorSpinIsRejectedByName) {
+  for (const char* value : {"bogus", "20ms", "-1us"}) {
+    // timeout: a server that accepted the value would serve until killed.
+    const std::string command = absl::StrCat(
+        "timeout 30 '", testing::HisaServerBinary(), "' --executor_spin=",
+        value, " --listen=127.0.0.1:0 --metrics_listen= 2>&1");
+    FILE* pipe = popen(command.c_str(), "r");
+    ASSERT_NE(pipe, nullptr);
+    std::string output;
+    char buffer[256];
+    while (fgets(buffer, sizeof(buffer), pipe) != nullptr) output += buffer;
+    const int status = pclose(pipe);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1)
+        << value << ": " << output;
+    EXPECT_TRUE(absl::StrContains(output, "executor_spin"))
+        << value << ": " << output;
+  }
 }
 
 TEST_F(ServiceIntegrationTest, LoneMessageDoesNotWaitForTheBatchWindow) {
