@@ -962,8 +962,8 @@ TEST_F(ServiceIntegrationTest, ConcurrentStreamsShareEngineBatches) {
 }
 
 // With an executor thread polling for work (--executor_spin, the cuda
-// backend's default), every row is still answered and rows still batch;
-// the drain at TearDown stops the poller.
+// backend's default), every row is answered and runs in exactly one engine
+// batch; the drain at TearDown stops the poller.
 TEST_F(ServiceIntegrationTest, PollingExecutorServesConcurrentStreams) {
   StartServer({"--executor_spin=300us", "--threads=3"});
   const v1::RequestConfig config = testing::MakeConfig(1, 128, 128, v1::FP32);
