@@ -419,6 +419,26 @@ struct KeyThreshold {
   int32_t ties = 0;  // default: keeps every key > 0
 };
 
+// One counting pass of a radix select: zeroes hist[0, bins), then adds 1 at
+// hist[(key >> next) & digit_mask] for every key of get(0..n-1) with
+// (key >> shift) == prefix (every key when shift == 32). Barriers before
+// the counts and after them.
+template <class Get>
+__device__ __forceinline__ void CountDigits(int n, Get get, uint32_t prefix,
+                                            int shift, int next,
+                                            uint32_t digit_mask,
+                                            uint32_t* hist, int bins) {
+  for (int i = threadIdx.x; i < bins; i += kSelectThreads) hist[i] = 0;
+  __syncthreads();
+  for (int i = threadIdx.x; i < n; i += kSelectThreads) {
+    const uint32_t key = get(i);
+    if (shift == 32 || (key >> shift) == prefix) {
+      atomicAdd(&hist[(key >> next) & digit_mask], 1u);
+    }
+  }
+  __syncthreads();
+}
+
 // The threshold keeping exactly `need` (1 <= need <= n) of the n keys
 // get(0..n-1): MSB-first radix select, 8-bit digits (the last may be
 // shorter), stopping early when the threshold bucket is kept whole. By
@@ -428,7 +448,6 @@ template <class Get>
 __device__ KeyThreshold RadixSelectKey(int n, int need, Get get,
                                        RadixShared& rs, uint32_t prefix = 0,
                                        int shift = 32) {
-  const int tid = threadIdx.x;
   KeyThreshold th;
   th.prefix = prefix;
   th.shift = shift;
@@ -436,16 +455,8 @@ __device__ KeyThreshold RadixSelectKey(int n, int need, Get get,
   while (th.shift > 0) {
     const int next = th.shift > 8 ? th.shift - 8 : 0;
     const int bits = th.shift - next;
-    const uint32_t digit_mask = (1u << bits) - 1u;
-    for (int i = tid; i < 256; i += kSelectThreads) rs.hist[i] = 0;
-    __syncthreads();
-    for (int i = tid; i < n; i += kSelectThreads) {
-      const uint32_t key = get(i);
-      if (th.shift == 32 || (key >> th.shift) == th.prefix) {
-        atomicAdd(&rs.hist[(key >> next) & digit_mask], 1u);
-      }
-    }
-    __syncthreads();
+    CountDigits(n, get, th.prefix, th.shift, next, (1u << bits) - 1u,
+                rs.hist, 256);
     FindThresholdBin(need, rs);
     __syncthreads();
     th.prefix = (th.shift == 32 ? 0u : th.prefix << bits) |
@@ -538,17 +549,8 @@ __device__ __forceinline__ KeyThreshold HistSelectKey(const uint32_t* keys,
   if (bucket > list_cap && bucket > need) {
     // Too many to gather: split the bin by the next bits.
     const int next = shift - kKeyHistBits;
-    for (int i = threadIdx.x; i < kKeyHistBins; i += kSelectThreads) {
-      hist[i] = 0;
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < n; i += kSelectThreads) {
-      const uint32_t key = keys[i];
-      if ((key >> shift) == prefix) {
-        atomicAdd(&hist[(key >> next) & (kKeyHistBins - 1)], 1u);
-      }
-    }
-    __syncthreads();
+    CountDigits(n, all_keys, prefix, shift, next, kKeyHistBins - 1u, hist,
+                kKeyHistBins);
     FindThresholdBinWide(hist, need, rs);
     prefix = (prefix << kKeyHistBits) | static_cast<uint32_t>(rs.digit);
     shift = next;
