@@ -1074,6 +1074,32 @@ __device__ void FinalizeGroup(const SelectBuffers& b, const GroupDesc& grp,
   }
 }
 
+// The k outputs of a slot-selected row: the entries `th` keeps among the
+// slot keys keys[0, n), in slot order (slot i is position
+// (blocks[i >> log2b] << log2b) + i % B, so positions ascend), then -1 and
+// NaN scores.
+__device__ __forceinline__ void WriteSlotSelection(
+    const SelectBuffers& b, const RowDesc& row, int k, const uint32_t* keys,
+    int n, const int32_t* blocks, int log2b, const KeyThreshold& th,
+    RadixShared& rs) {
+  int32_t* out_pos = b.out_pos + row.out_offset;
+  float* out_scores = b.out_scores + row.out_offset;
+  const int64_t in_block = (int64_t{1} << log2b) - 1;
+  const int kept = CompactByKey(
+      n, [&](int i) { return keys[i]; }, th,
+      [&](int dst, int i) {
+        out_pos[dst] = static_cast<int32_t>(
+            (static_cast<int64_t>(blocks[i >> log2b]) << log2b) +
+            (i & in_block));
+        out_scores[dst] = KeyToFloat(keys[i]);
+      },
+      rs);
+  for (int i = kept + threadIdx.x; i < k; i += kSelectThreads) {
+    out_pos[i] = -1;
+    out_scores[i] = __int_as_float(0x7FC00000);
+  }
+}
+
 // The final select of a slot-score group (run by its last token CTA): per
 // row, one key per union slot (0 = not a candidate of this row: block not
 // chosen by it, or past t; NaN scores map to 1, still below every number),
@@ -1140,20 +1166,8 @@ __device__ __forceinline__ void SelectFromSlotScores(const SelectBuffers& b,
     auto key_of = [&](int i) { return keys[i]; };
     KeyThreshold th;  // keeps every candidate (key > 0)
     if (total > k) th = RadixSelectKey(n, k, key_of, rs);
-    const RowDesc& row = b.rows[grp.rows[g]];
-    int32_t* out_pos = b.out_pos + row.out_offset;
-    float* out_scores = b.out_scores + row.out_offset;
-    const int kept = CompactByKey(
-        n, key_of, th,
-        [&](int dst, int i) {
-          out_pos[dst] = static_cast<int32_t>(position(i));
-          out_scores[dst] = KeyToFloat(keys[i]);
-        },
-        rs);
-    for (int i = kept + threadIdx.x; i < k; i += kSelectThreads) {
-      out_pos[i] = -1;
-      out_scores[i] = __int_as_float(0x7FC00000);
-    }
+    WriteSlotSelection(b, b.rows[grp.rows[g]], k, keys, n, blocks, log2b, th,
+                       rs);
     __syncthreads();  // keys are rewritten for the next row
   }
 }

@@ -94,8 +94,7 @@ struct TmaTokenLayout {
 // i's key (0: no candidate) and hist the histogram of the nonzero keys.
 // Unless `local` (the scores-in-shared-memory form, whose one CTA scored
 // every slot), both are first loaded from the group's scratch and global
-// histogram. Positions ascend with the slot, so the k kept entries are
-// written in slot order; -1 pads the rest.
+// histogram. Output as WriteSlotSelection.
 __device__ __forceinline__ void SelectFromSlotKeys(
     const SelectBuffers& b, const GroupDesc& grp, const ItemContext<1>& ic,
     uint32_t* keys, int32_t* blocks, uint32_t* hist, uint32_t* list,
@@ -122,21 +121,8 @@ __device__ __forceinline__ void SelectFromSlotKeys(
   __syncthreads();
   const int k = grp.k;
   const KeyThreshold th = HistSelectKey(keys, n, k, hist, list, list_cap, rs);
-  const RowDesc& row = b.rows[grp.rows[0]];
-  int32_t* out_pos = b.out_pos + row.out_offset;
-  float* out_scores = b.out_scores + row.out_offset;
-  const int in_block = (1 << log2b) - 1;
-  const int kept = CompactByKey(
-      n, [&](int i) { return keys[i]; }, th,
-      [&](int dst, int i) {
-        out_pos[dst] = (blocks[i >> log2b] << log2b) + (i & in_block);
-        out_scores[dst] = KeyToFloat(keys[i]);
-      },
-      rs);
-  for (int i = kept + threadIdx.x; i < k; i += kSelectThreads) {
-    out_pos[i] = -1;
-    out_scores[i] = __int_as_float(0x7FC00000);
-  }
+  WriteSlotSelection(b, b.rows[grp.rows[0]], k, keys, n, blocks, log2b, th,
+                     rs);
 }
 
 template <bool kSmemScores>
