@@ -95,7 +95,6 @@ void Executor::Stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
-    stop_requested_.store(true, std::memory_order_relaxed);
   }
   work_cv_.notify_all();
   for (std::thread& thread : threads_) {
@@ -106,9 +105,7 @@ void Executor::Stop() {
 void Executor::Spin() {
   const auto until = std::chrono::steady_clock::now() +
                      absl::ToChronoNanoseconds(idle_spin_);
-  for (int i = 1; queued_.load(std::memory_order_acquire) == 0 &&
-                  !stop_requested_.load(std::memory_order_relaxed);
-       ++i) {
+  for (int i = 1; queued_.load(std::memory_order_acquire) == 0; ++i) {
 #if defined(__x86_64__) || defined(__i386__)
     _mm_pause();
 #endif

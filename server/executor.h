@@ -1,7 +1,8 @@
 // A small fixed-size thread pool that runs the engine work of the service,
 // so that gRPC reactors (which must never block) only translate and hand off.
 //
-//   hisa::Executor executor(/*num_threads=*/4, /*idle_spin=*/absl::Microseconds(50));
+//   hisa::Executor executor(/*num_threads=*/4,
+//                           /*idle_spin=*/absl::Microseconds(500));
 //   if (!executor.Schedule([&] { engine->Append(chunk); })) { /* stopped */ }
 //   executor.Stop();  // runs what is queued, then joins
 //
@@ -13,6 +14,7 @@
 //   or fail it.
 //   Stop runs every task queued before it, joins the threads and is
 //   idempotent; the destructor calls it. Stop must not be called from a task.
+//   It waits out a poll in progress (at most idle_spin, below).
 //   ParallelFor(n, grain, fn) calls fn(begin, end) over [0, n) in chunks of
 //   `grain`, on the calling thread and on up to num_threads() - 1 helper
 //   tasks, and returns when every chunk has run. Chunks are claimed from a
@@ -65,7 +67,8 @@ class Executor {
 
  private:
   void WorkerLoop();
-  // Polls queued_ for up to idle_spin_ or until Stop begins.
+  // Polls queued_ for up to idle_spin_ (Stop waits out a poll in
+  // progress: at most idle_spin_).
   void Spin();
 
   // std::mutex, not absl::Mutex, in all of server/: Debian's prebuilt
@@ -76,9 +79,8 @@ class Executor {
   std::deque<absl::AnyInvocable<void() &&>> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool spinning_ ABSL_GUARDED_BY(mu_) = false;  // a worker polls queued_
-  // queue_.size() and stopping_, readable without mu_ by the spinner.
+  // queue_.size(), readable without mu_ by the polling worker.
   std::atomic<int64_t> queued_{0};
-  std::atomic<bool> stop_requested_{false};
   const absl::Duration idle_spin_;
   std::vector<std::thread> threads_;
   std::mutex join_mu_;  // serialises concurrent Stop calls
