@@ -14,7 +14,6 @@
 
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <fstream>
 #include <string>
 
@@ -23,6 +22,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "server/auto_duration_flag.h"
 #include "server/byte_size_flag.h"
 #include "server/hisa_server.h"
 
@@ -50,7 +50,7 @@ ABSL_FLAG(int32_t, max_layers, 256, "most layers per request");
 ABSL_FLAG(int32_t, max_heads, 128, "most query heads per row (<= 128)");
 ABSL_FLAG(int32_t, threads, 4,
           "executor threads that run engine calls for the RPCs");
-ABSL_FLAG(std::string, executor_spin, "auto",
+ABSL_FLAG(hisa::AutoDuration, executor_spin, hisa::AutoDuration{},
           "how long an idle executor thread polls for work before it "
           "sleeps (one at a time; 0 sleeps at once), so a lone Select "
           "starts without waiting for a thread wake-up; auto: 500us with "
@@ -89,18 +89,7 @@ hisa::ServerOptions OptionsFromFlags() {
   options.engine.max_heads = absl::GetFlag(FLAGS_max_heads);
   options.engine.num_threads = absl::GetFlag(FLAGS_backend_threads);
   options.executor_threads = absl::GetFlag(FLAGS_threads);
-  if (const std::string spin = absl::GetFlag(FLAGS_executor_spin);
-      spin != "auto") {
-    absl::Duration d;
-    if (!absl::ParseDuration(spin, &d)) {
-      std::fprintf(stderr,
-                   "hisa_server: --executor_spin wants 'auto' or a duration "
-                   "such as 500us, got '%s'\n",
-                   spin.c_str());
-      std::exit(1);
-    }
-    options.executor_idle_spin = d;
-  }
+  options.executor_idle_spin = absl::GetFlag(FLAGS_executor_spin).value;
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes).bytes;
   options.max_rows_per_message = absl::GetFlag(FLAGS_max_rows_per_message);
   options.batch.max_rows = absl::GetFlag(FLAGS_batch_max_rows);
