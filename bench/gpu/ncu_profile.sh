@@ -7,6 +7,10 @@
 #           ($OUT/ncu_<shape>.txt);
 #   sass:   per-SASS-instruction executed counts and stall samples of the
 #           token kernel ($OUT/sass_<shape>.csv; the 40 hottest printed).
+#   sol:    speed of light, memory and compute workload sections (L2 and
+#           tensor-pipe utilization) of the token and block kernels
+#           ($OUT/sol_<shape>.txt); shape causal runs the full causal
+#           prefill (use a small L: every launch is replayed).
 #   OUT=/tmp/x bench/gpu/ncu_profile.sh stalls|sass decode64|prefill1024 [L]
 #   OUT=/tmp/x bench/gpu/ncu_profile.sh sass select   # the decode tail alone
 set -u -o pipefail
@@ -24,7 +28,8 @@ mkdir -p "$OUT"
 # first), or the block kernel for sass: KERNEL=Bf16BlockScorer SKIP=1.
 SKIP=${SKIP:-1}
 TOKEN=${KERNEL:-TmaTokenKernel}
-bench_args=(--lengths="$L" --shapes="$SHAPE" --reps=3 --no-causal --json=/tmp/ncu_profile.json)
+bench_args=(--lengths="$L" --shapes="$SHAPE" --reps=3 --json=/tmp/ncu_profile.json)
+[[ $SHAPE == causal ]] || bench_args+=(--no-causal)
 run_ncu() { LD_LIBRARY_PATH="$BIN/lib:${LD_LIBRARY_PATH:-}" timeout 200 ncu --kernel-name-base mangled "$@"; }
 
 if [[ $MODE == sass ]]; then
@@ -55,6 +60,17 @@ print("stall samples by opcode:", ", ".join(
 for r in sorted(data, key=lambda r: -int(r[st]))[:60]:
     print(r[st], r[ex], r[src].strip())
 PY
+  exit 0
+fi
+
+if [[ $MODE == sol ]]; then
+  for k in "$TOKEN:$SKIP" "Bf16BlockScorer:1"; do
+    run_ncu --kernel-name "regex:${k%%:*}" --launch-skip "${k##*:}" --launch-count 1 \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis \
+      --section ComputeWorkloadAnalysis --section Occupancy \
+      "$BIN/hisa_gpu_bench" "${bench_args[@]}"
+  done > "$OUT/sol_$SHAPE.txt" 2>&1
+  grep -vE "^\s*$|----" "$OUT/sol_$SHAPE.txt" | grep -E "Kernel|TmaToken|TileKernel|Throughput|Busy|Pipe|Bandwidth|Hit Rate|Active|Occupancy|Duration|Issue|Executed Ipc" | head -80
   exit 0
 fi
 

@@ -33,7 +33,8 @@ KernelHandle TokenKernelTma(bool smem_scores);
 // of heads (4: 64 heads per pass, several passes for more), ks = D / 32 in
 // {2, 4}, rows = rows per group in {1, 2}.
 KernelHandle TokenKernelFp8(int mt, int ks, int rows);
-// Block scoring on bf16 hi/lo block means: ks = D / 16 in {4, 8}.
+// Block scoring on bf16 hi/lo block means: mt in {1, 2, 4, 8} m16 tiles of
+// the query's heads (q_heads / 16), ks = D / 16 in {4, 8}.
 KernelHandle BlockKernelBf16(int mt, int ks, int rows);
 // Any formats and head_dim.
 KernelHandle TokenKernelGeneric(int rows);

@@ -10,6 +10,11 @@ namespace {
 template <int MT, int KS, int G>
 KernelHandle Block() {
   using S = Bf16BlockScorer<MT, KS, G>;
+  // kMinBlocks CTAs per SM must fit in its 228 KB of shared memory (1 KB
+  // of which the system reserves per CTA).
+  static_assert(S::kMinBlocks * (TileLayout<S, G>::kBytes + 1024) <=
+                    228 * 1024,
+                "block kernel does not fit kMinBlocks CTAs per SM");
   return MakeHandle<&TileKernel<S, G>>(TileLayout<S, G>::kBytes);
 }
 
@@ -32,6 +37,7 @@ KernelHandle BlockKernelBf16(int mt, int ks, int rows) {
     case 1: return BlockKs<1>(ks, rows);
     case 2: return BlockKs<2>(ks, rows);
     case 4: return BlockKs<4>(ks, rows);
+    case 8: return BlockKs<8>(ks, rows);
   }
   return {};
 }

@@ -422,29 +422,32 @@ struct Fp8TokenScorer {
   }
 };
 
+// MT: 16-head tiles of the query (1, 2, 4; 8 = 128 heads, scored as two
+// head groups of 4 tiles), so that the query area holds exactly q_heads.
 template <int MT, int KS, int G>
 struct Bf16BlockScorer {
   static constexpr int kD = KS * 16;
   static constexpr int kStride = 2 * kD + 16;  // bytes per block row
   static constexpr int kStageBytes = 2 * kTileSlots * kStride;  // hi, lo
-  static constexpr int kMaxQHeads = MT == 4 ? 128 : MT * 16;
+  static constexpr int kMTiles = MT < 4 ? MT : 4;  // m16 tiles per head group
+  static constexpr int kHeadGroups = MT / kMTiles;
+  static constexpr int kMaxQHeads = MT * 16;
   static constexpr int kPersistBytes = G * kMaxQHeads * kStride;
   static constexpr int kWarpsPerRow = 8 / G;
   static constexpr int kSlotsPerWarp = kTileSlots / kWarpsPerRow;
   static constexpr int kNT = kSlotsPerWarp / 8;
   static constexpr bool kBlocks = true;
-  static constexpr bool kTma = false;  // no bulk tensor copies
-  // Decode (G == 1): one tile per item and a single stage, so two CTAs per
-  // SM fit in shared memory; cap registers to match.
-  static constexpr int kMinBlocks = G == 1 ? 2 : 1;
-  // Decode items score one tile each: a second stage would only cost shared
-  // memory (and occupancy).
-  static constexpr int kStages = G == 1 ? 1 : 2;
+  static constexpr bool kTma = false;  // no bulk copies
+  // One stage unless a row pair of 128 heads needs a CTA per SM anyway:
+  // decode items score one tile each, and a prefill row pair of up to 64
+  // heads then fits two CTAs per SM (~108 KB each), whose prologues, tile
+  // loads and block choices overlap; a second stage would cost that.
+  static constexpr int kStages = G == 2 && MT == 8 ? 2 : 1;
+  static constexpr int kMinBlocks = kStages == 1 ? 2 : 1;
   static constexpr int kCap = 0;
 
   int g;
   int sub;
-  int head_groups;
   const uint8_t* qs;  // this warp's row in shared memory
 
   __device__ void Init(const SelectBuffers& b, const ItemContext<G>& ic,
@@ -452,8 +455,7 @@ struct Bf16BlockScorer {
     const int warp = threadIdx.x >> 5;
     g = warp / kWarpsPerRow;
     sub = warp % kWarpsPerRow;
-    const int qh = ic.group->q_heads;
-    head_groups = MT == 4 ? qh / 64 : 1;
+    const int qh = ic.group->q_heads;  // <= kMaxQHeads (planner)
     // Every row's query into shared memory as bf16, converted here from the
     // fp8 copy (exact: e4m3 values are bf16 values), 16 values per step.
     constexpr int kChunksPerHead = kD / 16;
@@ -525,10 +527,10 @@ struct Bf16BlockScorer {
     for (int j = 0; j < 2 * kNT; ++j) part[j] = 0.f;
     const float* w = weights + g * 128;
 #pragma unroll 1
-    for (int hg = 0; hg < head_groups; ++hg) {
-      float acc[MT][kNT][4];
+    for (int hg = 0; hg < kHeadGroups; ++hg) {
+      float acc[kMTiles][kNT][4];
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
+      for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
         for (int nt = 0; nt < kNT; ++nt) {
           acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] =
@@ -554,7 +556,7 @@ struct Bf16BlockScorer {
           bl[nt][1] = r[3];
         }
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
+        for (int mt = 0; mt < kMTiles; ++mt) {
           // lanes 0-7: heads 0-7 k 0-7, 8-15: heads 8-15 k 0-7,
           // 16-23: heads 0-7 k 8-15, 24-31: heads 8-15 k 8-15.
           const uint8_t* addr =
@@ -571,7 +573,7 @@ struct Bf16BlockScorer {
         }
       }
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
+      for (int mt = 0; mt < kMTiles; ++mt) {
         const float w0 = w[hg * 64 + mt * 16 + gid];
         const float w1 = w[hg * 64 + mt * 16 + gid + 8];
 #pragma unroll
@@ -734,6 +736,28 @@ __device__ __forceinline__ float2 WgmmaHeadSum(const float (&d)[N / 2],
   s0 += __shfl_xor_sync(0xFFFFFFFFu, s0, 2);
   s1 += __shfl_xor_sync(0xFFFFFFFFu, s1, 2);
   return make_float2(s0, s1);
+}
+
+// WgmmaHeadSum for one row (N = 64) with the head weights in registers
+// (wr[j] = w[8 j + 2 tid4], w[8 j + 2 tid4 + 1]) and the quad's two sums
+// scattered instead of broadcast: lanes with even tid4 get slot r0's sum,
+// odd ones slot r0 + 8's (two shuffles instead of four, no weight loads).
+__device__ __forceinline__ float WgmmaHeadSumScatter(const float (&d)[32],
+                                                     const float2 (&wr)[8],
+                                                     int tid4) {
+  float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    s0 = fmaf(wr[j].x, fmaxf(d[4 * j], 0.f), s0);
+    s0 = fmaf(wr[j].y, fmaxf(d[4 * j + 1], 0.f), s0);
+    s1 = fmaf(wr[j].x, fmaxf(d[4 * j + 2], 0.f), s1);
+    s1 = fmaf(wr[j].y, fmaxf(d[4 * j + 3], 0.f), s1);
+  }
+  const bool odd = (tid4 & 1) != 0;
+  float mine = odd ? s1 : s0;
+  mine += __shfl_xor_sync(0xFFFFFFFFu, odd ? s0 : s1, 1);
+  mine += __shfl_xor_sync(0xFFFFFFFFu, mine, 2);
+  return mine;
 }
 
 // FP8 queries x FP8 keys on Hopper warpgroup MMA (wgmma, sm_90a), for

@@ -486,7 +486,10 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
           w.slot_begin = b;
           w.slot_end = std::min(blocks, b + tiles_per_block_item * kTileSlots);
           s.block_items.push_back(
-              {LaunchSpec::kBlockScores, block_scorer, gb.shape.mt, D / 16,
+              // The block kernel's mt: the query's 16-head tiles (its
+              // shared query area holds exactly q_heads).
+              {LaunchSpec::kBlockScores, block_scorer,
+               gb.shape.q_heads / 16, D / 16,
                bd.num_rows, w.slot_end - w.slot_begin, w,
                static_cast<int64_t>(s.block_items.size())});
           ++bd.block_items;

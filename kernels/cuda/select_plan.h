@@ -112,7 +112,7 @@ struct LaunchSpec {
   };
   Stage stage = kTokens;
   Scorer scorer = kGeneric;
-  int mt = 0;         // m16 head tiles (mma.sync)
+  int mt = 0;         // m16 head tiles (mma.sync; blocks: of the query)
   int ks = 0;         // k steps: D / 32 (tokens) or D / 16 (blocks)
   int rows = 1;       // rows per group
   int64_t first_item = 0;

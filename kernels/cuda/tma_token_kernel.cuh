@@ -187,37 +187,51 @@ __global__ void __launch_bounds__(kSelectThreads,
   }
   __syncthreads();  // barriers, tile map, queries and weights are ready
 
-  auto issue = [&](int j) {  // thread 0 only
-    const int s = j % kTmaStages;
+  auto issue = [&](int j, int s) {  // thread 0 only; s: tile j's stage
     IssueTileCopy(&keys, b.arena, tiles[j], key_stages + s * L::kKeyBytes,
                   scale_stages + s * kTileSlots, full + s);
   };
   if (threadIdx.x == 0) {
-    for (int j = 0; j < num_tiles && j < kTmaStages; ++j) issue(j);
+    for (int j = 0; j < num_tiles && j < kTmaStages; ++j) issue(j, j);
   }
   Trace(b.trace, kTraceReady);
 
   const int lane = threadIdx.x & 31;
   const int warp = (threadIdx.x >> 5) & 3;
   const int slot0 = (threadIdx.x >> 7) * 64;  // this warpgroup's slots
-  const int r0 = slot0 + warp * 16 + (lane >> 2);
   const int tid4 = lane & 3;
+  // The quad's sums are scattered (WgmmaHeadSumScatter): lanes 0 and 1 of
+  // each quad publish the scores of slots r0 and r0 + 8, lanes 2 and 3 hold
+  // copies.
+  const int my_slot = slot0 + warp * 16 + (lane >> 2) + 8 * (tid4 & 1);
+  const bool publishes = tid4 < 2;
+  float2 wr[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    wr[j] = *reinterpret_cast<const float2*>(weights + 8 * j + 2 * tid4);
+  }
   const uint64_t db = WgmmaDescSw128(qs);
+  const uint64_t da0 = WgmmaDescSw128(key_stages + slot0 * 128);
   // Keys by slot index (0: no candidate), counted in `hist`: the device
   // scratch, or shared memory (the item is the whole row: slot_begin == 0).
+  // Slot-key rows have at most kSlotSelectCap slots: 32-bit slot indices.
   uint32_t* out = kSmemScores
                       ? reinterpret_cast<uint32_t*>(smem + L::kScoresOff)
                       : reinterpret_cast<uint32_t*>(b.slot_scores +
                                                     grp.slot_score_offset);
+  const int slot_end = static_cast<int>(ic.slot_end);
+  int slot = static_cast<int>(ic.slot_begin) + my_slot;  // of tile it
+  // Stage and phase parity of tile it and of tile it - 1.
+  int s = 0, prev_s = 0;
+  uint32_t phase = 0, prev_phase = 0;
 #pragma unroll 1
-  for (int it = 0; it < num_tiles; ++it) {
-    const int s = it % kTmaStages;
-    MbarWait(full + s, static_cast<uint32_t>(it / kTmaStages) & 1u);
+  for (int it = 0; it < num_tiles; ++it, slot += kTileSlots) {
+    MbarWait(full + s, phase);
     __syncwarp();  // converged for the .aligned wgmma instructions
     // Not zeroed: the first wgmma runs with scale-d = 0.
     float d[32];
-    const uint64_t da = WgmmaDescSw128(key_stages + s * L::kKeyBytes +
-                                       slot0 * 128);
+    // A stage is kKeyBytes = 1024 descriptor units of 16 bytes further.
+    const uint64_t da = da0 + static_cast<uint64_t>(s) * (L::kKeyBytes >> 4);
     WgmmaFenceOperands(d);
     WgmmaFence();
 #pragma unroll
@@ -227,32 +241,29 @@ __global__ void __launch_bounds__(kSelectThreads,
     WgmmaCommit();
     WgmmaWaitAll();
     WgmmaFenceOperands(d);
-    const float* scales = scale_stages + s * kTileSlots;
-    const float scale0 = fabsf(scales[r0]);
-    const float scale1 = fabsf(scales[r0 + 8]);
+    const float scale = fabsf(scale_stages[s * kTileSlots + my_slot]);
+    const int valid = tile_valid[it];
     __syncwarp();
     if (lane == 0) MbarArrive(empty + s);  // this warp is done with stage s
     // Refill the previous tile's stage once every warp released it.
     if (threadIdx.x == 0 && it >= 1 && it - 1 + kTmaStages < num_tiles) {
-      const int prev = it - 1;
-      MbarWait(empty + prev % kTmaStages,
-               static_cast<uint32_t>(prev / kTmaStages) & 1u);
-      issue(prev + kTmaStages);
+      MbarWait(empty + prev_s, prev_phase);
+      issue(it - 1 + kTmaStages, prev_s);
     }
     __syncwarp();
 
-    const float2 sum = WgmmaHeadSum<64>(d, weights, 0, tid4);
-    if (tid4 == 0) {
-      const int valid = tile_valid[it];
-      const uint32_t key0 =
-          r0 < valid ? max(OrderedKey(sum.x * scale0), 1u) : 0u;
-      const uint32_t key1 =
-          r0 + 8 < valid ? max(OrderedKey(sum.y * scale1), 1u) : 0u;
-      if (key0 != 0) atomicAdd(&hist[key0 >> kKeyHistShift], 1u);
-      if (key1 != 0) atomicAdd(&hist[key1 >> kKeyHistShift], 1u);
-      const int64_t slot = ic.slot_begin + int64_t{it} * kTileSlots + r0;
-      if (slot < ic.slot_end) out[slot] = key0;
-      if (slot + 8 < ic.slot_end) out[slot + 8] = key1;
+    const float sum = WgmmaHeadSumScatter(d, wr, tid4);
+    const uint32_t key =
+        my_slot < valid ? max(OrderedKey(sum * scale), 1u) : 0u;
+    if (publishes) {
+      if (key != 0) atomicAdd(&hist[key >> kKeyHistShift], 1u);
+      if (slot < slot_end) out[slot] = key;
+    }
+    prev_s = s;
+    prev_phase = phase;
+    if (++s == kTmaStages) {
+      s = 0;
+      phase ^= 1u;
     }
   }
 

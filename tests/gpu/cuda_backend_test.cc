@@ -106,6 +106,7 @@ constexpr Shape kShapes[] = {
     {128, 64, 64, 2, 100, 900, BlockPooling::kMean},
     {64, 32, 128, 5, 600, 1500, BlockPooling::kMean},
     {128, 64, 128, 64, 2048, 12000, BlockPooling::kMean},
+    {128, 128, 128, 8, 1000, 3000, BlockPooling::kMean},
 };
 constexpr int kNumShapes = sizeof(kShapes) / sizeof(kShapes[0]);
 
@@ -229,7 +230,11 @@ TEST(GpuShapesTest, PrefillBatchOfConsecutiveRows) {
   };
   const Case cases[] = {{128, 64, 128, 64, 2048, 20000, 20},
                         {128, 64, 128, 16, 1024, 16000, 15},
-                        {64, 32, 64, 8, 256, 9000, 17}};
+                        {64, 32, 64, 8, 256, 9000, 17},
+                        // 128 and 96 (padded to 128) heads: the block
+                        // kernel's two head groups.
+                        {128, 128, 128, 16, 1024, 9000, 12},
+                        {128, 96, 64, 8, 512, 6000, 9}};
   for (const Case& c : cases) {
     const uint64_t seed = ref::TestSeed() + 31 + c.length;
     std::mt19937_64 rng(seed);
@@ -279,10 +284,11 @@ TEST(GpuShapesTest, PrefillBatchOfConsecutiveRows) {
 TEST(GpuShapesTest, DecodeBatchOverManyRequests) {
   SKIP_WITHOUT_GPU();
   // Variant 3 (D = 128, H = 64, B = 128, m = 64) runs the HISA rows on the
-  // bulk-tensor-copy token kernel, with rows ending mid-block.
-  for (int variant = 0; variant < 4; ++variant) {
+  // bulk-tensor-copy token kernel, with rows ending mid-block. Variant 4
+  // has 128 heads (the block kernel's two head groups).
+  for (int variant = 0; variant < 5; ++variant) {
     const int head_dim = variant == 2 ? 64 : 128;
-    const int num_heads = variant == 1 ? 32 : 64;
+    const int num_heads = variant == 1 ? 32 : (variant == 4 ? 128 : 64);
     const int block = variant >= 2 ? 128 : 64;
     const int m = variant == 3 ? 64 : 32, k = 2048;
     const int requests = variant == 0 || variant == 3 ? 40 : 12;
