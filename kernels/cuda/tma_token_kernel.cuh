@@ -239,18 +239,20 @@ __global__ void __launch_bounds__(kSelectThreads,
       WgmmaM64N64K32(d, da + 2 * kk, db + 2 * kk, kk);
     }
     WgmmaCommit();
+    // While this tile's MMA runs: refill the previous tile's stage once
+    // every warp released it (they did so after their own MMA of that tile,
+    // so this rarely waits), a whole MMA earlier than after the wait below.
+    if (threadIdx.x == 0 && it >= 1 && it - 1 + kTmaStages < num_tiles) {
+      MbarWait(empty + prev_s, prev_phase);
+      issue(it - 1 + kTmaStages, prev_s);
+    }
+    __syncwarp();  // converged for wgmma.wait_group
     WgmmaWaitAll();
     WgmmaFenceOperands(d);
     const float scale = fabsf(scale_stages[s * kTileSlots + my_slot]);
     const int valid = tile_valid[it];
     __syncwarp();
     if (lane == 0) MbarArrive(empty + s);  // this warp is done with stage s
-    // Refill the previous tile's stage once every warp released it.
-    if (threadIdx.x == 0 && it >= 1 && it - 1 + kTmaStages < num_tiles) {
-      MbarWait(empty + prev_s, prev_phase);
-      issue(it - 1 + kTmaStages, prev_s);
-    }
-    __syncwarp();
 
     const float sum = WgmmaHeadSumScatter(d, wr, tid4);
     const uint32_t key =
