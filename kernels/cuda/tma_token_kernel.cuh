@@ -210,8 +210,22 @@ __global__ void __launch_bounds__(kSelectThreads,
   for (int j = 0; j < 8; ++j) {
     wr[j] = *reinterpret_cast<const float2*>(weights + 8 * j + 2 * tid4);
   }
+  // Operand descriptors from CTA-uniform values only (no warpgroup index),
+  // so that they can live in uniform registers: the warpgroup's 64 slots
+  // are selected by a warp-uniform branch around the MMA (see `mma`).
   const uint64_t db = WgmmaDescSw128(qs);
-  const uint64_t da0 = WgmmaDescSw128(key_stages + slot0 * 128);
+  const uint64_t da0 = WgmmaDescSw128(key_stages);
+  // Issues the 4 k-steps of a stage's slots [64 wg, 64 wg + 64) x 64 heads
+  // into d as one commit group; da: the stage's descriptor.
+  auto mma = [&](float (&d)[32], uint64_t da) {
+    WgmmaFenceOperands(d);
+    WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      WgmmaM64N64K32(d, da + 2 * kk, db + 2 * kk, kk);
+    }
+    WgmmaCommit();
+  };
   // Keys by slot index (0: no candidate), counted in `hist`: the device
   // scratch, or shared memory (the item is the whole row: slot_begin == 0).
   // Slot-key rows have at most kSlotSelectCap slots: 32-bit slot indices.
@@ -230,15 +244,14 @@ __global__ void __launch_bounds__(kSelectThreads,
     __syncwarp();  // converged for the .aligned wgmma instructions
     // Not zeroed: the first wgmma runs with scale-d = 0.
     float d[32];
-    // A stage is kKeyBytes = 1024 descriptor units of 16 bytes further.
+    // A stage is kKeyBytes = 1024 descriptor units of 16 bytes further,
+    // warpgroup 1's slots 64 rows x 128 B = 512 units.
     const uint64_t da = da0 + static_cast<uint64_t>(s) * (L::kKeyBytes >> 4);
-    WgmmaFenceOperands(d);
-    WgmmaFence();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      WgmmaM64N64K32(d, da + 2 * kk, db + 2 * kk, kk);
+    if (slot0 == 0) {
+      mma(d, da);
+    } else {
+      mma(d, da + (64 * 128 >> 4));
     }
-    WgmmaCommit();
     // While this tile's MMA runs: refill the previous tile's stage once
     // every warp released it (they did so after their own MMA of that tile,
     // so this rarely waits), a whole MMA earlier than after the wait below.
