@@ -25,8 +25,10 @@
 //                    warp on the empty barrier) and writes its scores from
 //                    registers straight to the row's slot-score scratch.
 //                    Thread 0 refills the stage of the previous tile once
-//                    all 8 warps released it, so one warpgroup may run a
-//                    tile ahead of the other.
+//                    all 8 warps released it (while its own MMA of this
+//                    tile runs), so one warpgroup may run a tile ahead of
+//                    the other. Head weights stay in registers; lanes 0
+//                    and 1 of each quad publish its two slots' keys.
 //                    Each slot's key (0 when it is no candidate) goes to
 //                    the scratch and is counted in the CTA's histogram of
 //                    key bins (kKeyHistBins), added to the group's at the
@@ -200,9 +202,9 @@ __global__ void __launch_bounds__(kSelectThreads,
   const int warp = (threadIdx.x >> 5) & 3;
   const int slot0 = (threadIdx.x >> 7) * 64;  // this warpgroup's slots
   const int tid4 = lane & 3;
-  // The quad's sums are scattered (WgmmaHeadSumScatter): lanes 0 and 1 of
-  // each quad publish the scores of slots r0 and r0 + 8, lanes 2 and 3 hold
-  // copies.
+  // The quad's sums are scattered (WgmmaHeadSumScatter): a lane's slot is
+  // its quad's first row r0 (even tid4) or r0 + 8 (odd tid4); lanes 0 and 1
+  // publish, lanes 2 and 3 hold copies.
   const int my_slot = slot0 + warp * 16 + (lane >> 2) + 8 * (tid4 & 1);
   const bool publishes = tid4 < 2;
   float2 wr[8];
