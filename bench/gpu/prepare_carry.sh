@@ -5,12 +5,13 @@
 # for bench/gpu_suite.sh on a GPU machine that lacks Abseil and GoogleTest.
 #
 #   bench/gpu/prepare_carry.sh [build-dir]      # default build-cuda
+#   HISA_JOBS=1 bench/gpu/prepare_carry.sh      # build jobs (default 2)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${1:-$ROOT/build-cuda}
 DEST=$ROOT/build-gpu-carry
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DHISA_ENABLE_CUDA=ON -DHISA_ENABLE_SERVICE=OFF > /dev/null
-ninja -C "$BUILD" -j2 hisa_gpu_test hisa_gpu_bench hisa_select_microbench
+ninja -C "$BUILD" -j${HISA_JOBS:-2} hisa_gpu_test hisa_gpu_bench hisa_select_microbench
 rm -rf "$DEST"
 mkdir -p "$DEST/lib" "$DEST/lib-stdcxx"
 for b in tests/gpu/hisa_gpu_test bench/gpu/hisa_gpu_bench bench/gpu/hisa_select_microbench; do
