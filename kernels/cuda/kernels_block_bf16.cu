@@ -10,10 +10,7 @@ namespace {
 template <int MT, int KS, int G>
 KernelHandle Block() {
   using S = Bf16BlockScorer<MT, KS, G>;
-  // kMinBlocks CTAs per SM must fit in its 228 KB of shared memory (1 KB
-  // of which the system reserves per CTA).
-  static_assert(S::kMinBlocks * (TileLayout<S, G>::kBytes + 1024) <=
-                    228 * 1024,
+  static_assert(FitsPerSm(S::kMinBlocks, TileLayout<S, G>::kBytes),
                 "block kernel does not fit kMinBlocks CTAs per SM");
   return MakeHandle<&TileKernel<S, G>>(TileLayout<S, G>::kBytes);
 }

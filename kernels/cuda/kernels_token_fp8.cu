@@ -25,14 +25,11 @@ KernelHandle TokenKs(int ks, int rows) {
 
 }  // namespace
 
-// Two CTAs per SM (228 KB of shared memory, 1 KB reserved per CTA).
-static_assert(kWgmmaTokenCtasPerSm *
-                      (TileLayout<WgmmaTokenScorer<2>, 2>::kBytes + 1024) <=
-                  228 * 1024,
+static_assert(FitsPerSm(kWgmmaTokenCtasPerSm,
+                        TileLayout<WgmmaTokenScorer<2>, 2>::kBytes),
               "wgmma token kernel (2 rows) must fit twice per SM");
-static_assert(kWgmmaTokenCtasPerSm *
-                      (TileLayout<WgmmaTokenScorer<1>, 1>::kBytes + 1024) <=
-                  228 * 1024,
+static_assert(FitsPerSm(kWgmmaTokenCtasPerSm,
+                        TileLayout<WgmmaTokenScorer<1>, 1>::kBytes),
               "wgmma token kernel (1 row) must fit twice per SM");
 
 template <int G, bool kTma>

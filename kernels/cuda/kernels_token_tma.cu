@@ -5,13 +5,9 @@
 
 namespace hisa::cuda {
 
-// The resident CTAs per SM the planner counts on (228 KB of shared memory,
-// 1 KB reserved per CTA).
-static_assert(kTmaTokenCtasPerSm * (TmaTokenLayout<false>::kBytes + 1024) <=
-                  228 * 1024,
+static_assert(FitsPerSm(kTmaTokenCtasPerSm, TmaTokenLayout<false>::kBytes),
               "TMA token kernel must fit kTmaTokenCtasPerSm times per SM");
-static_assert(kTmaSmemTokenCtasPerSm * (TmaTokenLayout<true>::kBytes + 1024) <=
-                  228 * 1024,
+static_assert(FitsPerSm(kTmaSmemTokenCtasPerSm, TmaTokenLayout<true>::kBytes),
               "TMA token kernel (shared-memory scores) must fit "
               "kTmaSmemTokenCtasPerSm times per SM");
 

@@ -16,6 +16,13 @@
 
 namespace hisa::cuda {
 
+// Whether `ctas` CTAs of `smem_bytes` dynamic shared memory each fit on one
+// SM (sm_90: 228 KB per SM, 1 KB of it reserved per CTA): the resident
+// CTAs per SM a kernel's launch bounds and the planner count on.
+constexpr bool FitsPerSm(int ctas, int smem_bytes) {
+  return ctas * (smem_bytes + 1024) <= 228 * 1024;
+}
+
 // One static once_flag per kernel: Kernel is the function itself.
 template <auto Kernel>
 KernelHandle MakeHandle(int smem_bytes) {
