@@ -712,30 +712,42 @@ __device__ __forceinline__ void StoreSwizzledQueries(const SelectBuffers& b,
   }
 }
 
-// The epilogue of an m64nNk32 token tile for row g: d[4 j + e] holds slot
-// r0 (e < 2) or r0 + 8 (e >= 2) at head column 8 j + 2 tid4 + (e & 1), and
-// row g owns columns [64 g, 64 g + 64). Returns sum_h w_h ReLU(d) for the
-// thread's two slots, summed over the 4 lanes of a quad (every lane of the
-// quad gets the sums). `w` holds the row's 64 head weights.
-template <int N>
-__device__ __forceinline__ float2 WgmmaHeadSum(const float (&d)[N / 2],
-                                               const float* w, int g,
-                                               int tid4) {
+// The epilogue of an m64nNk32 token tile for one row: d (the row's 32
+// accumulators) holds slot r0 (d[4 j + e], e < 2) or r0 + 8 (e >= 2) at head
+// column 8 j + 2 tid4 + (e & 1). Returns this lane's part of
+// sum_h w_h ReLU(d) for both slots; weight(j) gives the two head weights of
+// columns 8 j + 2 tid4 and + 1. The quad's 4 lanes hold the rest.
+template <class Weight>
+__device__ __forceinline__ float2 WgmmaHeadPartialSums(const float* d,
+                                                       Weight weight) {
   float s0 = 0.f, s1 = 0.f;
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
-    const float2 wj = *reinterpret_cast<const float2*>(w + 8 * j + 2 * tid4);
-    const float* dj = d + 4 * (8 * g + j);
+    const float2 wj = weight(j);
+    const float* dj = d + 4 * j;
     s0 = fmaf(wj.x, fmaxf(dj[0], 0.f), s0);
     s0 = fmaf(wj.y, fmaxf(dj[1], 0.f), s0);
     s1 = fmaf(wj.x, fmaxf(dj[2], 0.f), s1);
     s1 = fmaf(wj.y, fmaxf(dj[3], 0.f), s1);
   }
-  s0 += __shfl_xor_sync(0xFFFFFFFFu, s0, 1);
-  s1 += __shfl_xor_sync(0xFFFFFFFFu, s1, 1);
-  s0 += __shfl_xor_sync(0xFFFFFFFFu, s0, 2);
-  s1 += __shfl_xor_sync(0xFFFFFFFFu, s1, 2);
   return make_float2(s0, s1);
+}
+
+// The head sums of row g (columns [64 g, 64 g + 64) of d) for the thread's
+// two slots r0 and r0 + 8, summed over the quad (every lane gets both);
+// `w` holds the row's 64 head weights.
+template <int N>
+__device__ __forceinline__ float2 WgmmaHeadSum(const float (&d)[N / 2],
+                                               const float* w, int g,
+                                               int tid4) {
+  float2 s = WgmmaHeadPartialSums(d + 32 * g, [&](int j) {
+    return *reinterpret_cast<const float2*>(w + 8 * j + 2 * tid4);
+  });
+  s.x += __shfl_xor_sync(0xFFFFFFFFu, s.x, 1);
+  s.y += __shfl_xor_sync(0xFFFFFFFFu, s.y, 1);
+  s.x += __shfl_xor_sync(0xFFFFFFFFu, s.x, 2);
+  s.y += __shfl_xor_sync(0xFFFFFFFFu, s.y, 2);
+  return s;
 }
 
 // WgmmaHeadSum for one row (N = 64) with the head weights in registers
@@ -745,17 +757,10 @@ __device__ __forceinline__ float2 WgmmaHeadSum(const float (&d)[N / 2],
 __device__ __forceinline__ float WgmmaHeadSumScatter(const float (&d)[32],
                                                      const float2 (&wr)[8],
                                                      int tid4) {
-  float s0 = 0.f, s1 = 0.f;
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    s0 = fmaf(wr[j].x, fmaxf(d[4 * j], 0.f), s0);
-    s0 = fmaf(wr[j].y, fmaxf(d[4 * j + 1], 0.f), s0);
-    s1 = fmaf(wr[j].x, fmaxf(d[4 * j + 2], 0.f), s1);
-    s1 = fmaf(wr[j].y, fmaxf(d[4 * j + 3], 0.f), s1);
-  }
+  const float2 s = WgmmaHeadPartialSums(d, [&](int j) { return wr[j]; });
   const bool odd = (tid4 & 1) != 0;
-  float mine = odd ? s1 : s0;
-  mine += __shfl_xor_sync(0xFFFFFFFFu, odd ? s0 : s1, 1);
+  float mine = odd ? s.y : s.x;
+  mine += __shfl_xor_sync(0xFFFFFFFFu, odd ? s.x : s.y, 1);
   mine += __shfl_xor_sync(0xFFFFFFFFu, mine, 2);
   return mine;
 }
