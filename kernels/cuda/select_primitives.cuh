@@ -20,6 +20,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cuda/select_layout.h"
 
@@ -280,6 +281,29 @@ struct RadixShared {
   int32_t tie_total[kSelectThreads / 32];
 };
 
+// One counting pass of a radix select over 32- or 64-bit keys (get's
+// type): zeroes hist[0, bins), then adds 1 at hist[(key >> next) &
+// digit_mask] for every key of get(0..n-1) with (key >> shift) == prefix
+// (every key when shift is the key's width). Barriers before the counts and
+// after them.
+template <class Get>
+__device__ __forceinline__ void CountDigits(int n, Get get, uint64_t prefix,
+                                            int shift, int next,
+                                            uint32_t digit_mask,
+                                            uint32_t* hist, int bins) {
+  using Key = std::decay_t<decltype(get(0))>;
+  constexpr int kKeyBits = static_cast<int>(sizeof(Key)) * 8;
+  for (int i = threadIdx.x; i < bins; i += kSelectThreads) hist[i] = 0;
+  __syncthreads();
+  for (int i = threadIdx.x; i < n; i += kSelectThreads) {
+    const Key key = get(i);
+    if (shift == kKeyBits || (key >> shift) == prefix) {
+      atomicAdd(&hist[static_cast<uint32_t>(key >> next) & digit_mask], 1u);
+    }
+  }
+  __syncthreads();
+}
+
 // One radix pass's decision, by warp 0 over the 256-bin histogram: the bin
 // (rs.digit) that holds the need-th largest entry, how many entries of that
 // bin are still needed (rs.need) and how many it holds (rs.bucket).
@@ -323,21 +347,12 @@ struct Threshold {
 // as soon as the remaining entries of the current bucket are all kept.
 template <class Get>
 __device__ Threshold RadixSelect(int n, int need, Get get, RadixShared& rs) {
-  const int tid = threadIdx.x;
   uint64_t prefix = 0;
   int shift = 64;
 #pragma unroll 1
   for (int pass = 0; pass < 8; ++pass) {
     shift -= 8;
-    for (int i = tid; i < 256; i += kSelectThreads) rs.hist[i] = 0;
-    __syncthreads();
-    for (int i = tid; i < n; i += kSelectThreads) {
-      const uint64_t c = get(i);
-      if (pass == 0 || (c >> (shift + 8)) == prefix) {
-        atomicAdd(&rs.hist[static_cast<uint32_t>(c >> shift) & 255u], 1u);
-      }
-    }
-    __syncthreads();
+    CountDigits(n, get, prefix, shift + 8, shift, 255u, rs.hist, 256);
     FindThresholdBin(need, rs);
     __syncthreads();
     const int digit = rs.digit;
@@ -419,25 +434,6 @@ struct KeyThreshold {
   int32_t ties = 0;  // default: keeps every key > 0
 };
 
-// One counting pass of a radix select: zeroes hist[0, bins), then adds 1 at
-// hist[(key >> next) & digit_mask] for every key of get(0..n-1) with
-// (key >> shift) == prefix (every key when shift == 32). Barriers before
-// the counts and after them.
-template <class Get>
-__device__ __forceinline__ void CountDigits(int n, Get get, uint32_t prefix,
-                                            int shift, int next,
-                                            uint32_t digit_mask,
-                                            uint32_t* hist, int bins) {
-  for (int i = threadIdx.x; i < bins; i += kSelectThreads) hist[i] = 0;
-  __syncthreads();
-  for (int i = threadIdx.x; i < n; i += kSelectThreads) {
-    const uint32_t key = get(i);
-    if (shift == 32 || (key >> shift) == prefix) {
-      atomicAdd(&hist[(key >> next) & digit_mask], 1u);
-    }
-  }
-  __syncthreads();
-}
 
 // The threshold keeping exactly `need` (1 <= need <= n) of the n keys
 // get(0..n-1): MSB-first radix select, 8-bit digits (the last may be
