@@ -85,11 +85,6 @@ void Executor::ParallelFor(int64_t n, int64_t grain,
   state->all_done.wait(lock, [&] { return state->done == state->chunks; });
 }
 
-int64_t Executor::queued() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return static_cast<int64_t>(queue_.size());
-}
-
 void Executor::Stop() {
   std::lock_guard<std::mutex> join_lock(join_mu_);
   {

@@ -62,8 +62,6 @@ class Executor {
   void Stop();
 
   int num_threads() const { return static_cast<int>(threads_.size()); }
-  // Tasks queued and not yet started (for tests and metrics).
-  int64_t queued() const;
 
  private:
   void WorkerLoop();
@@ -74,12 +72,12 @@ class Executor {
   // std::mutex, not absl::Mutex, in all of server/: Debian's prebuilt
   // Abseil is not TSan-instrumented, so ThreadSanitizer cannot see
   // absl::Mutex synchronisation and would report false races.
-  mutable std::mutex mu_;
+  std::mutex mu_;
   std::condition_variable work_cv_;
   std::deque<absl::AnyInvocable<void() &&>> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool spinning_ ABSL_GUARDED_BY(mu_) = false;  // a worker polls queued_
-  // queue_.size(), readable without mu_ by the polling worker.
+  // queue_.size(), readable without mu_ by the polling worker (Spin).
   std::atomic<int64_t> queued_{0};
   const absl::Duration idle_spin_;
   std::vector<std::thread> threads_;
