@@ -272,6 +272,31 @@ void PrintTrace(const char* label, const std::vector<uint64_t>& trace) {
     if (!tails.empty()) {
       std::printf("    tail (ticket -> tail_end) %s\n", spread(tails).c_str());
     }
+    // Where a CTA's time goes: each phase's share of the summed lifetimes
+    // (start -> its last point) of the CTAs that reached every point up to
+    // the ticket.
+    double phase_us[5] = {0, 0, 0, 0, 0};
+    for (int c = 0; c < ctas; ++c) {
+      const uint64_t* x = t + c * cuda::kTraceSlots;
+      if (x[cuda::kTraceReady] == 0 || x[cuda::kTraceLoopEnd] == 0 ||
+          x[cuda::kTraceTicket] == 0) {
+        continue;
+      }
+      phase_us[0] += (x[cuda::kTraceReady] - x[cuda::kTraceStart]) * 1e-3;
+      phase_us[1] += (x[cuda::kTraceLoopEnd] - x[cuda::kTraceReady]) * 1e-3;
+      phase_us[2] += (x[cuda::kTraceTicket] - x[cuda::kTraceLoopEnd]) * 1e-3;
+      if (x[cuda::kTraceTailEnd] != 0) {
+        phase_us[3] += (x[cuda::kTraceTailEnd] - x[cuda::kTraceTicket]) * 1e-3;
+      }
+    }
+    const double life = phase_us[0] + phase_us[1] + phase_us[2] + phase_us[3];
+    if (life > 0) {
+      std::printf(
+          "    share of CTA time: prologue %.1f%%, tile loop %.1f%%, "
+          "loop end -> ticket %.1f%%, tail %.1f%%\n",
+          100 * phase_us[0] / life, 100 * phase_us[1] / life,
+          100 * phase_us[2] / life, 100 * phase_us[3] / life);
+    }
   }
 }
 
@@ -651,11 +676,42 @@ int main(int argc, char** argv) {
       }
       const int reps = L >= 65536 ? 3 : args.reps;
       const Measure md = TimeBatch(backend, dense, stores, config, reps, false);
-      const Measure mh = TimeBatch(backend, hisa_rows, stores, config, reps, false);
+      std::vector<uint64_t> trace;
+      const Measure mh = TimeBatch(backend, hisa_rows, stores, config, reps,
+                                   false, nullptr,
+                                   args.trace ? &trace : nullptr);
+      if (args.trace) {
+        PrintTrace(absl::StrCat("causal HISA L=", L).c_str(), trace);
+      }
       const double key_bytes_read = L * static_cast<double>(token_bytes);
       report("causal", L, "DENSE", L, md, DenseFlops(dense), key_bytes_read, "");
       report("causal", L, "HISA", L, mh, HisaFlops(hisa_rows),
              key_bytes_read + (L / kB) * summary_bytes_per_block, "");
+      if (L <= 32768) {
+        // A/B: every row's scores in device scratch (3 token CTAs per SM)
+        // instead of shared memory (2 per SM).
+        const Measure ms = TimeBatch(
+            backend, hisa_rows, stores, config, reps, false,
+            [](cuda::PlanOptions& o) {
+              o.slot_score_budget_bytes = int64_t{4} << 30;
+            },
+            args.trace ? &trace : nullptr);
+        if (args.trace) {
+          PrintTrace(absl::StrCat("causal_scratch HISA L=", L).c_str(), trace);
+        }
+        report("causal_scratch", L, "HISA", L, ms, HisaFlops(hisa_rows),
+               key_bytes_read + (L / kB) * summary_bytes_per_block, "");
+      }
+      // The token stage streams every row's candidate keys and scales (from
+      // L2, mostly): its rate against hisa_l2_bench's bulk-read ceiling.
+      double slots = 0;  // candidate tokens, summed over the rows
+      for (int64_t t = 0; t < L; ++t) {
+        slots += static_cast<double>(std::min<int64_t>(int64_t{kM} * kB, t + 1));
+      }
+      std::printf("causal L=%lld HISA token stage streams %.1f GB of keys: "
+                  "%.0f GB/s\n",
+                  static_cast<long long>(L), slots * token_bytes / 1e9,
+                  slots * token_bytes / (mh.stage_ms[2] * 1e-3) / 1e9);
     }
     // Decode: one row (t = L - 1) for each of 64 / 256 requests.
     for (int requests : {64, 256}) {

@@ -11,10 +11,10 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${1:-$ROOT/build-cuda}
 DEST=$ROOT/build-gpu-carry
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DHISA_ENABLE_CUDA=ON -DHISA_ENABLE_SERVICE=OFF > /dev/null
-ninja -C "$BUILD" -j${HISA_JOBS:-2} hisa_gpu_test hisa_gpu_bench hisa_select_microbench
+ninja -C "$BUILD" -j${HISA_JOBS:-2} hisa_gpu_test hisa_gpu_bench hisa_select_microbench hisa_l2_bench
 rm -rf "$DEST"
 mkdir -p "$DEST/lib" "$DEST/lib-stdcxx"
-for b in tests/gpu/hisa_gpu_test bench/gpu/hisa_gpu_bench bench/gpu/hisa_select_microbench; do
+for b in tests/gpu/hisa_gpu_test bench/gpu/hisa_gpu_bench bench/gpu/hisa_select_microbench bench/gpu/hisa_l2_bench; do
   strip -o "$DEST/$(basename $b)" "$BUILD/$b"
 done
 for lib in $(ldd "$DEST/hisa_gpu_test" "$DEST/hisa_gpu_bench" | awk '/=> \// {print $3}' | sort -u); do

@@ -219,7 +219,8 @@ struct SelectBuffers {
   int32_t partial_stride = 0;           // entries per partial list
   float* slot_scores = nullptr;         // slot-score groups' scores (keys)
   // Slot-key groups' key histograms (GroupDesc::slot_hist_index), zeroed
-  // by the block stage before the token stage counts into them.
+  // by the block stage before the token stage counts into them (by a memset
+  // in plans without a block stage).
   uint32_t* slot_hist = nullptr;
   int64_t slot_hist_count = 0;          // entries
   // Two per group: CTAs done with block scoring / with token top-k. Zero
@@ -234,8 +235,8 @@ struct SelectBuffers {
 
 // Timeline points of a selection kernel's CTA, as %globaltimer nanoseconds
 // written by its thread 0 (0 = not reached); slot kTraceSm holds the SM id.
-// Traced launches: the first kTraceMaxLaunches of a plan, kTraceMaxCtas
-// CTAs each.
+// Traced launches: the first kTraceMaxLaunches of a plan, at most
+// kTraceMaxCtas CTAs each (every stride-th CTA of a larger launch).
 enum TracePoint : int {
   kTraceStart = 0,     // kernel entry
   kTraceWaited = 1,    // previous kernel complete (GridDependencyWait)

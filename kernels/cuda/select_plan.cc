@@ -84,6 +84,32 @@ RowShape ShapeOf(const RequestConfig& cfg, const QueryRow& row) {
   return s;
 }
 
+// Whether a group of rows of this shape scores its tokens with the
+// bulk-tensor-copy kernels (tma_token_kernel.cuh, or the running top-k
+// kernel with bulk copies): FP8 keys and queries, D = 128, 64 query heads
+// on warpgroup MMA, and every 128-slot tile an aligned run of 128 keys in
+// one page (HISA: B % 128 == 0).
+bool UsesTma(const RequestConfig& cfg, const RowShape& shape,
+             int64_t tokens_per_page, bool hisa, const PlanOptions& options) {
+  return options.use_tma && options.use_wgmma && shape.fast &&
+         cfg.head_dim == 128 && shape.q_heads == 64 &&
+         cfg.key_format == KeyFormat::kFp8E4M3 &&
+         (!hisa || cfg.block_size % kTileSlots == 0) &&
+         tokens_per_page % kTileSlots == 0;
+}
+
+// Whether a row whose candidates are its whole prefix (a DENSE row, or a
+// HISA row with c + 1 <= m) is a slot-key row of the bulk-copy kernel: at
+// most kSlotSelectCap candidates, scored once and selected once, as HISA
+// rows are. Such rows stay single: a pair would share its key tiles but
+// take the slower running top-k kernel.
+bool PrefixSlotKeyRow(const SelectTask& t, const PlanOptions& options) {
+  const auto* store = static_cast<const CudaRequestStore*>(t.store);
+  return options.slot_scores && t.row->position + 1 <= kSlotSelectCap &&
+         UsesTma(*t.config, ShapeOf(*t.config, *t.row),
+                 store->geometry().tokens_per_page, false, options);
+}
+
 // Blocks HISA chooses for a row whose own block is c.
 int64_t ChosenBlocks(int64_t c, int m) {
   return c + 1 <= m ? c + 1 : std::max(m, 2);
@@ -288,6 +314,8 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
         pair = pair && options.pair_rows && dense_equivalent(idx[j]) &&
                dense_equivalent(idx[j + 1]);
       }
+      pair = pair && !PrefixSlotKeyRow(tasks[idx[j]], options) &&
+             !PrefixSlotKeyRow(tasks[idx[j + 1]], options);
       GroupBuild gb;
       gb.run = static_cast<int>(run_id);
       gb.num_rows = pair ? 2 : 1;
@@ -508,11 +536,12 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     bool smem_scores = false;
     // Tiles of aligned 128-key runs inside one page: bulk tensor copies.
     const bool tma =
-        options.use_tma && token_scorer == LaunchSpec::kWgmma &&
-        cfg.key_format == KeyFormat::kFp8E4M3 &&
-        (!gb.hisa || cfg.block_size % kTileSlots == 0) &&
-        s.layers[gd.layer].geo.tokens_per_page % kTileSlots == 0;
-    if (options.slot_scores && gb.hisa && G == 1 &&
+        token_scorer == LaunchSpec::kWgmma &&
+        UsesTma(cfg, gb.shape, s.layers[gd.layer].geo.tokens_per_page,
+                gb.hisa, options);
+    // Slot-score groups: single HISA rows; single whole-prefix rows too on
+    // the bulk-copy kernel (PrefixSlotKeyRow).
+    if (options.slot_scores && (gb.hisa || tma) && G == 1 &&
         token_scorer != LaunchSpec::kGeneric && slots <= kSlotSelectCap) {
       const int64_t stride = AlignUp(slots, 4);
       if ((slot_scores_total + G * stride) * 4 <=
@@ -736,6 +765,16 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
   cudaError_t err;
   if (events != nullptr) {
     err = cudaEventRecord(events[0], stream);
+    if (err != cudaSuccess) return err;
+  }
+  // The block kernels zero the token stage's key histograms; a plan
+  // without a block stage (whole-prefix rows only) zeroes them here.
+  bool has_block_stage = false;
+  for (const LaunchSpec& s : plan.launches) {
+    has_block_stage |= s.stage == LaunchSpec::kBlockScores && s.num_items > 0;
+  }
+  if (plan.slot_hist_count > 0 && !has_block_stage) {
+    err = cudaMemsetAsync(b.slot_hist, 0, plan.slot_hist_count * 4, stream);
     if (err != cudaSuccess) return err;
   }
   CUtensorMap map_arg{};

@@ -162,13 +162,15 @@ __device__ __forceinline__ void GridDependencyWait() {
 }
 
 // ---- Timeline (SelectBuffers::trace; a null pointer costs one branch).
+// Launches of more than kTraceMaxCtas CTAs record every stride-th CTA.
 __device__ __forceinline__ void Trace(uint64_t* trace, TracePoint point) {
-  if (trace == nullptr || threadIdx.x != 0 || blockIdx.x >= kTraceMaxCtas) {
-    return;
-  }
+  if (trace == nullptr || threadIdx.x != 0) return;
+  const uint32_t stride = (gridDim.x + kTraceMaxCtas - 1) / kTraceMaxCtas;
+  if (blockIdx.x % stride != 0) return;
   uint64_t now;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
-  uint64_t* cta = trace + static_cast<int64_t>(blockIdx.x) * kTraceSlots;
+  uint64_t* cta =
+      trace + static_cast<int64_t>(blockIdx.x / stride) * kTraceSlots;
   cta[point] = now;
   if (point == kTraceStart) {
     uint32_t sm;

@@ -1,10 +1,14 @@
-// Token stage of slot-score HISA rows with bulk tensor copies (TMA), for
-// FP8 keys and queries, D = 128, 64 query heads, B a multiple of 128 and
+// Token stage of slot-score rows with bulk tensor copies (TMA), for FP8
+// keys and queries, D = 128, 64 query heads, B a multiple of 128 and
 // 128 | tokens_per_page (select_plan.cc decides). The host side is the
 // arena's tensor map (DeviceState::key_tensor_map) and the launcher.
+// Slot-score rows are single HISA rows, whose slots index the union of
+// their chosen blocks, and single whole-prefix rows of at most
+// kSlotSelectCap positions (DENSE rows, and HISA rows with c + 1 <= m),
+// whose slot i is position i.
 //
-// Such a row's candidate slots come in whole blocks of the union, so every
-// 128-slot tile is an aligned run of 128 keys inside one page: one bulk
+// Either way every 128-slot tile is an aligned run of 128 keys inside one
+// page (HISA: the union's blocks are whole multiples of 128): one bulk
 // tensor copy (128 rows x 128 B, landing in the 128-byte-swizzled wgmma
 // operand layout) plus one 512-byte bulk copy of the tile's scales, both
 // completing on the stage's transaction barrier. Against TileKernel with
@@ -33,7 +37,8 @@
 //                    the scratch and is counted in the CTA's histogram of
 //                    key bins (kKeyHistBins), added to the group's at the
 //                    end.
-//   last CTA         of the group (atomic ticket): SelectFromSlotKeys, which
+//   last CTA         of the group (atomic ticket; a shared-memory row needs
+//                    none): SelectFromSlotKeys, which
 //                    takes the bin of the k-th largest key from the
 //                    histogram and radix-selects only inside that bin.
 //
@@ -92,6 +97,18 @@ struct TmaTokenLayout {
   static_assert(kBarOff % 8 == 0, "mbarriers are 8-byte aligned");
 };
 
+// Slots of a slot-key row's scratch (a multiple of 4): every slot of the
+// union's blocks (HISA), or positions 0..t rounded up to 4 (a whole-prefix
+// row; the kernel writes key 0 past t).
+__device__ __forceinline__ int SlotKeyCount(const SelectBuffers& b,
+                                            const GroupDesc& grp,
+                                            const ItemContext<1>& ic) {
+  if (ic.union_slots) {
+    return __ldcg(b.union_counts + grp.union_index) << ic.log2b;
+  }
+  return static_cast<int>((ic.t[0] + 4) & ~int64_t{3});
+}
+
 // The final select of a slot-key row (one row per group): keys[i] is slot
 // i's key (0: no candidate) and hist the histogram of the nonzero keys.
 // Unless `local` (the scores-in-shared-memory form, whose one CTA scored
@@ -102,10 +119,12 @@ __device__ __forceinline__ void SelectFromSlotKeys(
     uint32_t* keys, int32_t* blocks, uint32_t* hist, uint32_t* list,
     int list_cap, bool local, RadixShared& rs) {
   const int log2b = ic.log2b;
-  const int num_blocks = __ldcg(b.union_counts + grp.union_index);
-  const int n = num_blocks << log2b;  // <= kSlotSelectCap, a multiple of 4
+  // HISA rows: the union's blocks. Whole-prefix rows: slot i is position
+  // i, i.e. block u of the "union" is block u.
+  const int n = SlotKeyCount(b, grp, ic);  // <= kSlotSelectCap
+  const int num_blocks = (n + (1 << log2b) - 1) >> log2b;
   for (int u = threadIdx.x; u < num_blocks; u += kSelectThreads) {
-    blocks[u] = __ldcg(ic.unions + 2 * u);
+    blocks[u] = ic.union_slots ? __ldcg(ic.unions + 2 * u) : u;
   }
   if (!local) {
     const uint4* src = reinterpret_cast<const uint4*>(
@@ -235,7 +254,11 @@ __global__ void __launch_bounds__(kSelectThreads,
                       ? reinterpret_cast<uint32_t*>(smem + L::kScoresOff)
                       : reinterpret_cast<uint32_t*>(b.slot_scores +
                                                     grp.slot_score_offset);
-  const int slot_end = static_cast<int>(ic.slot_end);
+  // Keys are written up to the item's end; a whole-prefix row's last item
+  // also writes the zeros that round its scratch up to 4 slots.
+  const int slot_end = ic.union_slots
+                           ? static_cast<int>(ic.slot_end)
+                           : static_cast<int>(ic.slot_end + 3) & ~3;
   int slot = static_cast<int>(ic.slot_begin) + my_slot;  // of tile it
   // Stage and phase parity of tile it and of tile it - 1.
   int s = 0, prev_s = 0;
@@ -296,7 +319,16 @@ __global__ void __launch_bounds__(kSelectThreads,
       if (c != 0) atomicAdd(group_hist + i, c);
     }
   }
-  if (LastOfGroup(b, item, 1, grp.num_splits, rs)) {
+  // A shared-memory row is its group's only work item and keeps its keys
+  // and counts in shared memory: no ticket, no fence.
+  bool last = true;
+  if constexpr (kSmemScores) {
+    __syncthreads();  // every key and count is written
+    Trace(b.trace, kTraceTicket);
+  } else {
+    last = LastOfGroup(b, item, 1, grp.num_splits, rs);
+  }
+  if (last) {
     // Every tile was waited for: the stage area is free for the select.
     SelectFromSlotKeys(
         b, grp, ic, reinterpret_cast<uint32_t*>(smem + L::kSelectKeysOff),

@@ -343,6 +343,82 @@ TEST(SelectPlanTest, TmaTokenKernelTakesAlignedSlotScoreGroupsOnly) {
   EXPECT_EQ(tma_groups(256, true).size(), 2u);
 }
 
+// Whole-prefix rows (DENSE rows, and HISA rows whose every block is
+// chosen) of at most kSlotSelectCap positions become single slot-key rows of
+// the bulk-copy kernel, whose slot i is position i; longer DENSE rows, and
+// every such row without bulk copies, pair as before.
+TEST(SelectPlanTest, ShortWholePrefixRowsAreSingleSlotKeyRows) {
+  const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
+                             BlockPooling::kMean};
+  CudaRequestStore store(nullptr, config);
+  Batch b;
+  AddRows(b, &store, &config, {100, 101, 5000, 8191, 8192, 8193},
+          SelectMode::kDense, 2048, 0);
+  // c + 1 <= m = 64: every block chosen.
+  AddRows(b, &store, &config, {3000, 3001}, SelectMode::kHisa, 2048, 64);
+  struct Seen {
+    int num_rows = 0;
+    int32_t mode = -1;
+    bool slot_keys = false;  // on kWgmmaTma / kWgmmaTmaSmem
+    int64_t stride = 0;
+  };
+  auto plan_rows = [&](bool use_tma, int64_t budget) {
+    PlanOptions options;
+    options.use_tma = use_tma;
+    options.slot_score_budget_bytes = budget;
+    absl::StatusOr<SelectPlan> plan = BuildSelectPlan(b.tasks, options);
+    EXPECT_TRUE(plan.ok()) << plan.status();
+    const auto groups =
+        Read<GroupDesc>(*plan, plan->groups_off, plan->num_descriptors);
+    const auto rows = Read<RowDesc>(*plan, plan->rows_off, b.tasks.size());
+    int64_t items = 0;
+    for (const LaunchSpec& s : plan->launches) items += s.num_items;
+    const auto work = Read<WorkItem>(*plan, plan->items_off, items);
+    std::map<int64_t, Seen> seen;  // row position -> its group
+    for (const LaunchSpec& s : plan->launches) {
+      if (s.stage != LaunchSpec::kTokens) continue;
+      for (int64_t i = s.first_item; i < s.first_item + s.num_items; ++i) {
+        const GroupDesc& g = groups[work[i].group];
+        for (int r = 0; r < g.num_rows; ++r) {
+          Seen& x = seen[rows[g.rows[r]].position];
+          x.num_rows = g.num_rows;
+          x.mode = g.mode;
+          x.slot_keys = s.scorer == LaunchSpec::kWgmmaTma ||
+                        s.scorer == LaunchSpec::kWgmmaTmaSmem;
+          x.stride = g.slot_score_stride;
+          if (x.slot_keys) {
+            EXPECT_EQ(work[i].slot_begin % kTileSlots, 0);
+            EXPECT_EQ(s.scorer == LaunchSpec::kWgmmaTma,
+                      g.slot_score_offset >= 0);
+          }
+        }
+      }
+    }
+    EXPECT_EQ(seen.size(), b.tasks.size());
+    return seen;
+  };
+  for (int64_t budget : {int64_t{64} << 20, int64_t{0}}) {
+    std::map<int64_t, Seen> on = plan_rows(true, budget);
+    for (int64_t t : {100, 101, 5000, 8191, 3000, 3001}) {
+      EXPECT_EQ(on[t].num_rows, 1) << t;
+      EXPECT_EQ(on[t].mode, kModeDense) << t;
+      EXPECT_TRUE(on[t].slot_keys) << t;
+      if (budget > 0) {
+        EXPECT_EQ(on[t].stride, (t + 4) / 4 * 4) << t;
+      }
+    }
+    for (int64_t t : {8192, 8193}) {
+      EXPECT_EQ(on[t].num_rows, 2) << t;
+      EXPECT_FALSE(on[t].slot_keys) << t;
+    }
+  }
+  std::map<int64_t, Seen> off = plan_rows(false, int64_t{64} << 20);
+  for (int64_t t : {100, 101, 5000, 8191, 8192, 8193, 3000, 3001}) {
+    EXPECT_EQ(off[t].num_rows, 2) << t;
+    EXPECT_FALSE(off[t].slot_keys) << t;
+  }
+}
+
 // Work-item splits follow the wave model: a decode batch of few rows splits
 // each row into as many items as fill one wave of resident CTAs (3 per SM
 // for the TMA kernel) without a second wave; a batch of many more rows than
