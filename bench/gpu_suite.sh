@@ -5,7 +5,7 @@
 #      float64 oracle and the CPU engine; seed printed), then ("test2") its
 #      FP8 cases again on the mma.sync kernel with paired HISA rows, on the
 #      wgmma kernel without bulk tensor copies, and with the bulk-copy
-#      kernel's slot scores in shared memory,
+#      kernel's pooled form (slot scores in per-SM pool slices),
 #   3. hisa_gpu_bench: kernel-level DENSE / HISA timings (prefill 1024 rows,
 #      full causal prefill, decode 64 / 256 requests) at every length,
 #   4. the PyTorch reference and the card's ceilings,

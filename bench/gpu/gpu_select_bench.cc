@@ -217,9 +217,9 @@ double Median(std::vector<double> v) {
 
 // A/B variant: a running top-k per work item instead of slot scores.
 void RunningTopK(cuda::PlanOptions& o) { o.slot_scores = false; }
-// A/B variant: slot scores in shared memory (unsplit rows) instead of the
-// device scratch.
-void SmemScores(cuda::PlanOptions& o) { o.slot_score_budget_bytes = 0; }
+// A/B variant: slot scores in the pooled form's per-SM slices (unsplit
+// rows) instead of the groups' device scratch.
+void PooledScores(cuda::PlanOptions& o) { o.slot_score_budget_bytes = 0; }
 // A/B variant: per-thread cp.async copies instead of bulk tensor copies.
 void NoTma(cuda::PlanOptions& o) { o.use_tma = false; }
 
@@ -640,8 +640,8 @@ int main(int argc, char** argv) {
                HisaFlops(hisa_rows),
                key_bytes_read + (L / kB) * summary_bytes_per_block, "");
         const Measure sm = TimeBatch(backend, hisa_rows, stores, config,
-                                     args.reps, false, SmemScores);
-        report("prefill1024_smem_scores", L, "HISA", rows_n, sm,
+                                     args.reps, false, PooledScores);
+        report("prefill1024_pooled_scores", L, "HISA", rows_n, sm,
                HisaFlops(hisa_rows),
                key_bytes_read + (L / kB) * summary_bytes_per_block, "");
         // A running top-k per work item instead of slot scores.

@@ -67,7 +67,7 @@ CudaBackend::CudaBackend(std::unique_ptr<cuda::DeviceState> device)
   };
   plan_options_->slot_scores = !env_is_0("HISA_CUDA_SLOT_SCORES");
   // HISA_CUDA_SLOT_SCORE_SCRATCH=0: no slot-score scratch, so bulk-copy
-  // rows keep their scores in shared memory (tests of that kernel form).
+  // rows run the pooled form (tests of that kernel form).
   if (env_is_0("HISA_CUDA_SLOT_SCORE_SCRATCH")) {
     plan_options_->slot_score_budget_bytes = 0;
   }

@@ -25,10 +25,10 @@ struct KernelHandle {
 // Token refinement + top-k on warpgroup MMA: FP8, D = 128, 64 query heads;
 // tma: tiles by bulk tensor copies (takes the arena's CUtensorMap).
 KernelHandle TokenKernelWgmma(int rows, bool tma);
-// Token scoring of slot-score HISA rows with bulk tensor copies
-// (tma_token_kernel.cuh), the scores in device scratch or (smem_scores, one
-// work item per row) in shared memory.
-KernelHandle TokenKernelTma(bool smem_scores);
+// Token scoring of slot-score rows with bulk tensor copies
+// (tma_token_kernel.cuh), the scores in the groups' device scratch or
+// (pooled, one work item per row) in a slice of the plan's score pool.
+KernelHandle TokenKernelTma(bool pooled);
 // Token refinement + top-k, FP8 queries and keys: mt in {1, 2, 4} m16 tiles
 // of heads (4: 64 heads per pass, several passes for more), ks = D / 32 in
 // {2, 4}, rows = rows per group in {1, 2}.

@@ -5,17 +5,14 @@
 
 namespace hisa::cuda {
 
-static_assert(FitsPerSm(kTmaTokenCtasPerSm, TmaTokenLayout<false>::kBytes),
+static_assert(FitsPerSm(kTmaTokenCtasPerSm, TmaTokenLayout::kBytes),
               "TMA token kernel must fit kTmaTokenCtasPerSm times per SM");
-static_assert(FitsPerSm(kTmaSmemTokenCtasPerSm, TmaTokenLayout<true>::kBytes),
-              "TMA token kernel (shared-memory scores) must fit "
-              "kTmaSmemTokenCtasPerSm times per SM");
 
-KernelHandle TokenKernelTma(bool smem_scores) {
-  if (smem_scores) {
-    return MakeHandle<&TmaTokenKernel<true>>(TmaTokenLayout<true>::kBytes);
+KernelHandle TokenKernelTma(bool pooled) {
+  if (pooled) {
+    return MakeHandle<&TmaTokenKernel<true>>(TmaTokenLayout::kBytes);
   }
-  return MakeHandle<&TmaTokenKernel<false>>(TmaTokenLayout<false>::kBytes);
+  return MakeHandle<&TmaTokenKernel<false>>(TmaTokenLayout::kBytes);
 }
 
 }  // namespace hisa::cuda

@@ -49,10 +49,9 @@ inline constexpr int kCandidateCap = 4096;
 inline constexpr int kFinalizeCap = 8192;
 // Resident CTAs per SM of the token kernels (their __launch_bounds__ and
 // shared memory; the planner sizes work-item splits by them): the bulk-copy
-// (TMA) kernel (and its form with the slot scores in shared memory), the
+// (TMA) kernel (both forms; also the pooled form's slices per SM), the
 // wgmma kernel, and the others.
 inline constexpr int kTmaTokenCtasPerSm = 3;
-inline constexpr int kTmaSmemTokenCtasPerSm = 2;
 inline constexpr int kWgmmaTokenCtasPerSm = 2;
 // Rows that share one work item (neighbouring prefill rows).
 inline constexpr int kMaxGroupRows = 2;
@@ -223,6 +222,12 @@ struct SelectBuffers {
   // in plans without a block stage).
   uint32_t* slot_hist = nullptr;
   int64_t slot_hist_count = 0;          // entries
+  // The pooled bulk-copy kernel's score slices (kSlotSelectCap keys each,
+  // kTmaTokenCtasPerSm per SM) and one word of taken-slice bits per SM
+  // (zero before a launch; every CTA clears its bit).
+  uint32_t* slot_pool = nullptr;
+  uint32_t* pool_bits = nullptr;
+  int32_t pool_sms = 0;
   // Two per group: CTAs done with block scoring / with token top-k. Zero
   // before a launch; the last CTA of a group resets its counter.
   int32_t* counters = nullptr;

@@ -25,7 +25,7 @@ int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t TokenCtasPerSm(LaunchSpec::Scorer scorer) {
   switch (scorer) {
     case LaunchSpec::kWgmmaTma: return kTmaTokenCtasPerSm;
-    case LaunchSpec::kWgmmaTmaSmem: return kTmaSmemTokenCtasPerSm;
+    case LaunchSpec::kWgmmaTmaPool: return kTmaTokenCtasPerSm;
     case LaunchSpec::kWgmma:
     case LaunchSpec::kWgmmaTopkTma: return kWgmmaTokenCtasPerSm;
     default: return 1;
@@ -488,6 +488,7 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
   int32_t partial_stride = 0;
   int64_t slot_scores_total = 0;  // floats
   int32_t hist_groups = 0;        // slot-key groups
+  bool any_pooled = false;        // kWgmmaTmaPool groups
   for (int gi = 0; gi < num_groups; ++gi) {
     const GroupBuild& gb = s.groups[gi];
     GroupDesc& gd = s.gdesc[gi];
@@ -533,19 +534,27 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     gd.slot_score_offset = -1;
     gd.slot_score_stride = 0;
     gd.slot_hist_index = -1;
-    bool smem_scores = false;
+    bool pooled = false;
     // Tiles of aligned 128-key runs inside one page: bulk tensor copies.
     const bool tma =
         token_scorer == LaunchSpec::kWgmma &&
         UsesTma(cfg, gb.shape, s.layers[gd.layer].geo.tokens_per_page,
                 gb.hisa, options);
+    const int64_t tiles = CeilDiv(slots, kTileSlots);
     // Slot-score groups: single HISA rows; single whole-prefix rows too on
     // the bulk-copy kernel (PrefixSlotKeyRow).
     if (options.slot_scores && (gb.hisa || tma) && G == 1 &&
         token_scorer != LaunchSpec::kGeneric && slots <= kSlotSelectCap) {
       const int64_t stride = AlignUp(slots, 4);
-      if ((slot_scores_total + G * stride) * 4 <=
-          options.slot_score_budget_bytes) {
+      // On the bulk-copy kernel, a row that would not split (a batch of
+      // many rows) takes the pooled form, scratch or not: one launch, no
+      // group histogram or ticket.
+      const bool unsplit =
+          tma && (!options.allow_splits ||
+                  ChooseSplits(plan->num_groups, tiles, tiles,
+                               kTmaTokenCtasPerSm * num_sms) == 1);
+      if (!unsplit && (slot_scores_total + G * stride) * 4 <=
+                          options.slot_score_budget_bytes) {
         gd.slot_score_offset = slot_scores_total;
         gd.slot_score_stride = static_cast<int32_t>(stride);
         slot_scores_total += G * stride;
@@ -554,18 +563,18 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
           gd.slot_hist_index = hist_groups++;
         }
       } else if (tma) {
-        token_scorer = LaunchSpec::kWgmmaTmaSmem;
-        smem_scores = true;
+        token_scorer = LaunchSpec::kWgmmaTmaPool;
+        pooled = true;
+        any_pooled = true;
       }
     }
     if (tma && token_scorer == LaunchSpec::kWgmma) {
       token_scorer = LaunchSpec::kWgmmaTopkTma;
     }
-    const int64_t tiles = CeilDiv(slots, kTileSlots);
     // Split lists of a running top-k are merged (kFinalizeCap bounds it);
     // slot-score groups have nothing to merge.
     const int64_t max_splits =
-        !options.allow_splits || smem_scores ? 1
+        !options.allow_splits || pooled ? 1
         : gd.slot_score_offset >= 0
             ? tiles
             : std::min<int64_t>(tiles, kFinalizeCap / gd.k);
@@ -637,6 +646,8 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
   plan->q_off = reserve(s.q_bytes);
   plan->w_off = reserve(s.w_count * sizeof(float));
   plan->counters_off = reserve(s.gdesc.size() * 2 * sizeof(int32_t));  // zeros
+  plan->pool_sms = any_pooled ? static_cast<int32_t>(num_sms) : 0;
+  plan->pool_bits_off = reserve(int64_t{plan->pool_sms} * 4);  // zeros
   plan->image_bytes = off;
   plan->block_scores_off = reserve(j_total * 4);
   plan->unions_off = reserve(union_total * 8);
@@ -648,6 +659,8 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
   plan->slot_scores_off = reserve(slot_scores_total * 4);
   plan->slot_hist_count = int64_t{hist_groups} * kKeyHistBins;
   plan->slot_hist_off = reserve(plan->slot_hist_count * 4);
+  plan->slot_pool_off = reserve(int64_t{plan->pool_sms} * kTmaTokenCtasPerSm *
+                                kSlotSelectCap * 4);
   plan->out_entries = out_total;
   plan->out_pos_off = reserve(out_total * 4);
   plan->out_scores_off = reserve(out_total * 4);
@@ -758,6 +771,9 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
   b.slot_scores = reinterpret_cast<float*>(base + plan.slot_scores_off);
   b.slot_hist = reinterpret_cast<uint32_t*>(base + plan.slot_hist_off);
   b.slot_hist_count = plan.slot_hist_count;
+  b.slot_pool = reinterpret_cast<uint32_t*>(base + plan.slot_pool_off);
+  b.pool_bits = reinterpret_cast<uint32_t*>(base + plan.pool_bits_off);
+  b.pool_sms = plan.pool_sms;
   b.out_pos = reinterpret_cast<int32_t*>(base + plan.out_pos_off);
   b.out_scores = reinterpret_cast<float*>(base + plan.out_scores_off);
   b.counters = reinterpret_cast<int32_t*>(base + plan.counters_off);
@@ -791,9 +807,9 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
                 ? BlockKernelGeneric(s.rows)
                 : BlockKernelBf16(s.mt, s.ks, s.rows);
       } else if (s.scorer == LaunchSpec::kWgmmaTma ||
-                 s.scorer == LaunchSpec::kWgmmaTmaSmem) {
+                 s.scorer == LaunchSpec::kWgmmaTmaPool) {
         if (key_map == nullptr) return cudaErrorInvalidValue;
-        h = TokenKernelTma(s.scorer == LaunchSpec::kWgmmaTmaSmem);
+        h = TokenKernelTma(s.scorer == LaunchSpec::kWgmmaTmaPool);
       } else if (s.scorer == LaunchSpec::kWgmma ||
                  s.scorer == LaunchSpec::kWgmmaTopkTma) {
         const bool tma = s.scorer == LaunchSpec::kWgmmaTopkTma;

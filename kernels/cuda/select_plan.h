@@ -81,9 +81,9 @@ struct PlanOptions {
   bool slot_scores = true;
   // The scores go to a device scratch array while the batch's scratch stays
   // within this many bytes. Past it, groups on the bulk-copy (TMA) kernel
-  // keep their scores in shared memory instead (one work item per row, the
-  // kernel's kWgmmaTmaSmem form: causal prefill), and other groups keep a
-  // running top-k.
+  // use its pooled form instead (kWgmmaTmaPool: one work item per row, the
+  // scores in one of kTmaTokenCtasPerSm slices per SM, whatever the number
+  // of rows: causal prefill), and other groups keep a running top-k.
   int64_t slot_score_budget_bytes = int64_t{64} << 20;
   // Neighbouring single-row HISA groups of one (request, layer) share their
   // block scoring (each block mean read once for two rows) while keeping
@@ -99,15 +99,15 @@ struct PlanOptions {
 struct LaunchSpec {
   enum Stage : int { kBlockScores = 1, kTokens = 2 };
   // kWgmmaTma: slot-score rows with bulk tensor copies, scores in device
-  // scratch; kWgmmaTmaSmem: the same with the scores in shared memory
-  // (unsplit rows); kWgmmaTopkTma: the running top-k wgmma kernel with bulk
-  // tensor copies.
+  // scratch; kWgmmaTmaPool: the same with the scores in the plan's score
+  // pool (unsplit rows); kWgmmaTopkTma: the running top-k wgmma kernel with
+  // bulk tensor copies.
   enum Scorer : int {
     kWgmma = 0,
     kMmaSync = 1,
     kGeneric = 2,
     kWgmmaTma = 3,
-    kWgmmaTmaSmem = 4,
+    kWgmmaTmaPool = 4,
     kWgmmaTopkTma = 5
   };
   Stage stage = kTokens;
@@ -128,9 +128,10 @@ struct SelectPlan {
           tables_off = 0, q_off = 0, w_off = 0, counters_off = 0;
   int64_t block_scores_off = 0, unions_off = 0, union_counts_off = 0,
           partial_pos_off = 0, partial_key_off = 0, partial_counts_off = 0,
-          slot_scores_off = 0, slot_hist_off = 0, out_pos_off = 0,
-          out_scores_off = 0;
+          slot_scores_off = 0, slot_hist_off = 0, slot_pool_off = 0,
+          pool_bits_off = 0, out_pos_off = 0, out_scores_off = 0;
   int64_t slot_hist_count = 0;  // uint32 entries at slot_hist_off
+  int32_t pool_sms = 0;         // kWgmmaTmaPool: SMs whose slices it holds
   int32_t partial_stride = 0;
   int64_t out_entries = 0;
   std::vector<LaunchSpec> launches;

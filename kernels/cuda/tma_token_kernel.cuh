@@ -42,10 +42,14 @@
 //                    takes the bin of the k-th largest key from the
 //                    histogram and radix-selects only inside that bin.
 //
-// kSmemScores (one work item per row, for batches whose rows outgrow the
-// slot-score scratch, e.g. a causal prefill of 64K rows): the scores stay in
-// shared memory (32 KB more per CTA: 2 CTAs per SM instead of 3) and the
-// select reads them there.
+// kPooled (one work item per row, for batches whose rows outgrow the
+// slot-score scratch, e.g. a causal prefill of 64K rows): the CTA takes one
+// of its SM's kTmaTokenCtasPerSm slices of the plan's score pool for its
+// row (a bit of SelectBuffers::pool_bits, set and cleared atomically; only
+// CTAs resident on the SM hold its slices, so a free one comes), keeps the
+// row's histogram in shared memory and gives the slice back once the
+// select has read it. The pool's size is fixed by the SM count, whatever
+// the number of rows.
 #ifndef HISA_KERNELS_CUDA_TMA_TOKEN_KERNEL_CUH_
 #define HISA_KERNELS_CUDA_TMA_TOKEN_KERNEL_CUH_
 
@@ -61,9 +65,6 @@ inline constexpr int kTmaStages = 3;
 // Tiles of one work item: slot-score rows have at most kSlotSelectCap slots.
 inline constexpr int kTmaMaxTiles = kSlotSelectCap / kTileSlots;
 
-// kSmemScores: the row's slot scores stay in shared memory (one work item
-// per row) instead of the device scratch.
-template <bool kSmemScores>
 struct TmaTokenLayout {
   static constexpr int kKeyBytes = kTileSlots * 128;  // one tile, swizzled
   static constexpr int kScaleBytes = kTileSlots * 4;
@@ -78,14 +79,12 @@ struct TmaTokenLayout {
   static constexpr int kRadixOff = kBarOff + 2 * kTmaStages * 8;
   static constexpr int kHistOff =
       (kRadixOff + static_cast<int>(sizeof(RadixShared)) + 15) / 16 * 16;
-  static constexpr int kScoresOff = kHistOff + kKeyHistBins * 4;
-  static constexpr int kScoresBytes = kSmemScores ? kSlotSelectCap * 4 : 0;
   // + 1024: the base is aligned up to 1024 bytes at run time.
-  static constexpr int kBytes = kScoresOff + kScoresBytes + 1024;
-  // The final select: one key per slot (in the score area, or the key
-  // stages), then the union's blocks (in the key stages).
-  static constexpr int kSelectKeysOff = kSmemScores ? kScoresOff : 0;
-  static constexpr int kSelectUnionsOff = kSmemScores ? 0 : kSlotSelectCap * 4;
+  static constexpr int kBytes = kHistOff + kKeyHistBins * 4 + 1024;
+  // The final select, in the key stages: one key per slot, then the
+  // union's blocks.
+  static constexpr int kSelectKeysOff = 0;
+  static constexpr int kSelectUnionsOff = kSlotSelectCap * 4;
   static_assert(kQOff % 1024 == 0, "query operand must stay 1024-aligned");
   // Then the keys of the k-th largest key's histogram bin, up to the
   // weights (the query operand and the scale stages are free by then).
@@ -96,6 +95,46 @@ struct TmaTokenLayout {
                 "final select must fit in the key stages");
   static_assert(kBarOff % 8 == 0, "mbarriers are 8-byte aligned");
 };
+
+// kPooled's slice of the score pool, taken by one thread in two steps so
+// that the atomic's round trip overlaps the CTA's prologue: TrySlice claims
+// the first of its SM's kTmaTokenCtasPerSm slices if free, TakeSlice (after
+// the prologue) returns it, or else any free one (SM ids past pool_sms
+// share an SM's slices, so a CTA may then wait for one). GiveBackSlice
+// frees it.
+struct SliceTry {
+  uint32_t* bits;  // the SM's word of taken-slice bits
+  int first;       // its first slice
+  uint32_t old;    // the word before the claim of `first`
+};
+__device__ __forceinline__ SliceTry TrySlice(const SelectBuffers& b) {
+  uint32_t sm;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+  sm %= static_cast<uint32_t>(b.pool_sms);
+  SliceTry t;
+  t.bits = b.pool_bits + sm;
+  t.first = static_cast<int>(sm) * kTmaTokenCtasPerSm;
+  t.old = atomicOr(t.bits, 1u);
+  return t;
+}
+__device__ __forceinline__ int TakeSlice(const SliceTry& t) {
+  if ((t.old & 1u) == 0) return t.first;
+  // Next, the lowest slice that was free at the first try, then any.
+  uint32_t seen = t.old;
+  for (;;) {
+    const uint32_t free_bits =
+        ~seen & ((1u << kTmaTokenCtasPerSm) - 1u);
+    const int j = free_bits != 0 ? __ffs(free_bits) - 1 : 0;
+    seen = atomicOr(t.bits, 1u << j);
+    if (((seen >> j) & 1u) == 0) return t.first + j;
+    if (seen == (1u << kTmaTokenCtasPerSm) - 1u) __nanosleep(256);
+  }
+}
+__device__ __forceinline__ void GiveBackSlice(const SelectBuffers& b,
+                                              int slice) {
+  atomicAnd(b.pool_bits + slice / kTmaTokenCtasPerSm,
+            ~(1u << (slice % kTmaTokenCtasPerSm)));
+}
 
 // Slots of a slot-key row's scratch (a multiple of 4): every slot of the
 // union's blocks (HISA), or positions 0..t rounded up to 4 (a whole-prefix
@@ -109,15 +148,18 @@ __device__ __forceinline__ int SlotKeyCount(const SelectBuffers& b,
   return static_cast<int>((ic.t[0] + 4) & ~int64_t{3});
 }
 
-// The final select of a slot-key row (one row per group): keys[i] is slot
-// i's key (0: no candidate) and hist the histogram of the nonzero keys.
-// Unless `local` (the scores-in-shared-memory form, whose one CTA scored
-// every slot), both are first loaded from the group's scratch and global
-// histogram. Output as WriteSlotSelection.
+// The final select of a slot-key row (one row per group): the row's keys
+// (slot i's key, 0: no candidate) are loaded from `src` (the group's
+// scratch or the CTA's pool slice) into `keys`, and the histogram of the
+// nonzero keys from the group's global one into `hist`, unless `hist`
+// already holds it (the pooled form's one CTA counted every slot). Once
+// `keys` is loaded, thread 0 gives back pool slice `slice` (>= 0). Output
+// as WriteSlotSelection.
 __device__ __forceinline__ void SelectFromSlotKeys(
     const SelectBuffers& b, const GroupDesc& grp, const ItemContext<1>& ic,
-    uint32_t* keys, int32_t* blocks, uint32_t* hist, uint32_t* list,
-    int list_cap, bool local, RadixShared& rs) {
+    const uint32_t* src, uint32_t* keys, int32_t* blocks, uint32_t* hist,
+    bool hist_local, int slice, uint32_t* list, int list_cap,
+    RadixShared& rs) {
   const int log2b = ic.log2b;
   // HISA rows: the union's blocks. Whole-prefix rows: slot i is position
   // i, i.e. block u of the "union" is block u.
@@ -126,13 +168,12 @@ __device__ __forceinline__ void SelectFromSlotKeys(
   for (int u = threadIdx.x; u < num_blocks; u += kSelectThreads) {
     blocks[u] = ic.union_slots ? __ldcg(ic.unions + 2 * u) : u;
   }
-  if (!local) {
-    const uint4* src = reinterpret_cast<const uint4*>(
-        b.slot_scores + grp.slot_score_offset);
 #pragma unroll 8
-    for (int i = threadIdx.x; i < n / 4; i += kSelectThreads) {
-      reinterpret_cast<uint4*>(keys)[i] = __ldcg(src + i);
-    }
+  for (int i = threadIdx.x; i < n / 4; i += kSelectThreads) {
+    reinterpret_cast<uint4*>(keys)[i] =
+        __ldcg(reinterpret_cast<const uint4*>(src) + i);
+  }
+  if (!hist_local) {
     const uint4* gh = reinterpret_cast<const uint4*>(
         b.slot_hist + int64_t{grp.slot_hist_index} * kKeyHistBins);
     for (int i = threadIdx.x; i < kKeyHistBins / 4; i += kSelectThreads) {
@@ -140,19 +181,18 @@ __device__ __forceinline__ void SelectFromSlotKeys(
     }
   }
   __syncthreads();
+  if (slice >= 0 && threadIdx.x == 0) GiveBackSlice(b, slice);
   const int k = grp.k;
   const KeyThreshold th = HistSelectKey(keys, n, k, hist, list, list_cap, rs);
   WriteSlotSelection(b, b.rows[grp.rows[0]], k, keys, n, blocks, log2b, th,
                      rs);
 }
 
-template <bool kSmemScores>
-__global__ void __launch_bounds__(kSelectThreads,
-                                  kSmemScores ? kTmaSmemTokenCtasPerSm
-                                              : kTmaTokenCtasPerSm)
+template <bool kPooled>
+__global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
     TmaTokenKernel(SelectBuffers b, const WorkItem* items,
                    const __grid_constant__ CUtensorMap keys) {
-  using L = TmaTokenLayout<kSmemScores>;
+  using L = TmaTokenLayout;
   extern __shared__ __align__(16) uint8_t smem_raw[];
   // Aligned by an offset from smem_raw (TileKernel says why).
   uint8_t* smem = smem_raw + ((1024u - (SmemAddr(smem_raw) & 1023u)) & 1023u);
@@ -166,6 +206,7 @@ __global__ void __launch_bounds__(kSelectThreads,
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
   uint64_t* empty = full + kTmaStages;
   RadixShared& rs = *reinterpret_cast<RadixShared*>(smem + L::kRadixOff);
+  __shared__ int slice;  // kPooled: this CTA's slice of the score pool
 
   // Before the block stage completes (programmatic dependent launch): the
   // barriers, the query operand and the weights, from the uploaded plan.
@@ -179,6 +220,12 @@ __global__ void __launch_bounds__(kSelectThreads,
     }
     MbarFenceInit();
   }
+  // kPooled: the slice is claimed by the last warp, which has no tile to
+  // map below.
+  constexpr int kSliceThread = kSelectThreads - 32;
+  static_assert(kSliceThread >= kTmaMaxTiles, "the slice warp maps no tile");
+  SliceTry slice_try{};
+  if (kPooled && threadIdx.x == kSliceThread) slice_try = TrySlice(b);
   StoreSwizzledQueries(b, grp, qs);
   for (int i = threadIdx.x; i < kKeyHistBins; i += kSelectThreads) hist[i] = 0;
   if (threadIdx.x < 64) {
@@ -192,6 +239,8 @@ __global__ void __launch_bounds__(kSelectThreads,
   const int64_t span = ic.slot_end - ic.slot_begin;
   const int num_tiles =
       span > 0 ? static_cast<int>((span + kTileSlots - 1) / kTileSlots) : 0;
+  // While warps 0 and 1 map the tiles:
+  if (threadIdx.x == kSliceThread) slice = kPooled ? TakeSlice(slice_try) : -1;
   // Tile j: slots slot_begin + 128 j ... (slot_begin is a multiple of 128
   // and B of 128, so the tile is one aligned run inside one block).
   // Its candidates are the first tile_valid[j] slots: the tile lies in one
@@ -206,7 +255,7 @@ __global__ void __launch_bounds__(kSelectThreads,
                     : static_cast<int32_t>(min(int64_t{kTileSlots},
                                                ic.t[0] - r.pos + 1));
   }
-  __syncthreads();  // barriers, tile map, queries and weights are ready
+  __syncthreads();  // barriers, tile map, queries, weights, slice are ready
 
   auto issue = [&](int j, int s) {  // thread 0 only; s: tile j's stage
     IssueTileCopy(&keys, b.arena, tiles[j], key_stages + s * L::kKeyBytes,
@@ -247,13 +296,13 @@ __global__ void __launch_bounds__(kSelectThreads,
     }
     WgmmaCommit();
   };
-  // Keys by slot index (0: no candidate), counted in `hist`: the device
-  // scratch, or shared memory (the item is the whole row: slot_begin == 0).
-  // Slot-key rows have at most kSlotSelectCap slots: 32-bit slot indices.
-  uint32_t* out = kSmemScores
-                      ? reinterpret_cast<uint32_t*>(smem + L::kScoresOff)
-                      : reinterpret_cast<uint32_t*>(b.slot_scores +
-                                                    grp.slot_score_offset);
+  // Keys by slot index (0: no candidate), counted in `hist`: the group's
+  // scratch, or the CTA's pool slice (the item is the whole row). Slot-key
+  // rows have at most kSlotSelectCap slots: 32-bit slot indices.
+  uint32_t* out =
+      kPooled ? b.slot_pool + int64_t{slice} * kSlotSelectCap
+              : reinterpret_cast<uint32_t*>(b.slot_scores +
+                                            grp.slot_score_offset);
   // Keys are written up to the item's end; a whole-prefix row's last item
   // also writes the zeros that round its scratch up to 4 slots.
   const int slot_end = ic.union_slots
@@ -308,7 +357,7 @@ __global__ void __launch_bounds__(kSelectThreads,
   }
 
   Trace(b.trace, kTraceLoopEnd);
-  if constexpr (!kSmemScores) {
+  if constexpr (!kPooled) {
     // This CTA's counts join the group's histogram (LastOfGroup's fence
     // orders them before the ticket).
     __syncthreads();
@@ -319,11 +368,12 @@ __global__ void __launch_bounds__(kSelectThreads,
       if (c != 0) atomicAdd(group_hist + i, c);
     }
   }
-  // A shared-memory row is its group's only work item and keeps its keys
-  // and counts in shared memory: no ticket, no fence.
+  // A pooled row is its group's only work item and counted its keys in
+  // shared memory: no ticket (its own keys are visible to it after the
+  // barrier).
   bool last = true;
-  if constexpr (kSmemScores) {
-    __syncthreads();  // every key and count is written
+  if constexpr (kPooled) {
+    __syncthreads();
     Trace(b.trace, kTraceTicket);
   } else {
     last = LastOfGroup(b, item, 1, grp.num_splits, rs);
@@ -331,10 +381,10 @@ __global__ void __launch_bounds__(kSelectThreads,
   if (last) {
     // Every tile was waited for: the stage area is free for the select.
     SelectFromSlotKeys(
-        b, grp, ic, reinterpret_cast<uint32_t*>(smem + L::kSelectKeysOff),
-        reinterpret_cast<int32_t*>(smem + L::kSelectUnionsOff), hist,
-        reinterpret_cast<uint32_t*>(smem + L::kSelectListOff),
-        L::kSelectListCap, kSmemScores, rs);
+        b, grp, ic, out, reinterpret_cast<uint32_t*>(smem + L::kSelectKeysOff),
+        reinterpret_cast<int32_t*>(smem + L::kSelectUnionsOff), hist, kPooled,
+        slice, reinterpret_cast<uint32_t*>(smem + L::kSelectListOff),
+        L::kSelectListCap, rs);
     if (threadIdx.x == 0) b.counters[2 * item.group + 1] = 0;
     Trace(b.trace, kTraceTailEnd);
   }

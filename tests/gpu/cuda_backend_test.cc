@@ -669,6 +669,121 @@ TEST(GpuEdgeTest, BudgetAndConflictingAppends) {
 }
 
 // Several threads select at once (more threads than select contexts).
+// The bulk-copy kernel's pooled form (an unsplit row's scores in one of 3
+// slices per SM) under contention: with the pool cut to one SM's 3 slices,
+// 300 rows take turns on them (each CTA waits for a free slice, writes its
+// keys there and frees it after the select), and every output must still
+// be, bit for bit, what the row gets alone (a single row splits over many
+// CTAs and takes the group-scratch form). HISA rows past m blocks and short
+// DENSE rows (slot i is position i) both.
+TEST(GpuPoolTest, ManyRowsTakingTurnsOnThreeSlicesMatchRowsAlone) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = ref::TestSeed() + 77;
+  std::mt19937_64 rng(seed);
+  SCOPED_TRACE(ref::SeedNote());
+  cuda::DeviceOptions o;
+  o.memory_budget_bytes = int64_t{256} << 20;
+  absl::StatusOr<std::unique_ptr<CudaBackend>> backend = CudaBackend::Create(o);
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  if (!(*backend)->plan_options().use_tma) {
+    GTEST_SKIP() << "no bulk tensor copies on this device";
+  }
+  const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
+                             BlockPooling::kMean};
+  absl::StatusOr<std::unique_ptr<RequestStore>> store =
+      (*backend)->CreateStore(config);
+  ASSERT_TRUE(store.ok()) << store.status();
+  constexpr int64_t kLength = 12000;
+  const ref::EncodedKeys keys =
+      RandomKeys(rng, KeyFormat::kFp8E4M3, kLength, 128, 128);
+  ASSERT_TRUE((*store)->Append(keys.Chunk("p", 0, 0, kLength)).ok());
+  std::vector<EncodedQuery> queries;
+  for (int i = 0; i < 16; ++i) {
+    queries.push_back(RandomQuery(rng, KeyFormat::kFp8E4M3, 64, 128));
+  }
+  std::vector<QueryRow> rows;
+  for (int i = 0; i < 200; ++i) {  // c + 1 = 94 > m = 64: block choice
+    rows.push_back(queries[i % 16].Row("p", 0, kLength - 200 + i,
+                                       SelectMode::kHisa, 2048, 64));
+  }
+  for (int i = 0; i < 100; ++i) {  // whole-prefix rows of <= 8192 slots
+    rows.push_back(queries[i % 16].Row("p", 0, 37 + 81 * i, SelectMode::kDense,
+                                       1000, 64));
+  }
+  std::vector<RowResult> results(rows.size());
+  std::vector<SelectTask> tasks;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    tasks.push_back(SelectTask{store->get(), &config, &rows[i], rows[i].mode,
+                               &results[i]});
+  }
+  // Positions then scores of each task's k outputs; *pooled_sms: the
+  // plan's pool (0: no pooled launch).
+  auto run = [&](absl::Span<const SelectTask> batch,
+                 const cuda::PlanOptions& options, int* pooled_sms) {
+    std::vector<std::vector<uint32_t>> by_task;
+    absl::StatusOr<cuda::SelectPlan> plan =
+        cuda::BuildSelectPlan(batch, options);
+    EXPECT_TRUE(plan.ok()) << plan.status();
+    if (!plan.ok()) return by_task;
+    *pooled_sms = plan->pool_sms;
+    uint8_t* base = nullptr;
+    EXPECT_EQ(cudaMalloc(reinterpret_cast<void**>(&base), plan->device_bytes),
+              cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(base, plan->image.data(), plan->image.size(),
+                         cudaMemcpyHostToDevice),
+              cudaSuccess);
+    // Twice: every slice must be free again after a launch.
+    for (int r = 0; r < 2; ++r) {
+      EXPECT_EQ(cuda::LaunchSelectPlan(*plan, base,
+                                       (*backend)->device().arena(),
+                                       (*backend)->device().key_tensor_map(),
+                                       nullptr, nullptr),
+                cudaSuccess);
+    }
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    std::vector<uint32_t> pos(plan->out_entries), score(plan->out_entries);
+    EXPECT_EQ(cudaMemcpy(pos.data(), base + plan->out_pos_off,
+                         plan->out_entries * 4, cudaMemcpyDeviceToHost),
+              cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(score.data(), base + plan->out_scores_off,
+                         plan->out_entries * 4, cudaMemcpyDeviceToHost),
+              cudaSuccess);
+    if (plan->pool_sms > 0) {
+      std::vector<uint32_t> bits(plan->pool_sms, 7);
+      EXPECT_EQ(cudaMemcpy(bits.data(), base + plan->pool_bits_off,
+                           plan->pool_sms * 4, cudaMemcpyDeviceToHost),
+                cudaSuccess);
+      for (uint32_t b : bits) EXPECT_EQ(b, 0u) << "a slice was not freed";
+    }
+    cudaFree(base);
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const int64_t at = plan->task_out_offset[i];
+      const int k = batch[i].row->k;
+      std::vector<uint32_t> v(pos.begin() + at, pos.begin() + at + k);
+      v.insert(v.end(), score.begin() + at, score.begin() + at + k);
+      by_task.push_back(std::move(v));
+    }
+    return by_task;
+  };
+  cuda::PlanOptions pooled = (*backend)->plan_options();
+  pooled.num_sms = 1;  // one SM's 3 slices for every row
+  int pool = -1;
+  const auto batch = run(tasks, pooled, &pool);
+  EXPECT_EQ(pool, 1);
+  ASSERT_EQ(batch.size(), tasks.size());
+  int scratch_rows = 0;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    int alone_pool = -1;
+    const auto alone = run(absl::MakeConstSpan(&tasks[i], 1),
+                           (*backend)->plan_options(), &alone_pool);
+    ASSERT_EQ(alone.size(), 1u);
+    scratch_rows += alone_pool == 0 ? 1 : 0;
+    EXPECT_EQ(batch[i], alone[0]) << "row " << i << " t=" << rows[i].position;
+    EXPECT_NE(batch[i][0], 0xFFFFFFFFu) << "row " << i << " came back empty";
+  }
+  EXPECT_GT(scratch_rows, 250);  // most rows alone split: scratch form
+}
+
 TEST(GpuConcurrencyTest, ConcurrentSelectsGiveSingleThreadAnswers) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(ref::TestSeed() + 29);

@@ -313,8 +313,8 @@ TEST(SelectPlanTest, TmaTokenKernelTakesAlignedSlotScoreGroupsOnly) {
   EXPECT_GT(topk_tma.count(40000), 0u);
   EXPECT_TRUE(tma_groups(128, false).empty());
   EXPECT_TRUE(topk_tma.empty());
-  // Without slot-score scratch the same rows run the shared-memory form,
-  // one work item each.
+  // Without slot-score scratch the same rows run the pooled form, one work
+  // item each, with one pool of 3 slices per SM.
   {
     const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
                                BlockPooling::kMean};
@@ -326,13 +326,23 @@ TEST(SelectPlanTest, TmaTokenKernelTakesAlignedSlotScoreGroupsOnly) {
     PlanOptions options;
     options.use_tma = true;
     options.slot_score_budget_bytes = 0;
+    options.num_sms = 7;
     absl::StatusOr<SelectPlan> plan = BuildSelectPlan(b.tasks, options);
     ASSERT_TRUE(plan.ok()) << plan.status();
+    EXPECT_EQ(plan->pool_sms, 7);
+    EXPECT_GE(plan->device_bytes - plan->slot_pool_off,
+              int64_t{7} * kTmaTokenCtasPerSm * kSlotSelectCap * 4);
+    // The taken-slice bits are in the upload image (zeroed), one word per
+    // SM.
+    EXPECT_LE(plan->pool_bits_off + 7 * 4, plan->image_bytes);
+    for (int i = 0; i < 7 * 4; ++i) {
+      EXPECT_EQ(plan->image[plan->pool_bits_off + i], 0);
+    }
     int token_launches = 0;
     for (const LaunchSpec& s : plan->launches) {
       if (s.stage != LaunchSpec::kTokens) continue;
       ++token_launches;
-      EXPECT_EQ(s.scorer, LaunchSpec::kWgmmaTmaSmem);
+      EXPECT_EQ(s.scorer, LaunchSpec::kWgmmaTmaPool);
       EXPECT_EQ(s.num_items, 3);
     }
     EXPECT_EQ(token_launches, 1);
@@ -359,7 +369,7 @@ TEST(SelectPlanTest, ShortWholePrefixRowsAreSingleSlotKeyRows) {
   struct Seen {
     int num_rows = 0;
     int32_t mode = -1;
-    bool slot_keys = false;  // on kWgmmaTma / kWgmmaTmaSmem
+    bool slot_keys = false;  // on kWgmmaTma / kWgmmaTmaPool
     int64_t stride = 0;
   };
   auto plan_rows = [&](bool use_tma, int64_t budget) {
@@ -384,7 +394,7 @@ TEST(SelectPlanTest, ShortWholePrefixRowsAreSingleSlotKeyRows) {
           x.num_rows = g.num_rows;
           x.mode = g.mode;
           x.slot_keys = s.scorer == LaunchSpec::kWgmmaTma ||
-                        s.scorer == LaunchSpec::kWgmmaTmaSmem;
+                        s.scorer == LaunchSpec::kWgmmaTmaPool;
           x.stride = g.slot_score_stride;
           if (x.slot_keys) {
             EXPECT_EQ(work[i].slot_begin % kTileSlots, 0);
@@ -403,8 +413,12 @@ TEST(SelectPlanTest, ShortWholePrefixRowsAreSingleSlotKeyRows) {
       EXPECT_EQ(on[t].num_rows, 1) << t;
       EXPECT_EQ(on[t].mode, kModeDense) << t;
       EXPECT_TRUE(on[t].slot_keys) << t;
-      if (budget > 0) {
+      // Scratch form (split rows): up to t, rounded up to 4; else pooled.
+      if (on[t].stride != 0) {
         EXPECT_EQ(on[t].stride, (t + 4) / 4 * 4) << t;
+      }
+      if (budget == 0) {
+        EXPECT_EQ(on[t].stride, 0) << t;
       }
     }
     for (int64_t t : {8192, 8193}) {
@@ -427,6 +441,8 @@ TEST(SelectPlanTest, SplitsFillOneWaveForFewRowsAndNoneForMany) {
   const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
                              BlockPooling::kMean};
   CudaRequestStore store(nullptr, config);
+  // The token launches' scorer, set by token_items.
+  LaunchSpec::Scorer scorer = LaunchSpec::kGeneric;
   auto token_items = [&](int rows) {
     Batch b;
     std::vector<int64_t> positions;
@@ -441,7 +457,7 @@ TEST(SelectPlanTest, SplitsFillOneWaveForFewRowsAndNoneForMany) {
     int64_t items = 0;
     for (const LaunchSpec& s : plan->launches) {
       if (s.stage != LaunchSpec::kTokens) continue;
-      EXPECT_EQ(s.scorer, LaunchSpec::kWgmmaTma);
+      scorer = s.scorer;
       items += s.num_items;
     }
     return items;
@@ -451,9 +467,12 @@ TEST(SelectPlanTest, SplitsFillOneWaveForFewRowsAndNoneForMany) {
   EXPECT_GT(decode, 2 * 132);
   EXPECT_LE(decode, 3 * 132);
   EXPECT_EQ(decode % 64, 0);
+  EXPECT_EQ(scorer, LaunchSpec::kWgmmaTma);  // split rows: group scratch
   // 1024 rows (the prefill shape): waves of whole rows beat more waves of
-  // split rows (3 x (64 + 2) against 6 x (32 + 2) tile times).
+  // split rows (3 x (64 + 2) against 6 x (32 + 2) tile times); unsplit
+  // rows take the pooled form.
   EXPECT_EQ(token_items(1024), 1024);
+  EXPECT_EQ(scorer, LaunchSpec::kWgmmaTmaPool);
 }
 
 // The request path plans straight into pinned staging (BuildSelectPlanInto);
