@@ -7,7 +7,8 @@
 #      wgmma kernel without bulk tensor copies, and with the bulk-copy
 #      kernel's pooled form (slot scores in per-SM pool slices),
 #   3. hisa_gpu_bench: kernel-level DENSE / HISA timings (prefill 1024 rows,
-#      full causal prefill, decode 64 / 256 requests) at every length,
+#      full causal prefill, decode 64 / 256 requests) at every length, and
+#      hisa_l2_bench: the bulk-copy read ceiling from L2 and HBM,
 #   4. the PyTorch reference and the card's ceilings,
 #   5. compute-sanitizer memcheck on small cases,
 #      (optional part "ncu": Nsight Compute sections of each kernel variant),
@@ -104,6 +105,12 @@ if has bench; then
   start=$(date +%s)
   timeout $(limit 240) bash -c "LD_LIBRARY_PATH='${LIBS}:${LD_LIBRARY_PATH:-}' '$BIN/hisa_gpu_bench' --lengths=$LENGTHS --json='$OUT/bench.json' ${BENCH_ARGS:-}" 2>&1 | tee "$OUT/bench.log"
   status_line+=("bench rc=${PIPESTATUS[0]} ($(( $(date +%s) - start )) s)")
+  # The token stage's data-path ceiling: bulk-copy reads from L2 and HBM
+  # (hisa_l2_bench), against the causal rows' "streams ... GB/s" line.
+  if [[ -x $BIN/hisa_l2_bench ]]; then
+    note "ceiling: bulk-copy reads (hisa_l2_bench)"
+    timeout $(limit 60) "$BIN/hisa_l2_bench" --reps=5 2>&1 | grep -v '^{' | tee -a "$OUT/bench.log"
+  fi
 fi
 
 if has torch; then

@@ -687,21 +687,6 @@ int main(int argc, char** argv) {
       report("causal", L, "DENSE", L, md, DenseFlops(dense), key_bytes_read, "");
       report("causal", L, "HISA", L, mh, HisaFlops(hisa_rows),
              key_bytes_read + (L / kB) * summary_bytes_per_block, "");
-      if (L <= 32768) {
-        // A/B: every row's scores in device scratch (3 token CTAs per SM)
-        // instead of shared memory (2 per SM).
-        const Measure ms = TimeBatch(
-            backend, hisa_rows, stores, config, reps, false,
-            [](cuda::PlanOptions& o) {
-              o.slot_score_budget_bytes = int64_t{4} << 30;
-            },
-            args.trace ? &trace : nullptr);
-        if (args.trace) {
-          PrintTrace(absl::StrCat("causal_scratch HISA L=", L).c_str(), trace);
-        }
-        report("causal_scratch", L, "HISA", L, ms, HisaFlops(hisa_rows),
-               key_bytes_read + (L / kB) * summary_bytes_per_block, "");
-      }
       // The token stage streams every row's candidate keys and scales (from
       // L2, mostly): its rate against hisa_l2_bench's bulk-read ceiling.
       double slots = 0;  // candidate tokens, summed over the rows
