@@ -48,6 +48,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "bench/gpu/cuda_ok.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/device_state.h"
@@ -60,16 +61,6 @@ namespace hisa {
 namespace {
 
 constexpr int kH = 64, kD = 128, kB = 128, kM = 64, kK = 2048;
-
-#define CUDA_OK(expr)                                                     \
-  do {                                                                    \
-    cudaError_t cuda_ok_err_ = (expr);                                    \
-    if (cuda_ok_err_ != cudaSuccess) {                                    \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr,   \
-                   cudaGetErrorString(cuda_ok_err_));                     \
-      std::exit(2);                                                       \
-    }                                                                     \
-  } while (0)
 
 struct Args {
   std::vector<int64_t> lengths = {8192, 16384, 32768, 65536, 131072};

@@ -20,20 +20,11 @@
 #include <string>
 #include <vector>
 
+#include "bench/gpu/cuda_ok.h"
 #include "kernels/cuda/select_primitives.cuh"
 
 namespace hisa::cuda {
 namespace {
-
-#define CUDA_OK(x)                                                        \
-  do {                                                                    \
-    cudaError_t e_ = (x);                                                 \
-    if (e_ != cudaSuccess) {                                              \
-      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__,             \
-                   cudaGetErrorString(e_));                               \
-      std::exit(2);                                                       \
-    }                                                                     \
-  } while (0)
 
 constexpr int kMaxStages = 16;
 

@@ -70,6 +70,22 @@ std::vector<T> Read(const SelectPlan& plan, int64_t off, int64_t n) {
   return v;
 }
 
+// A plan's descriptors, rows and every launch's work items, from its image.
+struct PlanImage {
+  std::vector<GroupDesc> groups;
+  std::vector<RowDesc> rows;
+  std::vector<WorkItem> work;
+};
+PlanImage ReadPlan(const SelectPlan& plan, int64_t num_rows) {
+  PlanImage v;
+  v.groups = Read<GroupDesc>(plan, plan.groups_off, plan.num_descriptors);
+  v.rows = Read<RowDesc>(plan, plan.rows_off, num_rows);
+  int64_t items = 0;
+  for (const LaunchSpec& s : plan.launches) items += s.num_items;
+  v.work = Read<WorkItem>(plan, plan.items_off, items);
+  return v;
+}
+
 TEST(SelectPlanTest, GroupsOutputsAndItems) {
   const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
                              BlockPooling::kMean};
@@ -275,29 +291,24 @@ TEST(SelectPlanTest, TmaTokenKernelTakesAlignedSlotScoreGroupsOnly) {
     options.use_tma = use_tma;
     absl::StatusOr<SelectPlan> plan = BuildSelectPlan(b.tasks, options);
     EXPECT_TRUE(plan.ok()) << plan.status();
-    const auto groups =
-        Read<GroupDesc>(*plan, plan->groups_off, plan->num_descriptors);
-    const auto rows = Read<RowDesc>(*plan, plan->rows_off, b.tasks.size());
-    int64_t items = 0;
-    for (const LaunchSpec& s : plan->launches) items += s.num_items;
-    const auto work = Read<WorkItem>(*plan, plan->items_off, items);
+    const PlanImage img = ReadPlan(*plan, b.tasks.size());
     std::map<int64_t, int> tma_items;  // row position -> TMA work items
     for (const LaunchSpec& s : plan->launches) {
       if (s.scorer == LaunchSpec::kWgmmaTopkTma) {
         for (int64_t i = s.first_item; i < s.first_item + s.num_items; ++i) {
-          const GroupDesc& g = groups[work[i].group];
-          EXPECT_EQ(work[i].slot_begin % kTileSlots, 0);
-          ++topk_tma[rows[g.rows[0]].position];
+          const GroupDesc& g = img.groups[img.work[i].group];
+          EXPECT_EQ(img.work[i].slot_begin % kTileSlots, 0);
+          ++topk_tma[img.rows[g.rows[0]].position];
         }
       }
       if (s.scorer != LaunchSpec::kWgmmaTma) continue;
       EXPECT_EQ(s.stage, LaunchSpec::kTokens);
       EXPECT_EQ(s.rows, 1);
       for (int64_t i = s.first_item; i < s.first_item + s.num_items; ++i) {
-        const GroupDesc& g = groups[work[i].group];
+        const GroupDesc& g = img.groups[img.work[i].group];
         EXPECT_GE(g.slot_score_offset, 0);
-        EXPECT_EQ(work[i].slot_begin % kTileSlots, 0);
-        ++tma_items[rows[g.rows[0]].position];
+        EXPECT_EQ(img.work[i].slot_begin % kTileSlots, 0);
+        ++tma_items[img.rows[g.rows[0]].position];
       }
     }
     return tma_items;
@@ -378,26 +389,21 @@ TEST(SelectPlanTest, ShortWholePrefixRowsAreSingleSlotKeyRows) {
     options.slot_score_budget_bytes = budget;
     absl::StatusOr<SelectPlan> plan = BuildSelectPlan(b.tasks, options);
     EXPECT_TRUE(plan.ok()) << plan.status();
-    const auto groups =
-        Read<GroupDesc>(*plan, plan->groups_off, plan->num_descriptors);
-    const auto rows = Read<RowDesc>(*plan, plan->rows_off, b.tasks.size());
-    int64_t items = 0;
-    for (const LaunchSpec& s : plan->launches) items += s.num_items;
-    const auto work = Read<WorkItem>(*plan, plan->items_off, items);
+    const PlanImage img = ReadPlan(*plan, b.tasks.size());
     std::map<int64_t, Seen> seen;  // row position -> its group
     for (const LaunchSpec& s : plan->launches) {
       if (s.stage != LaunchSpec::kTokens) continue;
       for (int64_t i = s.first_item; i < s.first_item + s.num_items; ++i) {
-        const GroupDesc& g = groups[work[i].group];
+        const GroupDesc& g = img.groups[img.work[i].group];
         for (int r = 0; r < g.num_rows; ++r) {
-          Seen& x = seen[rows[g.rows[r]].position];
+          Seen& x = seen[img.rows[g.rows[r]].position];
           x.num_rows = g.num_rows;
           x.mode = g.mode;
           x.slot_keys = s.scorer == LaunchSpec::kWgmmaTma ||
                         s.scorer == LaunchSpec::kWgmmaTmaPool;
           x.stride = g.slot_score_stride;
           if (x.slot_keys) {
-            EXPECT_EQ(work[i].slot_begin % kTileSlots, 0);
+            EXPECT_EQ(img.work[i].slot_begin % kTileSlots, 0);
             EXPECT_EQ(s.scorer == LaunchSpec::kWgmmaTma,
                       g.slot_score_offset >= 0);
           }
