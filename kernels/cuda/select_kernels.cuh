@@ -938,81 +938,6 @@ static __device__ __noinline__ uint64_t CompactRow(uint32_t* keys,
   return th.prefix << th.shift;
 }
 
-// Block choice of one row by one warp, with no CTA barrier, for a row
-// with its own union (mask 1) and at most 32 * kPer candidate blocks
-// 1..c-1 (each lane holds kPer of their keys in registers): forced blocks
-// 0 and c, and the `need` largest others by J, ties to the lower block.
-// A bitwise binary search (32 steps of a warp-wide count) finds the
-// need-th largest key T; blocks above T are kept, and of those equal to T
-// the first need - #(above T) in block order, exactly as the top `need`
-// composites (key, lower index first) of RadixSelect. Writes the union
-// (ascending) to out and its length to *count_out; returns nothing to
-// other warps.
-template <int kPer>
-__device__ __noinline__ void WarpChooseBlocks(const float* J, int64_t c,
-                                              int need, int32_t* out,
-                                              int32_t* count_out) {
-  const int lane = threadIdx.x & 31;
-  const uint32_t lower = (1u << lane) - 1u;
-  const int n = static_cast<int>(c - 1);  // candidates: blocks 1..c-1
-  uint32_t key[kPer];
-#pragma unroll
-  for (int j = 0; j < kPer; ++j) {
-    const int i = j * 32 + lane;  // block i + 1
-    key[j] = i < n ? OrderedKey(__ldcg(J + 1 + i)) : 0u;
-  }
-  // Keys >= cand, summed over the warp (slots past n hold 0 and cand >= 1;
-  // keys > t likewise count only candidates, since t >= 0).
-  auto count_at_least = [&](uint32_t cand) {
-    int cnt = 0;
-#pragma unroll
-    for (int j = 0; j < kPer; ++j) cnt += key[j] >= cand ? 1 : 0;
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-      cnt += __shfl_xor_sync(0xFFFFFFFFu, cnt, off);
-    }
-    return cnt;
-  };
-  uint32_t t = 0xFFFFFFFFu;  // no key equals it: nothing but forced blocks
-  int ties = 0;
-  if (need > 0) {
-    t = 0;
-#pragma unroll 1
-    for (int bit = 31; bit >= 0; --bit) {
-      const uint32_t cand = t | (1u << bit);
-      if (count_at_least(cand) >= need) t = cand;
-    }
-    ties = need - (t == 0xFFFFFFFFu ? 0 : count_at_least(t + 1));
-  }
-  if (lane == 0) {
-    out[0] = 0;  // block 0, forced (c >= m >= 1: distinct from c)
-    out[1] = 1;
-  }
-  int dst = 1;
-  int eq_seen = 0;
-#pragma unroll
-  for (int j = 0; j < kPer; ++j) {
-    const int i = j * 32 + lane;
-    const bool eq = i < n && key[j] == t;
-    const uint32_t eq_ballot = __ballot_sync(0xFFFFFFFFu, eq);
-    const bool chosen =
-        key[j] > t || (eq && eq_seen + __popc(eq_ballot & lower) < ties);
-    const uint32_t ballot = __ballot_sync(0xFFFFFFFFu, chosen);
-    if (chosen) {
-      const int at = dst + __popc(ballot & lower);
-      out[2 * at] = i + 1;
-      out[2 * at + 1] = 1;
-    }
-    dst += __popc(ballot);
-    eq_seen += __popc(eq_ballot);
-  }
-  if (lane == 0) {
-    out[2 * dst] = static_cast<int32_t>(c);  // forced, the last block
-    out[2 * dst + 1] = 1;
-    *count_out = dst + 1;
-  }
-}
-
 // Block choice of one group (run by the last block-scoring CTA of the
 // group): forced blocks 0 and c, the top m - 2 others by J (ties: lower
 // index), or every block when c + 1 <= m; then one ascending union of the
@@ -1045,30 +970,6 @@ __device__ void ChooseBlocksForGroup(const SelectBuffers& b,
     all[g] = c[g] + 1 <= m;
     // c >= m >= 1, so blocks 0 and c are distinct and c - 1 > m - 2.
     if (!all[g]) extra[g] = m > 2 ? m - 2 : 0;
-  }
-  // Rows with their own union (one row, or a pair's split unions) of at
-  // most 1024 candidates, none choosing every block: one warp per row.
-  bool by_warps = G == 1 || grp.split_unions;
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    if (g < grp.num_rows && (all[g] || c[g] - 1 > 32 * 32)) by_warps = false;
-  }
-  if (by_warps) {
-    const int warp = threadIdx.x >> 5;
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-      if (warp != g || g >= grp.num_rows) continue;
-      const GroupDesc& tg = grp.split_unions ? b.groups[grp.union_groups[g]]
-                                             : grp;
-      int32_t* out = b.unions + 2 * tg.union_offset;
-      int32_t* count_out = b.union_counts + tg.union_index;
-      if (c[g] - 1 <= 32 * 16) {
-        WarpChooseBlocks<16>(J[g], c[g], extra[g], out, count_out);
-      } else {
-        WarpChooseBlocks<32>(J[g], c[g], extra[g], out, count_out);
-      }
-    }
-    return;
   }
   int64_t cached = 0;
 #pragma unroll
@@ -1559,16 +1460,7 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
     return LastOfGroup(b, item, stage, expected, rs);
   };
   if constexpr (kBlocks) {
-    // A group scored by this CTA alone needs no ticket: its block scores
-    // are visible to the whole CTA after a barrier.
-    bool last = true;
-    if (grp.block_items > 1) {
-      last = last_of_group(0, grp.block_items);
-    } else {
-      __syncthreads();
-      Trace(b.trace, kTraceTicket);
-    }
-    if (last) {
+    if (last_of_group(0, grp.block_items)) {
       // The stage area is free: it caches the block scores.
       ChooseBlocksForGroup<G>(b, grp, reinterpret_cast<float*>(stages),
                               kStages * Scorer::kStageBytes / 4, rs);
