@@ -37,13 +37,14 @@
 //                    the scratch and is counted in the CTA's histogram of
 //                    key bins (kKeyHistBins), added to the group's at the
 //                    end.
-//   last CTA         of the group (atomic ticket; a shared-memory row needs
-//                    none): SelectFromSlotKeys, which
-//                    takes the bin of the k-th largest key from the
-//                    histogram and radix-selects only inside that bin.
+//   last CTA         of the group (atomic ticket; a pooled row needs
+//                    none): SelectFromSlotKeys, which takes the bin of the
+//                    k-th largest key from the histogram and radix-selects
+//                    only inside that bin.
 //
-// kPooled (one work item per row, for batches whose rows outgrow the
-// slot-score scratch, e.g. a causal prefill of 64K rows): the CTA takes one
+// kPooled (one work item per row: rows that do not split, as in a batch of
+// many rows such as a causal prefill, or that outgrow the slot-score
+// scratch; select_plan.cc decides): the CTA takes one
 // of its SM's kTmaTokenCtasPerSm slices of the plan's score pool for its
 // row (a bit of SelectBuffers::pool_bits, set and cleared atomically; only
 // CTAs resident on the SM hold its slices, so a free one comes), keeps the
