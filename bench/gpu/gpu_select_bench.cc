@@ -266,7 +266,7 @@ void PrintTrace(const char* label, const std::vector<uint64_t>& trace) {
     // Where a CTA's time goes: each phase's share of the summed lifetimes
     // (start -> its last point) of the CTAs that reached every point up to
     // the ticket.
-    double phase_us[5] = {0, 0, 0, 0, 0};
+    double phase_us[4] = {0, 0, 0, 0};
     for (int c = 0; c < ctas; ++c) {
       const uint64_t* x = t + c * cuda::kTraceSlots;
       if (x[cuda::kTraceReady] == 0 || x[cuda::kTraceLoopEnd] == 0 ||
