@@ -528,9 +528,8 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     } else {
       slots = gd.max_position + 1;
     }
-    // Slot-score group (single HISA rows on the tensor-core token scorers,
-    // which keep the union and one key per slot in shared memory for the
-    // final select).
+    // Slot-score group: one key per slot, selected once by the group's
+    // last CTA (no running top-k); -1 until decided below.
     gd.slot_score_offset = -1;
     gd.slot_score_stride = 0;
     gd.slot_hist_index = -1;

@@ -436,7 +436,6 @@ struct KeyThreshold {
   int32_t ties = 0;  // default: keeps every key > 0
 };
 
-
 // The threshold keeping exactly `need` (1 <= need <= n) of the n keys
 // get(0..n-1): MSB-first radix select, 8-bit digits (the last may be
 // shorter), stopping early when the threshold bucket is kept whole. By
