@@ -7,7 +7,7 @@ Shapes as bench/gpu/gpu_select_bench.cc: H = 64, D = 128, k = 2048; prefill
 (1024 rows at the end of the prefix), full causal prefill (every row, in
 chunks of rows, each chunk scoring only the keys it can see) and decode (64
 and 256 requests x 1 row, each request its own keys). Times: CUDA events,
-median after warm-up. Ceilings: bf16 and fp8 (torch._scaled_mm) 8192^3 GEMMs
+median after warm-up, each run on a cold L2. Ceilings: bf16 and fp8 (torch._scaled_mm) 8192^3 GEMMs
 and a device-to-device copy.
 
   python3 torch_reference.py --lengths 8192,65536 --json torch.json
@@ -23,13 +23,25 @@ import torch
 H, D, K = 64, 128, 2048
 
 
+_flush = None
+
+
 def cuda_time(fn, warmup=2, reps=5):
+    """Median time of fn, each run after a write of twice the L2's size: a
+    cold L2, and the GPU busy while the host enqueues fn's kernels (as
+    gpu_select_bench.cc times ours)."""
+    global _flush
+    if _flush is None:
+        l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size",
+                     64 << 20)
+        _flush = torch.empty(2 * l2, dtype=torch.uint8, device="cuda")
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(reps):
         s = torch.cuda.Event(enable_timing=True)
         e = torch.cuda.Event(enable_timing=True)
+        _flush.zero_()
         s.record()
         fn()
         e.record()

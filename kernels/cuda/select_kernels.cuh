@@ -988,6 +988,7 @@ __device__ void ChooseBlocksForGroup(const SelectBuffers& b,
     }
     __syncthreads();
   }
+  Trace(b.trace, kTraceTailIn);
   auto score = [&](int g, int64_t blk) {
     return in_smem ? J[g][blk] : __ldcg(J[g] + blk);
   };
@@ -1003,6 +1004,7 @@ __device__ void ChooseBlocksForGroup(const SelectBuffers& b,
           rs);
     }
   }
+  Trace(b.trace, kTraceTailChosen);
   // Whether row g (blk <= c[g]) chose block blk.
   auto chosen = [&](int g, int64_t blk) {
     if (all[g] || blk == 0 || blk == c[g]) return true;

@@ -248,10 +248,13 @@ enum TracePoint : int {
   kTraceReady = 2,     // prologue done, first tile requested
   kTraceLoopEnd = 3,   // last tile scored
   kTraceTicket = 4,    // group ticket taken (the last CTA runs the tail)
-  kTraceTailEnd = 5,   // block choice / final select / merge done
-  kTraceSm = 7,
+  kTraceTailIn = 5,    // the tail's inputs in shared memory (block
+                       // choice, slot-key select)
+  kTraceTailChosen = 6,  // its threshold found
+  kTraceTailEnd = 7,   // block choice / final select / merge done
+  kTraceSm = 8,
 };
-inline constexpr int kTraceSlots = 8;
+inline constexpr int kTraceSlots = 9;
 inline constexpr int kTraceMaxCtas = 4096;
 inline constexpr int kTraceMaxLaunches = 4;
 

@@ -182,9 +182,11 @@ __device__ __forceinline__ void SelectFromSlotKeys(
     }
   }
   __syncthreads();
+  Trace(b.trace, kTraceTailIn);
   if (slice >= 0 && threadIdx.x == 0) GiveBackSlice(b, slice);
   const int k = grp.k;
   const KeyThreshold th = HistSelectKey(keys, n, k, hist, list, list_cap, rs);
+  Trace(b.trace, kTraceTailChosen);
   WriteSlotSelection(b, b.rows[grp.rows[0]], k, keys, n, blocks, log2b, th,
                      rs);
 }
