@@ -15,13 +15,11 @@
 // events around LaunchSelectPlan after warm-up: inputs and outputs stay on
 // the device, like the paper's kernel-level numbers; host planning, upload
 // and download are excluded (one end-to-end Backend::Select line shows
-// them). Each timed run starts on a cold L2 (a write of twice its size
-// first), which also keeps the GPU busy while the host enqueues the
-// launches, so the time is the GPU's alone (like Triton's do_bench); runs
-// in between skip it and give the "warm" figure (L2 as the previous run
-// left it, host launch calls inside the span: how sessions 1-7 timed).
-// Medians of --reps runs (3 for causal at L >= 64K, at least 25 for
-// decode: half of them cold, half warm). Ceilings
+// them). Medians of --reps runs (3 for causal at L >= 64K, at least 25 for
+// decode). Each timed run is followed by a cold one, reported apart
+// ("cold"): after a write of twice the L2's size, so L2 holds none of the
+// plan's data but dirty lines, and the host's launch calls fall outside
+// the timed span. Ceilings
 // measured in the same run: device-to-device copy bandwidth (bytes read +
 // written); the GEMM ceilings come from torch_reference.py. Required FLOPs
 // count 2 * H * D per (row, scored item): DENSE t + 1 tokens; HISA c + 1
@@ -197,14 +195,13 @@ QueryRow RowFrom(const QueryPool& pool, int64_t i, int64_t position,
 }
 
 struct Measure {
-  // Runs that start with a cold L2 and a GPU that is already busy when the
-  // host enqueues them (see TimeBatch): median and fastest.
+  // Median and fastest of the timed runs (L2 as the previous run left it;
+  // the host's launch calls inside the timed span).
   double median_ms = 0;
   double min_ms = 0;
-  // Median of the runs in between, timed the way sessions 1-7 did: L2
-  // holding what the previous run left, the host's launch calls inside the
-  // timed span.
-  double warm_ms = 0;
+  // Median of the cold runs: each after a write of twice the L2's size
+  // (see TimeBatch).
+  double cold_ms = 0;
   // [0]: block scoring + block choice, [2]: token top-k + split merge
   // ([1] and [3] are empty: those steps are fused).
   double stage_ms[4] = {0, 0, 0, 0};
@@ -364,23 +361,22 @@ Measure TimeBatch(CudaBackend& backend, const std::vector<QueryRow>& rows,
   const CUtensorMap* key_map = backend.device().key_tensor_map();
   cudaStream_t stream;
   CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  // Warm-up (module load, attributes), then timed runs without stage
-  // events (an event between two kernels would keep the second from
+  // Warm-up (module load, attributes, caches), then timed runs without
+  // stage events (an event between two kernels would keep the second from
   // launching early: programmatic dependent launch), then one run with them
-  // for the stage split. Even runs (and the staged and traced ones) start
-  // after a write of twice the L2's size: L2 holds none of the keys, as in
-  // a serving step whose other layers ran in between, and the GPU is busy
-  // with that write while the host enqueues the plan's launches, so the
-  // timed span is the GPU's (as Triton's do_bench times a kernel). Odd runs
-  // skip it: the warm figure, host launch calls included.
+  // for the stage split. Each timed run is followed by a cold one, timed
+  // apart: it starts after a write of twice the L2's size, so L2 holds none
+  // of the plan's data (as in a serving step whose other layers ran in
+  // between) but many dirty lines of that write, and the GPU is busy while
+  // the host enqueues the launches (Triton's do_bench times kernels so).
   const int warmup = 2;
   const size_t flush_bytes = FlushBytes();
   static uint8_t* flush = nullptr;
   if (flush == nullptr) CUDA_OK(cudaMalloc(&flush, flush_bytes));
-  std::vector<double> times, warm_times;
-  for (int r = 0; r < warmup + reps + 1; ++r) {
-    const bool staged = r == warmup + reps;
-    const bool cold = staged || (r - warmup) % 2 == 0;
+  std::vector<double> times, cold_times;
+  for (int r = 0; r < warmup + 2 * reps + 1; ++r) {
+    const bool staged = r == warmup + 2 * reps;
+    const bool cold = !staged && r >= warmup && (r - warmup) % 2 == 1;
     if (cold) {
       CUDA_OK(cudaMemsetAsync(flush, r & 0xFF, flush_bytes, stream));
     }
@@ -391,7 +387,7 @@ Measure TimeBatch(CudaBackend& backend, const std::vector<QueryRow>& rows,
     CUDA_OK(cudaEventSynchronize(stop));
     float ms = 0;
     CUDA_OK(cudaEventElapsedTime(&ms, start, stop));
-    if (r >= warmup && !staged) (cold ? times : warm_times).push_back(ms);
+    if (r >= warmup && !staged) (cold ? cold_times : times).push_back(ms);
     if (staged) {
       for (int s = 0; s < 4; ++s) {
         float x = 0;
@@ -406,7 +402,6 @@ Measure TimeBatch(CudaBackend& backend, const std::vector<QueryRow>& rows,
     uint64_t* d_trace = nullptr;
     CUDA_OK(cudaMalloc(&d_trace, n * 8));
     CUDA_OK(cudaMemset(d_trace, 0, n * 8));
-    CUDA_OK(cudaMemsetAsync(flush, 0, flush_bytes, stream));
     CUDA_OK(cuda::LaunchSelectPlan(*plan, base, arena, key_map, stream,
                                    nullptr, d_trace));
     CUDA_OK(cudaStreamSynchronize(stream));
@@ -417,7 +412,7 @@ Measure TimeBatch(CudaBackend& backend, const std::vector<QueryRow>& rows,
   CUDA_OK(cudaStreamDestroy(stream));
   m.median_ms = Median(times);
   m.min_ms = *std::min_element(times.begin(), times.end());
-  m.warm_ms = Median(warm_times);
+  m.cold_ms = Median(cold_times);
   if (keep_output) {
     m.positions.resize(plan->out_entries);
     CUDA_OK(cudaMemcpy(m.positions.data(), base + plan->out_pos_off,
@@ -614,16 +609,16 @@ int main(int argc, char** argv) {
     const double tflops = flops / (m.median_ms * 1e-3) / 1e12;
     const double gbps = bytes / (m.median_ms * 1e-3) / 1e9;
     std::printf("%-18s L=%-7lld %-5s rows=%-6lld %10.4f ms (min %.4f, "
-                "warm %.4f) %7.1f TFLOP/s %7.0f GB/s  blocks %.3f ms "
+                "cold %.4f) %7.1f TFLOP/s %7.0f GB/s  blocks %.3f ms "
                 "tokens %.3f ms %s\n",
                 shape, static_cast<long long>(L), mode,
                 static_cast<long long>(rows), m.median_ms, m.min_ms,
-                m.warm_ms, tflops, gbps, m.stage_ms[0], m.stage_ms[2],
+                m.cold_ms, tflops, gbps, m.stage_ms[0], m.stage_ms[2],
                 extra.c_str());
     out.Line(absl::StrCat(
         "{\"kind\":\"ours\",\"shape\":\"", shape, "\",\"L\":", L,
         ",\"mode\":\"", mode, "\",\"rows\":", rows, ",\"ms\":", m.median_ms,
-        ",\"min_ms\":", m.min_ms, ",\"warm_ms\":", m.warm_ms,
+        ",\"min_ms\":", m.min_ms, ",\"cold_ms\":", m.cold_ms,
         ",\"flops\":", flops, ",\"bytes\":", bytes,
         ",\"stages_ms\":[", m.stage_ms[0], ",", m.stage_ms[2],
         "],\"plan_s\":", m.plan_s,
