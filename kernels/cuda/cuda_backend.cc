@@ -138,9 +138,7 @@ void CudaBackend::RunBatch(absl::Span<const SelectTask> tasks, void* context,
   const absl::Status planned = cuda::BuildSelectPlanInto(
       tasks, *plan_options_, ctx->host, ctx->host_bytes, &plan);
   if (!planned.ok()) return fail(planned);
-  const bool want_scores =
-      std::any_of(tasks.begin(), tasks.end(),
-                  [](const SelectTask& t) { return t.row->return_scores; });
+  const bool want_scores = plan.write_scores;
   // Positions and scores are adjacent in the device region (scores at
   // out_scores_off, after positions' alignment padding): one download.
   const int64_t scores_at = plan.out_scores_off - plan.out_pos_off;

@@ -73,6 +73,7 @@ struct ItemContext {
   int64_t c[G];         // row blocks t / B
   int64_t slot_begin;
   int64_t slot_end;     // capped by the group's real slot count
+  int64_t num_slots;    // the group's real slot count (every item's)
   bool union_slots;     // HISA token kernel: slots index the union
   const int32_t* unions;
   // Page lookup of a slot's position (block index for the block kernel):
@@ -120,6 +121,7 @@ __device__ __forceinline__ ItemContext<G> MakeItemContext(
   } else {
     num_slots = grp.max_position + 1;
   }
+  ic.num_slots = num_slots;
   ic.slot_begin = item.slot_begin;
   ic.slot_end = item.slot_end < num_slots ? item.slot_end : num_slots;
   return ic;
@@ -1062,9 +1064,12 @@ __device__ __forceinline__ void WriteFinal(const SelectBuffers& b,
                                            const uint32_t* keys,
                                            const int32_t* pos, int n) {
   int32_t* out_pos = b.out_pos + row.out_offset;
-  float* out_scores = b.out_scores + row.out_offset;
   for (int i = threadIdx.x; i < k; i += kSelectThreads) {
     out_pos[i] = i < n ? pos[i] : -1;
+  }
+  if (b.out_scores == nullptr) return;
+  float* out_scores = b.out_scores + row.out_offset;
+  for (int i = threadIdx.x; i < k; i += kSelectThreads) {
     out_scores[i] = i < n ? KeyToFloat(keys[i]) : __int_as_float(0x7FC00000);
   }
 }
@@ -1108,13 +1113,15 @@ __device__ void FinalizeGroup(const SelectBuffers& b, const GroupDesc& grp,
 // The k outputs of a slot-selected row: the entries `th` keeps among the
 // slot keys keys[0, n), in slot order (slot i is position
 // (blocks[i >> log2b] << log2b) + i % B, so positions ascend), then -1 and
-// NaN scores.
+// NaN scores (scores only when the plan writes them).
 __device__ __forceinline__ void WriteSlotSelection(
     const SelectBuffers& b, const RowDesc& row, int k, const uint32_t* keys,
     int n, const int32_t* blocks, int log2b, const KeyThreshold& th,
     RadixShared& rs) {
   int32_t* out_pos = b.out_pos + row.out_offset;
-  float* out_scores = b.out_scores + row.out_offset;
+  // Null when no row of the plan asked for scores.
+  float* out_scores =
+      b.out_scores != nullptr ? b.out_scores + row.out_offset : nullptr;
   const int64_t in_block = (int64_t{1} << log2b) - 1;
   const int kept = CompactByKey(
       n, [&](int i) { return keys[i]; }, th,
@@ -1122,12 +1129,12 @@ __device__ __forceinline__ void WriteSlotSelection(
         out_pos[dst] = static_cast<int32_t>(
             (static_cast<int64_t>(blocks[i >> log2b]) << log2b) +
             (i & in_block));
-        out_scores[dst] = KeyToFloat(keys[i]);
+        if (out_scores != nullptr) out_scores[dst] = KeyToFloat(keys[i]);
       },
       rs);
   for (int i = kept + threadIdx.x; i < k; i += kSelectThreads) {
     out_pos[i] = -1;
-    out_scores[i] = __int_as_float(0x7FC00000);
+    if (out_scores != nullptr) out_scores[i] = __int_as_float(0x7FC00000);
   }
 }
 

@@ -232,7 +232,7 @@ struct SelectBuffers {
   // before a launch; the last CTA of a group resets its counter.
   int32_t* counters = nullptr;
   int32_t* out_pos = nullptr;
-  float* out_scores = nullptr;
+  float* out_scores = nullptr;  // null: no row of the plan wants scores
   // Optional timeline (null unless a benchmark asks): kTraceSlots entries
   // per CTA of this launch, see TracePoint.
   uint64_t* trace = nullptr;

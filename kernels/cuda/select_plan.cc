@@ -258,6 +258,9 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
   ResetPlan(plan);
   const int n = static_cast<int>(tasks.size());
   plan->task_out_offset.assign(n, -1);
+  plan->write_scores =
+      std::any_of(tasks.begin(), tasks.end(),
+                  [](const SelectTask& t) { return t.row->return_scores; });
 
   // 1. Groups: rows of one (store, layer, mode, k, m, query shape) sorted by
   // position (ties: task order), neighbours paired; keys in order of their
@@ -774,7 +777,9 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
   b.pool_bits = reinterpret_cast<uint32_t*>(base + plan.pool_bits_off);
   b.pool_sms = plan.pool_sms;
   b.out_pos = reinterpret_cast<int32_t*>(base + plan.out_pos_off);
-  b.out_scores = reinterpret_cast<float*>(base + plan.out_scores_off);
+  b.out_scores = plan.write_scores
+                     ? reinterpret_cast<float*>(base + plan.out_scores_off)
+                     : nullptr;
   b.counters = reinterpret_cast<int32_t*>(base + plan.counters_off);
   const WorkItem* items = reinterpret_cast<const WorkItem*>(base + plan.items_off);
   cudaError_t err;

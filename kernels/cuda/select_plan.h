@@ -134,6 +134,9 @@ struct SelectPlan {
   int32_t pool_sms = 0;         // kWgmmaTmaPool: SMs whose slices it holds
   int32_t partial_stride = 0;
   int64_t out_entries = 0;
+  // Some task asked for scores (QueryRow::return_scores): the kernels write
+  // them at out_scores_off only then.
+  bool write_scores = false;
   std::vector<LaunchSpec> launches;
   std::vector<int64_t> task_out_offset;
   int64_t num_groups = 0;       // token groups: descriptors [0, num_groups)

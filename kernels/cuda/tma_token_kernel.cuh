@@ -140,12 +140,10 @@ __device__ __forceinline__ void GiveBackSlice(const SelectBuffers& b,
 // Slots of a slot-key row's scratch (a multiple of 4): every slot of the
 // union's blocks (HISA), or positions 0..t rounded up to 4 (a whole-prefix
 // row; the kernel writes key 0 past t).
-__device__ __forceinline__ int SlotKeyCount(const SelectBuffers& b,
-                                            const GroupDesc& grp,
-                                            const ItemContext<1>& ic) {
-  if (ic.union_slots) {
-    return __ldcg(b.union_counts + grp.union_index) << ic.log2b;
-  }
+// The union's size was read in the prologue (MakeItemContext): the final
+// select's loads do not wait for another read of it.
+__device__ __forceinline__ int SlotKeyCount(const ItemContext<1>& ic) {
+  if (ic.union_slots) return static_cast<int>(ic.num_slots);
   return static_cast<int>((ic.t[0] + 4) & ~int64_t{3});
 }
 
@@ -164,7 +162,7 @@ __device__ __forceinline__ void SelectFromSlotKeys(
   const int log2b = ic.log2b;
   // HISA rows: the union's blocks. Whole-prefix rows: slot i is position
   // i, i.e. block u of the "union" is block u.
-  const int n = SlotKeyCount(b, grp, ic);  // <= kSlotSelectCap
+  const int n = SlotKeyCount(ic);  // <= kSlotSelectCap
   const int num_blocks = (n + (1 << log2b) - 1) >> log2b;
   for (int u = threadIdx.x; u < num_blocks; u += kSelectThreads) {
     blocks[u] = ic.union_slots ? __ldcg(ic.unions + 2 * u) : u;

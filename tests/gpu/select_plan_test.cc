@@ -540,6 +540,32 @@ TEST(SelectPlanTest, PlanIntoEqualsBuildSelectPlan) {
   }
 }
 
+// The kernels write scores only for a plan in which some row asked for
+// them; the reused plan of the next batch forgets the last one's choice.
+TEST(SelectPlanTest, ScoresAreWrittenOnlyWhenSomeRowAsks) {
+  const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
+                             BlockPooling::kMean};
+  CudaRequestStore store(nullptr, config);
+  PlanOptions options;
+  options.num_sms = 132;
+  Batch b;
+  AddRows(b, &store, &config, {3000, 9000}, SelectMode::kHisa, 2048, 64);
+  AddRows(b, &store, &config, {500}, SelectMode::kDense, 2048, 64);
+  std::vector<uint8_t> image(1 << 22);
+  SelectPlan reused;
+  for (int asking = -1; asking < 3; ++asking) {
+    for (int i = 0; i < 3; ++i) b.rows[i].return_scores = i == asking;
+    absl::StatusOr<SelectPlan> plan = BuildSelectPlan(b.tasks, options);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    EXPECT_EQ(plan->write_scores, asking >= 0) << "asking row " << asking;
+    ASSERT_TRUE(BuildSelectPlanInto(b.tasks, options, image.data(),
+                                    static_cast<int64_t>(image.size()),
+                                    &reused)
+                    .ok());
+    EXPECT_EQ(reused.write_scores, asking >= 0) << "asking row " << asking;
+  }
+}
+
 // Byte accounting is whole pages: key pages of P tokens and summary pages of
 // BPP blocks, kPageBytes each.
 TEST(SelectPlanTest, BytesAfterAppendCountsPages) {
