@@ -31,8 +31,9 @@
 // Tile loop. A work item walks its slots 128 at a time. A slot is a candidate
 // position (DENSE: slot == position; HISA: block union[slot / B], offset
 // slot % B; block kernel: slot == block). Keys (or block means) of the next
-// tiles are copied (cp.async per thread, or one bulk tensor copy per tile
-// for kTma scorers) while tile i is scored. The scorer writes one
+// tiles are copied (cp.async per thread; one bulk tensor copy per tile for
+// kTma scorers; one bulk copy per block row and thread for kBulkRows
+// scorers, the block means) while tile i is scored. The scorer writes one
 // score per (row, slot) to `staging`; for a running top-k the consumer
 // appends the entries that can still make the top-k (composite >= tau) to
 // the row's candidate buffer in slot order, and compacts the buffer to
@@ -49,7 +50,8 @@
 //   Fp8TokenScorer<MT, KS, G>   FP8 x FP8, D in {64, 128}, any H: mma.sync
 //                               m16n8k32 e4m3, query heads in registers.
 //   Bf16BlockScorer<MT, KS, G>  the same queries (bf16, exact) x block means
-//                               as bf16 hi + lo on mma.sync m16n8k16.
+//                               as bf16 hi + lo on mma.sync m16n8k16; rows
+//                               copied by bulk copies (kBulkRows).
 //   GenericScorer<G, kBlocks>   any formats, any D: one thread per (row,
 //                               slot), fp32 FMA on dequantized values.
 #ifndef HISA_KERNELS_CUDA_SELECT_KERNELS_CUH_
@@ -281,6 +283,7 @@ struct Fp8TokenScorer {
   static constexpr int kNT = kSlotsPerWarp / 8;                      // 2 G
   static constexpr bool kBlocks = false;
   static constexpr bool kTma = false;  // no bulk tensor copies
+  static constexpr bool kBulkRows = false;  // per-thread cp.async
   // 255 registers (query fragments stay in registers): one CTA per SM.
   static constexpr int kMinBlocks = 1;
   static constexpr int kStages = 2;
@@ -439,7 +442,12 @@ struct Bf16BlockScorer {
   static constexpr int kSlotsPerWarp = kTileSlots / kWarpsPerRow;
   static constexpr int kNT = kSlotsPerWarp / 8;
   static constexpr bool kBlocks = true;
-  static constexpr bool kTma = false;  // no bulk copies
+  static constexpr bool kTma = false;  // no bulk tensor copies
+  // Each thread copies its block row (hi or lo) with one bulk copy that
+  // completes on the stage's transaction barrier: the copy engine keeps a
+  // whole tile in flight per CTA, which per-thread cp.async (16 copies of
+  // 16 bytes per row, each tracked by the SM) did not.
+  static constexpr bool kBulkRows = true;
   // One stage unless a row pair of 128 heads needs a CTA per SM anyway:
   // decode items score one tile each, and a prefill row pair of up to 64
   // heads then fits two CTAs per SM (~108 KB each), whose prologues, tile
@@ -451,6 +459,9 @@ struct Bf16BlockScorer {
   int g;
   int sub;
   const uint8_t* qs;  // this warp's row in shared memory
+  // Set by TileKernel: the stages' transaction barriers (kSelectThreads
+  // arrivals per phase).
+  uint64_t* full = nullptr;
 
   __device__ void Init(const SelectBuffers& b, const ItemContext<G>& ic,
                        uint8_t* persist) {
@@ -501,13 +512,17 @@ struct Bf16BlockScorer {
       hi = page + static_cast<int64_t>(r.in_page) * kD * 2;
       lo = hi + ic.layer->geo.MeanLoOffset();
     }
-    // Each block row is kD * 2 bytes = KS * 2 chunks of 16 bytes, for hi
-    // and for lo: thread `half` 0 copies hi, 1 copies lo.
+    // Each block row is kD * 2 bytes, for hi and for lo: thread `half` 0
+    // copies hi, 1 copies lo, as one bulk copy into the padded row (rows of
+    // no candidate block are not copied: their scores are never written).
     const uint8_t* src = half == 0 ? hi : lo;
     uint8_t* dst = stage + half * kTileSlots * kStride + i * kStride;
-#pragma unroll
-    for (int j = 0; j < 2 * KS; ++j) {
-      CpAsync16(dst + j * 16, src + j * 16, rows != 0);
+    uint64_t* bar = full + st;
+    if (rows != 0) {
+      MbarArriveExpectTx(bar, kD * 2);
+      BulkLoad(dst, src, kD * 2, bar);
+    } else {
+      MbarArrive(bar);
     }
     if (half == 0) {
       ts.pos[st][i] = r.pos;
@@ -605,6 +620,7 @@ struct GenericScorer {
   static constexpr int kPersistBytes = 0;
   static constexpr bool kBlocks = kBlocksT;
   static constexpr bool kTma = false;  // no bulk tensor copies
+  static constexpr bool kBulkRows = false;
   static constexpr int kMinBlocks = 1;
   static constexpr int kStages = 1;
   static constexpr int kCap = kCandidateCap;
@@ -786,6 +802,7 @@ __device__ __forceinline__ float WgmmaHeadSumScatter(const float (&d)[32],
 template <int G, bool kTmaT = false>
 struct WgmmaTokenScorer {
   static constexpr bool kTma = kTmaT;
+  static constexpr bool kBulkRows = false;
   static constexpr int kN = 64 * G;              // heads of all rows
   static constexpr int kKeyBytes = kTileSlots * 128;
   static constexpr int kStageBytes = kKeyBytes + 1024;  // + scales, aligned
@@ -1237,6 +1254,7 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
   using Layout = TileLayout<Scorer, G>;
   constexpr bool kBlocks = Scorer::kBlocks;
   constexpr bool kTma = Scorer::kTma;
+  constexpr bool kBulkRows = Scorer::kBulkRows;
   constexpr int kCap = Layout::kCap;
   constexpr int kStages = Scorer::kStages;
   // Slot-score groups: one key per slot in the candidate buffer, the union
@@ -1293,11 +1311,15 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
   Scorer scorer;
   scorer.Init(b, ic, smem + Layout::kPersistOff);
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + Layout::kBarOff);
-  if constexpr (kTma) {
+  // Transaction barriers: kTma tiles are one bulk copy issued by thread 0
+  // (one arrival), kBulkRows tiles one bulk copy (or none) per thread.
+  if constexpr (kTma || kBulkRows) {
     scorer.full = full;
-    scorer.map = &keys;
+    if constexpr (kTma) scorer.map = &keys;
     if (threadIdx.x == 0) {
-      for (int s = 0; s < Scorer::kStages; ++s) MbarInit(full + s, 1);
+      for (int s = 0; s < Scorer::kStages; ++s) {
+        MbarInit(full + s, kTma ? 1 : kSelectThreads);
+      }
       MbarFenceInit();
     }
     __syncthreads();  // initialized before any thread waits on them
@@ -1372,7 +1394,7 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
         scorer.Issue(b, ic, stages + ns * Scorer::kStageBytes, ts, ns,
                      ic.slot_begin + next * kTileSlots);
       }
-      if constexpr (kTma) {
+      if constexpr (kTma || kBulkRows) {
         MbarWait(full + st, static_cast<uint32_t>(it / kStages) & 1u);
       } else {
         CpAsyncCommit();
