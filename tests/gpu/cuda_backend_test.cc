@@ -668,14 +668,14 @@ TEST(GpuEdgeTest, BudgetAndConflictingAppends) {
   EXPECT_EQ(h.engine().Stats().bytes_in_use, 0);
 }
 
-// Several threads select at once (more threads than select contexts).
 // The bulk-copy kernel's pooled form (an unsplit row's scores in one of 3
 // slices per SM) under contention: with the pool cut to one SM's 3 slices,
 // 300 rows take turns on them (each CTA waits for a free slice, writes its
 // keys there and frees it after the select), and every output must still
 // be, bit for bit, what the row gets alone (a single row splits over many
 // CTAs and takes the group-scratch form). HISA rows past m blocks and short
-// DENSE rows (slot i is position i) both.
+// DENSE rows (slot i is position i) both. Every row asks for scores, so
+// that the scores are compared too (without, the kernels write none).
 TEST(GpuPoolTest, ManyRowsTakingTurnsOnThreeSlicesMatchRowsAlone) {
   SKIP_WITHOUT_GPU();
   const uint64_t seed = ref::TestSeed() + 77;
@@ -704,11 +704,11 @@ TEST(GpuPoolTest, ManyRowsTakingTurnsOnThreeSlicesMatchRowsAlone) {
   std::vector<QueryRow> rows;
   for (int i = 0; i < 200; ++i) {  // c + 1 = 94 > m = 64: block choice
     rows.push_back(queries[i % 16].Row("p", 0, kLength - 200 + i,
-                                       SelectMode::kHisa, 2048, 64));
+                                       SelectMode::kHisa, 2048, 64, true));
   }
   for (int i = 0; i < 100; ++i) {  // whole-prefix rows of <= 8192 slots
     rows.push_back(queries[i % 16].Row("p", 0, 37 + 81 * i, SelectMode::kDense,
-                                       1000, 64));
+                                       1000, 64, true));
   }
   std::vector<RowResult> results(rows.size());
   std::vector<SelectTask> tasks;
@@ -726,6 +726,7 @@ TEST(GpuPoolTest, ManyRowsTakingTurnsOnThreeSlicesMatchRowsAlone) {
     EXPECT_TRUE(plan.ok()) << plan.status();
     if (!plan.ok()) return by_task;
     *pooled_sms = plan->pool_sms;
+    EXPECT_TRUE(plan->write_scores);  // scores are part of the comparison
     uint8_t* base = nullptr;
     EXPECT_EQ(cudaMalloc(reinterpret_cast<void**>(&base), plan->device_bytes),
               cudaSuccess);
@@ -784,6 +785,7 @@ TEST(GpuPoolTest, ManyRowsTakingTurnsOnThreeSlicesMatchRowsAlone) {
   EXPECT_GT(scratch_rows, 250);  // most rows alone split: scratch form
 }
 
+// Several threads select at once (more threads than select contexts).
 TEST(GpuConcurrencyTest, ConcurrentSelectsGiveSingleThreadAnswers) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(ref::TestSeed() + 29);
