@@ -138,12 +138,12 @@ void CudaBackend::RunBatch(absl::Span<const SelectTask> tasks, void* context,
   const absl::Status planned = cuda::BuildSelectPlanInto(
       tasks, *plan_options_, ctx->host, ctx->host_bytes, &plan);
   if (!planned.ok()) return fail(planned);
-  const bool want_scores = plan.write_scores;
   // Positions and scores are adjacent in the device region (scores at
   // out_scores_off, after positions' alignment padding): one download.
   const int64_t scores_at = plan.out_scores_off - plan.out_pos_off;
   const int64_t download =
-      want_scores ? scores_at + plan.out_entries * 4 : plan.out_entries * 4;
+      plan.write_scores ? scores_at + plan.out_entries * 4
+                        : plan.out_entries * 4;
   if (plan.device_bytes > ctx->device_bytes ||
       plan.image_bytes > ctx->host_bytes || download > ctx->host_bytes) {
     if (tasks.size() > 1) {  // the estimate was optimistic: halve

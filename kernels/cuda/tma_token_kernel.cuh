@@ -138,10 +138,9 @@ __device__ __forceinline__ void GiveBackSlice(const SelectBuffers& b,
 }
 
 // Slots of a slot-key row's scratch (a multiple of 4): every slot of the
-// union's blocks (HISA), or positions 0..t rounded up to 4 (a whole-prefix
-// row; the kernel writes key 0 past t).
-// The union's size was read in the prologue (MakeItemContext): the final
-// select's loads do not wait for another read of it.
+// union's blocks (HISA; its size as the prologue read it, so the final
+// select's loads do not wait for another read), or positions 0..t rounded
+// up to 4 (a whole-prefix row; the kernel writes key 0 past t).
 __device__ __forceinline__ int SlotKeyCount(const ItemContext<1>& ic) {
   if (ic.union_slots) return static_cast<int>(ic.num_slots);
   return static_cast<int>((ic.t[0] + 4) & ~int64_t{3});
@@ -153,7 +152,8 @@ __device__ __forceinline__ int SlotKeyCount(const ItemContext<1>& ic) {
 // nonzero keys from the group's global one into `hist`, unless `hist`
 // already holds it (the pooled form's one CTA counted every slot). Once
 // `keys` is loaded, thread 0 gives back pool slice `slice` (>= 0). Output
-// as WriteSlotSelection.
+// as WriteSlotSelection. `hist_local` is the kernel's compile-time kPooled
+// (slice >= 0 says the same at run time only).
 __device__ __forceinline__ void SelectFromSlotKeys(
     const SelectBuffers& b, const GroupDesc& grp, const ItemContext<1>& ic,
     const uint32_t* src, uint32_t* keys, int32_t* blocks, uint32_t* hist,
