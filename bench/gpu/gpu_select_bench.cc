@@ -41,6 +41,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -234,9 +235,9 @@ void PrintTrace(const char* label, const std::vector<uint64_t>& trace) {
     }
   }
   if (t0 == UINT64_MAX) return;
-  static const char* kNames[] = {"start",  "waited",  "ready",
-                                 "loop_end", "ticket", "tail_in",
-                                 "tail_th", "tail_end"};
+  static const char* kNames[] = {"start",   "waited",  "ready",
+                                 "loop_end", "ticket",  "tail_in",
+                                 "tail_rnd", "tail_th", "tail_end"};
   static_assert(sizeof(kNames) / sizeof(kNames[0]) == cuda::kTraceTailEnd + 1);
   auto spread = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
@@ -274,20 +275,23 @@ void PrintTrace(const char* label, const std::vector<uint64_t>& trace) {
     if (!tails.empty()) {
       std::printf("    tail (ticket -> tail_end) %s\n", spread(tails).c_str());
     }
-    // The tail's steps, where its kernel records them: loading its inputs,
-    // finding the threshold, the compaction and writes.
-    for (int p = cuda::kTraceTicket; p < cuda::kTraceTailEnd; ++p) {
-      std::vector<double> v;
-      for (int c = 0; c < ctas; ++c) {
-        const uint64_t* x = t + c * cuda::kTraceSlots;
-        if (x[cuda::kTraceTailIn] != 0 && x[p] != 0 && x[p + 1] != 0) {
-          v.push_back(static_cast<double>(x[p + 1] - x[p]) * 1e-3);
-        }
+    // The tail's steps between the points its kernel records (loading its
+    // inputs, rounds, finding the threshold, the compaction and writes).
+    std::map<std::pair<int, int>, std::vector<double>> steps;
+    for (int c = 0; c < ctas; ++c) {
+      const uint64_t* x = t + c * cuda::kTraceSlots;
+      if (x[cuda::kTraceTailIn] == 0) continue;
+      int from = cuda::kTraceTicket;
+      for (int p = from + 1; p <= cuda::kTraceTailEnd; ++p) {
+        if (x[p] == 0 || x[from] == 0) continue;
+        steps[{from, p}].push_back(static_cast<double>(x[p] - x[from]) *
+                                   1e-3);
+        from = p;
       }
-      if (!v.empty()) {
-        std::printf("      %s -> %s %s\n", kNames[p], kNames[p + 1],
-                    spread(v).c_str());
-      }
+    }
+    for (const auto& [step, v] : steps) {
+      std::printf("      %s -> %s %s\n", kNames[step.first],
+                  kNames[step.second], spread(v).c_str());
     }
     // Where a CTA's time goes: each phase's share of the summed lifetimes
     // (start -> its last point) of the CTAs that reached every point up to

@@ -188,8 +188,35 @@ struct GroupDesc {
   // scratch holds keys rather than scores, and the group's key histogram
   // is slot_hist[slot_hist_index * kKeyHistBins ...]. -1: none.
   int32_t slot_hist_index = -1;
-  int32_t pad = 0;
+  // Slot-key groups of several work items whose launch fits in one wave
+  // (select_plan.cc): the items select together (tma_token_kernel.cuh,
+  // SplitSelect) instead of the last one alone. 0: the last one alone.
+  int32_t split_select = 0;
 };
+
+// The scratch of one slot-key group (SelectBuffers::slot_hist; zero before
+// the token stage). hist[0] counts the row's nonzero keys by their top
+// kKeyHistBits bits (every work item adds its counts). A split select
+// (GroupDesc::split_select) narrows the bin of the k-th largest key in
+// rounds: while the bin holds more than kSplitListCap keys (crowds of
+// nearly equal keys), hist[l] counts the keys inside the bin of level
+// l - 1 by the next bits (11, then the last 10). `arrived[r]` counts the
+// items done with round r (levels 0..2, then the final round);
+// `counts[split]` is an item's (keys above the bin, keys in it), and the
+// final round puts the bin's keys with their slots in the group's list
+// (SelectBuffers::slot_list), `list_count` long.
+inline constexpr int kSplitLevels = 3;
+inline constexpr int kSplitMaxItems = 64;   // = slot-key tiles per row
+inline constexpr int kSplitListCap = 4096;  // (key, slot) pairs per group
+struct SlotTail {
+  uint32_t hist[kSplitLevels][kKeyHistBins];
+  int32_t arrived[kSplitLevels + 1];
+  int32_t list_count;
+  int32_t pad[3];
+  int32_t counts[kSplitMaxItems][2];
+};
+inline constexpr int64_t kSlotTailWords = sizeof(SlotTail) / 4;
+static_assert(sizeof(SlotTail) % 16 == 0, "zeroed with 16-byte stores");
 
 // A token-kernel or block-kernel work item: slots [slot_begin, slot_end) of
 // one group (capped on the device by the group's real slot count).
@@ -217,11 +244,19 @@ struct SelectBuffers {
   int32_t* partial_counts = nullptr;
   int32_t partial_stride = 0;           // entries per partial list
   float* slot_scores = nullptr;         // slot-score groups' scores (keys)
-  // Slot-key groups' key histograms (GroupDesc::slot_hist_index), zeroed
-  // by the block stage before the token stage counts into them (by a memset
-  // in plans without a block stage).
+  // Slot-key groups' scratch (SlotTail, kSlotTailWords words each, at
+  // GroupDesc::slot_hist_index), zeroed by the block stage before the token
+  // stage counts into it (by a memset in plans without a block stage).
   uint32_t* slot_hist = nullptr;
-  int64_t slot_hist_count = 0;          // entries
+  int64_t slot_hist_count = 0;          // words
+  // Split selects' lists: kSplitListCap (key, slot) pairs per slot-key
+  // group (at GroupDesc::slot_hist_index), written before they are read.
+  uint32_t* slot_list = nullptr;
+  // Launches with split selects take their work items in start order: CTA
+  // i of the launch runs item atomicAdd(item_ticket, 1) (zero before the
+  // launch; the last CTA resets it), so an item waits only for items of
+  // CTAs that already run. Null: item blockIdx.x.
+  int32_t* item_ticket = nullptr;
   // The pooled bulk-copy kernel's score slices (kSlotSelectCap keys each,
   // kTmaTokenCtasPerSm per SM) and one word of taken-slice bits per SM
   // (zero before a launch; every CTA clears its bit).
@@ -247,14 +282,19 @@ enum TracePoint : int {
   kTraceWaited = 1,    // previous kernel complete (GridDependencyWait)
   kTraceReady = 2,     // prologue done, first tile requested
   kTraceLoopEnd = 3,   // last tile scored
-  kTraceTicket = 4,    // group ticket taken (the last CTA runs the tail)
+  kTraceTicket = 4,    // group ticket taken (the last CTA runs the tail);
+                       // split select: this item's counts sent
   kTraceTailIn = 5,    // the tail's inputs in shared memory (block
-                       // choice, slot-key select)
-  kTraceTailChosen = 6,  // its threshold found
-  kTraceTailEnd = 7,   // block choice / final select / merge done
-  kTraceSm = 8,
+                       // choice, slot-key select); split select: every
+                       // item's level-0 counts arrived
+  kTraceTailRound = 6,  // split select: the final round's counts and list
+                        // arrived
+  kTraceTailChosen = 7,  // its threshold found (split select: and where
+                         // this item's entries go)
+  kTraceTailEnd = 8,   // block choice / final select / merge done
+  kTraceSm = 9,
 };
-inline constexpr int kTraceSlots = 9;
+inline constexpr int kTraceSlots = 10;
 inline constexpr int kTraceMaxCtas = 4096;
 inline constexpr int kTraceMaxLaunches = 4;
 

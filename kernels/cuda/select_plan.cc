@@ -536,6 +536,7 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     gd.slot_score_offset = -1;
     gd.slot_score_stride = 0;
     gd.slot_hist_index = -1;
+    gd.split_select = 0;
     bool pooled = false;
     // Tiles of aligned 128-key runs inside one page: bulk tensor copies.
     const bool tma =
@@ -632,6 +633,33 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     }
   }
 
+  // 4b. Split selects: the slot-key groups of several items select their
+  // row together. Their items wait for each other, so the launch must fit
+  // in one wave (every CTA resident at once); it then also takes its items
+  // in start order (LaunchSpec::ticket), so that an item waits only for
+  // items of CTAs that already run, even when other streams' kernels share
+  // the GPU.
+  int32_t tickets = 0;
+  for (LaunchSpec& l : plan->launches) {
+    if (!options.split_select || l.scorer != LaunchSpec::kWgmmaTma ||
+        l.num_items > kTmaTokenCtasPerSm * num_sms) {
+      continue;
+    }
+    bool any = false;
+    for (int64_t i = l.first_item; i < l.first_item + l.num_items; ++i) {
+      // Two items or more: an item then has at most half of the row's
+      // kSlotSelectCap slots (the kernel's room for its own keys).
+      GroupDesc& gd = s.gdesc[s.items[i].group];
+      if (gd.num_splits > 1 && gd.num_splits <= kSplitMaxItems) {
+        gd.split_select = 1;
+        any = true;
+      }
+    }
+    if (any) {
+      l.ticket = static_cast<int32_t>(2 * s.gdesc.size()) + tickets++;
+    }
+  }
+
   // 5. The device region: upload image, then scratch.
   int64_t off = 0;
   auto reserve = [&](int64_t bytes) {
@@ -647,7 +675,8 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
   plan->tables_off = reserve(s.tables.size() * sizeof(uint32_t));
   plan->q_off = reserve(s.q_bytes);
   plan->w_off = reserve(s.w_count * sizeof(float));
-  plan->counters_off = reserve(s.gdesc.size() * 2 * sizeof(int32_t));  // zeros
+  plan->counters_off =  // zeros: two per group, then the launch tickets
+      reserve((s.gdesc.size() * 2 + tickets) * sizeof(int32_t));
   plan->pool_sms = any_pooled ? static_cast<int32_t>(num_sms) : 0;
   plan->pool_bits_off = reserve(int64_t{plan->pool_sms} * 4);  // zeros
   plan->image_bytes = off;
@@ -659,8 +688,11 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
   plan->partial_key_off = reserve(partial_lists * partial_stride * 4);
   plan->partial_counts_off = reserve(partial_lists * 4);
   plan->slot_scores_off = reserve(slot_scores_total * 4);
-  plan->slot_hist_count = int64_t{hist_groups} * kKeyHistBins;
+  plan->slot_hist_count = int64_t{hist_groups} * kSlotTailWords;
   plan->slot_hist_off = reserve(plan->slot_hist_count * 4);
+  // Split selects' lists (only plans with split selects use them).
+  plan->slot_list_off = reserve(
+      tickets > 0 ? int64_t{hist_groups} * kSplitListCap * 8 : 0);
   plan->slot_pool_off = reserve(int64_t{plan->pool_sms} * kTmaTokenCtasPerSm *
                                 kSlotSelectCap * 4);
   plan->out_entries = out_total;
@@ -723,7 +755,7 @@ int64_t EstimateTaskBytes(const SelectTask& task) {
   if (task.mode == SelectMode::kHisa) {
     bytes += (c + 1) * 4 + ChosenBlocks(c, row.m) * 8;
     bytes += ChosenBlocks(c, row.m) * cfg.block_size * 4;  // slot scores
-    bytes += kKeyHistBins * 4;                              // key histogram
+    bytes += kSlotTailWords * 4 + kSplitListCap * 8;       // select scratch
   }
   return bytes;
 }
@@ -773,6 +805,7 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
   b.slot_scores = reinterpret_cast<float*>(base + plan.slot_scores_off);
   b.slot_hist = reinterpret_cast<uint32_t*>(base + plan.slot_hist_off);
   b.slot_hist_count = plan.slot_hist_count;
+  b.slot_list = reinterpret_cast<uint32_t*>(base + plan.slot_list_off);
   b.slot_pool = reinterpret_cast<uint32_t*>(base + plan.slot_pool_off);
   b.pool_bits = reinterpret_cast<uint32_t*>(base + plan.pool_bits_off);
   b.pool_sms = plan.pool_sms;
@@ -826,6 +859,7 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
       }
       if (h.fn == nullptr) return cudaErrorInvalidValue;
       const WorkItem* first = items + s.first_item;
+      b.item_ticket = s.ticket >= 0 ? b.counters + s.ticket : nullptr;
       b.trace = trace != nullptr && traced < kTraceMaxLaunches
                     ? trace + int64_t{traced++} * kTraceMaxCtas * kTraceSlots
                     : nullptr;

@@ -94,6 +94,11 @@ struct PlanOptions {
   // the bulk-tensor-copy token kernel (tma_token_kernel.cuh). The backend
   // sets it when the arena has a tensor map, unless HISA_CUDA_TMA=0.
   bool use_tma = false;
+  // Slot-key groups of several work items select their row together
+  // (GroupDesc::split_select) when their launch fits in one wave of
+  // resident CTAs. HISA_CUDA_SPLIT_SELECT=0 leaves it to each group's last
+  // item, as before (A/B comparisons, tests of that path).
+  bool split_select = true;
 };
 
 struct LaunchSpec {
@@ -117,6 +122,10 @@ struct LaunchSpec {
   int rows = 1;       // rows per group
   int64_t first_item = 0;
   int64_t num_items = 0;
+  // Launches with split selects (GroupDesc::split_select) hand out their
+  // items in start order from the counter at counters_off + 4 * ticket
+  // (SelectBuffers::item_ticket); -1: none.
+  int32_t ticket = -1;
 };
 
 struct SelectPlan {
@@ -129,8 +138,9 @@ struct SelectPlan {
   int64_t block_scores_off = 0, unions_off = 0, union_counts_off = 0,
           partial_pos_off = 0, partial_key_off = 0, partial_counts_off = 0,
           slot_scores_off = 0, slot_hist_off = 0, slot_pool_off = 0,
-          pool_bits_off = 0, out_pos_off = 0, out_scores_off = 0;
-  int64_t slot_hist_count = 0;  // uint32 entries at slot_hist_off
+          pool_bits_off = 0, out_pos_off = 0, out_scores_off = 0,
+          slot_list_off = 0;
+  int64_t slot_hist_count = 0;  // uint32 words at slot_hist_off (SlotTail)
   int32_t pool_sms = 0;         // kWgmmaTmaPool: SMs whose slices it holds
   int32_t partial_stride = 0;
   int64_t out_entries = 0;

@@ -603,6 +603,7 @@ __device__ __forceinline__ KeyThreshold HistSelectKey(const uint32_t* keys,
 
 // Stable compaction of the entries `th` keeps among key_of(0..n-1): calls
 // emit(dst, i) for each, dst = 0, 1, ... in index order; returns the count.
+// Key 0 (no candidate) is never one of the threshold bin's ties.
 template <class KeyFn, class EmitFn>
 __device__ int CompactByKey(int n, KeyFn key_of, const KeyThreshold& th,
                             EmitFn emit, RadixShared& rs) {
@@ -622,7 +623,8 @@ __device__ int CompactByKey(int n, KeyFn key_of, const KeyThreshold& th,
       const uint32_t key = i < n ? key_of(i) : 0u;
       const uint32_t top = key >> th.shift;
       hi[j] = __ballot_sync(0xFFFFFFFFu, i < n && top > th.prefix);
-      eq[j] = __ballot_sync(0xFFFFFFFFu, i < n && top == th.prefix);
+      eq[j] = __ballot_sync(0xFFFFFFFFu,
+                            i < n && top == th.prefix && key != 0);
       n_hi += __popc(hi[j]);
       n_eq += __popc(eq[j]);
     }

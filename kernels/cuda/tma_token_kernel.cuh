@@ -76,7 +76,8 @@ struct TmaTokenLayout {
   static constexpr int kTilesOff = kWeightsOff + 64 * 4;  // TileCopy each
   static constexpr int kTileValidOff =
       kTilesOff + kTmaMaxTiles * static_cast<int>(sizeof(TileCopy));
-  static constexpr int kBarOff = kTileValidOff + kTmaMaxTiles * 4;
+  static constexpr int kTilePosOff = kTileValidOff + kTmaMaxTiles * 4;
+  static constexpr int kBarOff = kTilePosOff + kTmaMaxTiles * 4;
   static constexpr int kRadixOff = kBarOff + 2 * kTmaStages * 8;
   static constexpr int kHistOff =
       (kRadixOff + static_cast<int>(sizeof(RadixShared)) + 15) / 16 * 16;
@@ -94,6 +95,14 @@ struct TmaTokenLayout {
   static constexpr int kSelectListCap = (kWeightsOff - kSelectListOff) / 4;
   static_assert(kSelectListCap >= 2048,
                 "final select must fit in the key stages");
+  // A split select (SplitSelect): the item's keys (an item of a row split
+  // at least in two has at most half of kSlotSelectCap slots), then every
+  // item's counts and the bin's list.
+  static constexpr int kSplitKeysCap = kSlotSelectCap / 2;
+  static constexpr int kSplitCountsOff = kSplitKeysCap * 4;
+  static constexpr int kSplitListOff = kSplitCountsOff + kSplitMaxItems * 8;
+  static_assert(kSplitListOff + kSplitListCap * 8 <= kWeightsOff,
+                "split select must fit in the key stages");
   static_assert(kBarOff % 8 == 0, "mbarriers are 8-byte aligned");
 };
 
@@ -174,7 +183,7 @@ __device__ __forceinline__ void SelectFromSlotKeys(
   }
   if (!hist_local) {
     const uint4* gh = reinterpret_cast<const uint4*>(
-        b.slot_hist + int64_t{grp.slot_hist_index} * kKeyHistBins);
+        b.slot_hist + int64_t{grp.slot_hist_index} * kSlotTailWords);
     for (int i = threadIdx.x; i < kKeyHistBins / 4; i += kSelectThreads) {
       reinterpret_cast<uint4*>(hist)[i] = __ldcg(gh + i);
     }
@@ -187,6 +196,284 @@ __device__ __forceinline__ void SelectFromSlotKeys(
   Trace(b.trace, kTraceTailChosen);
   WriteSlotSelection(b, b.rows[grp.rows[0]], k, keys, n, blocks, log2b, th,
                      rs);
+}
+
+// Announces that this CTA is done with a round of its group (its global
+// writes before it are visible to the group's other CTAs after their wait)
+// and waits until all `expected` CTAs are. Only CTAs that already run wait
+// for each other (SelectBuffers::item_ticket), and a launch of split selects
+// fits in one wave, so every CTA waited for reaches its arrival.
+__device__ __forceinline__ void ArriveAndWait(int32_t* arrived, int expected) {
+  // The barrier orders the CTA's writes before thread 0's fence, which
+  // makes them visible before its arrival (the pattern of cooperative
+  // groups' grid sync).
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    atomicAdd(arrived, 1);
+    for (;;) {
+      int32_t seen;
+      asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n"
+                   : "=r"(seen)
+                   : "l"(arrived)
+                   : "memory");
+      if (seen >= expected) break;
+      __nanosleep(32);
+    }
+  }
+  __syncthreads();
+}
+
+// Both sums over the CTA, returned to every thread.
+__device__ __forceinline__ int2 CtaSum2(int a, int c, RadixShared& rs) {
+  const int warp = threadIdx.x >> 5;
+  a = __reduce_add_sync(0xFFFFFFFFu, a);
+  c = __reduce_add_sync(0xFFFFFFFFu, c);
+  if ((threadIdx.x & 31) == 0) {
+    rs.warp_total[warp] = a;
+    rs.tie_total[warp] = c;
+  }
+  __syncthreads();
+  int2 sum = make_int2(0, 0);
+#pragma unroll
+  for (int w = 0; w < kSelectThreads / 32; ++w) {
+    sum.x += rs.warp_total[w];
+    sum.y += rs.tie_total[w];
+  }
+  __syncthreads();
+  return sum;
+}
+
+// The split select of a slot-key row (GroupDesc::split_select): the row's
+// work items, in slot (= position) order, select its k together instead of
+// leaving it to the last one. Each keeps its own keys (`n` <=
+// kSplitKeysCap slots from slot_begin, read back from the group's scratch
+// `out` into `keys`) and its histogram (`hist`, counted by the tile loop).
+// In rounds, each ending with ArriveAndWait on the group's SlotTail:
+//   level 0   the items' histograms are summed; each item finds the bin of
+//             the k-th largest key (every item computes the same).
+//   level 1-2 only while that bin holds more than kSplitListCap keys
+//             (crowds of nearly equal keys): the items count the bin's keys
+//             by the next 11 (then 10) bits, and narrow the bin the same way.
+//   final     each item publishes how many of its keys lie above the bin and
+//             in it, and puts the bin's keys with their slots in the group's
+//             list (when not all of them are kept).
+// Then every item narrows the list itself to the `need` kept keys (largest
+// first, equal keys by lower slot), counts the kept entries before its
+// slots and its own share, and writes its kept entries, in order, at that
+// offset. One CTA alone spent ~10 us on the top 2048 of 8192 keys; here
+// the work per item is over its own keys and the bin's list.
+__device__ __forceinline__ void SplitSelect(
+    const SelectBuffers& b, const GroupDesc& grp, const WorkItem& item,
+    const ItemContext<1>& ic, const uint32_t* out, int n, uint32_t* hist,
+    uint32_t* keys, const int32_t* tile_pos, int32_t* counts,
+    uint32_t* list, RadixShared& rs) {
+  // Read before the rounds (a load after a global write is not hoisted).
+  const int k = grp.k;
+  const int splits = grp.num_splits;
+  const int hist_index = grp.slot_hist_index;
+  const int64_t out_offset = b.rows[grp.rows[0]].out_offset;
+  SlotTail& tail = *reinterpret_cast<SlotTail*>(
+      b.slot_hist + int64_t{hist_index} * kSlotTailWords);
+  uint32_t* group_list =
+      b.slot_list + int64_t{hist_index} * kSplitListCap * 2;
+  const int begin = static_cast<int>(ic.slot_begin);
+  // This item's keys back from the scratch (its own writes, in L2), while
+  // its counts join the group's level-0 histogram.
+  for (int i = threadIdx.x; i < n / 4; i += kSelectThreads) {
+    CpAsync16(keys + 4 * i, out + begin + 4 * i, true);
+  }
+  CpAsyncCommit();
+  for (int i = threadIdx.x; i < kKeyHistBins; i += kSelectThreads) {
+    const uint32_t c = hist[i];
+    if (c != 0) atomicAdd(&tail.hist[0][i], c);
+  }
+  CpAsyncWait<0>();
+  Trace(b.trace, kTraceTicket);
+  auto load_hist = [&](const uint32_t* level_hist) {
+    const uint4* src = reinterpret_cast<const uint4*>(level_hist);
+    for (int i = threadIdx.x; i < kKeyHistBins / 4; i += kSelectThreads) {
+      reinterpret_cast<uint4*>(hist)[i] = __ldcg(src + i);
+    }
+    __syncthreads();
+  };
+  // One narrowing step of bin (th.prefix, th.shift), `need` of whose
+  // `bucket` keys are kept, by the next bits of keys key_of(0..count-1):
+  // counted into `hist` (then summed over the group when `level_hist`).
+  auto narrow = [&](KeyThreshold& th, int& need, int& bucket, int count,
+                    auto key_of, uint32_t* level_hist, int32_t* arrived) {
+    const int next = max(th.shift - kKeyHistBits, 0);
+    const int bits = th.shift - next;
+    const uint32_t mask = (1u << bits) - 1u;
+    for (int i = threadIdx.x; i < kKeyHistBins; i += kSelectThreads) {
+      hist[i] = 0;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < count; i += kSelectThreads) {
+      const uint32_t key = key_of(i);
+      if (key != 0 && (key >> th.shift) == th.prefix) {
+        atomicAdd(&hist[(key >> next) & mask], 1u);
+      }
+    }
+    __syncthreads();
+    if (level_hist != nullptr) {
+      for (int i = threadIdx.x; i < kKeyHistBins; i += kSelectThreads) {
+        const uint32_t c = hist[i];
+        if (c != 0) atomicAdd(level_hist + i, c);
+      }
+      ArriveAndWait(arrived, splits);
+      load_hist(level_hist);
+    }
+    FindThresholdBinWide(hist, need, rs);
+    th.prefix = (th.prefix << bits) | static_cast<uint32_t>(rs.digit);
+    th.shift = next;
+    need = rs.need;
+    bucket = rs.bucket;
+  };
+
+  ArriveAndWait(&tail.arrived[0], splits);
+  Trace(b.trace, kTraceTailIn);
+  load_hist(tail.hist[0]);
+  FindThresholdBinWide(hist, k, rs);
+  // Kept: (key >> th.shift) > th.prefix, and of the nonzero keys with
+  // (key >> th.shift) == th.prefix (the bin), `need` (later: this item's
+  // share, th.ties). By default every nonzero key (at most k of them).
+  KeyThreshold th;
+  const bool keep_all = rs.total <= k;
+  int need = 0;    // keys of the bin kept
+  int bucket = 0;  // keys in the bin
+  if (!keep_all) {
+    th.prefix = static_cast<uint32_t>(rs.digit);
+    th.shift = kKeyHistShift;
+    need = rs.need;
+    bucket = rs.bucket;
+    auto own_key = [&](int i) { return keys[i]; };
+    for (int level = 1;
+         bucket != need && th.shift > 0 && bucket > kSplitListCap; ++level) {
+      narrow(th, need, bucket, n, own_key, tail.hist[level],
+             &tail.arrived[level]);
+    }
+    th.ties = need;
+  }
+  // The bin's keys go to the list unless all of them are kept, or the bin
+  // is one key shared by more than kSplitListCap slots (then the first
+  // `need` in slot order are kept, counted by item below).
+  const bool listed = !keep_all && bucket != need && bucket <= kSplitListCap;
+
+  // Final round: this item's keys above the bin and in it, and the bin's
+  // keys to the list.
+  const int lane = threadIdx.x & 31;
+  int above = 0, in_bin = 0;
+  for (int i0 = 0; i0 < n; i0 += kSelectThreads) {
+    const int i = i0 + threadIdx.x;
+    const uint32_t key = i < n ? keys[i] : 0u;
+    const uint32_t top = key >> th.shift;
+    const bool eq = key != 0 && top == th.prefix;
+    above += top > th.prefix;
+    in_bin += eq;
+    if (listed) {
+      const uint32_t ballot = __ballot_sync(0xFFFFFFFFu, eq);
+      int at = 0;
+      if (lane == 0 && ballot != 0) {
+        at = atomicAdd(&tail.list_count, __popc(ballot));
+      }
+      at = __shfl_sync(0xFFFFFFFFu, at, 0) +
+           __popc(ballot & ((1u << lane) - 1u));
+      if (eq) {
+        *reinterpret_cast<uint2*>(group_list + 2 * at) =
+            make_uint2(key, static_cast<uint32_t>(begin + i));
+      }
+    }
+  }
+  const int2 mine = CtaSum2(above, in_bin, rs);
+  if (threadIdx.x == 0) {
+    *reinterpret_cast<int2*>(tail.counts[item.split]) = mine;
+  }
+  ArriveAndWait(&tail.arrived[kSplitLevels], splits);
+  for (int i = threadIdx.x; i < splits; i += kSelectThreads) {
+    *reinterpret_cast<int2*>(counts + 2 * i) =
+        __ldcg(reinterpret_cast<const int2*>(tail.counts[i]));
+  }
+  if (listed) {
+    for (int i = threadIdx.x; i < bucket; i += kSelectThreads) {
+      *reinterpret_cast<uint2*>(list + 2 * i) =
+          __ldcg(reinterpret_cast<const uint2*>(group_list + 2 * i));
+    }
+  }
+  __syncthreads();
+  Trace(b.trace, kTraceTailRound);
+  // Entries the items before this one keep (`base`), and this item's share
+  // of the bin's `need` (th.ties from here on).
+  int base = 0;
+  for (int i = 0; i < item.split; ++i) base += counts[2 * i];
+  if (listed) {
+    // Narrow the list's bin to the last bits, as the rounds would: the bin
+    // then either is kept whole or holds equal keys (th.shift 0), of which
+    // the `need` with the lowest slots are kept (a radix select on the
+    // inverted slots: kept iff (~slot >> by_slot.shift) >= by_slot.prefix).
+    const int list_len = bucket;
+    auto list_key = [&](int i) { return list[2 * i]; };
+    while (bucket != need && th.shift > 0) {
+      narrow(th, need, bucket, list_len, list_key, nullptr, nullptr);
+    }
+    const bool all_of_bin = bucket == need;
+    KeyThreshold by_slot;
+    if (!all_of_bin) {
+      by_slot = RadixSelectKey(
+          list_len, need,
+          [&](int i) {
+            return list[2 * i] == th.prefix ? ~list[2 * i + 1] : 0u;
+          },
+          rs);
+    }
+    int before = 0, here = 0;
+    const uint32_t lo = static_cast<uint32_t>(begin);
+    const uint32_t hi = static_cast<uint32_t>(begin + n);
+    for (int i = threadIdx.x; i < list_len; i += kSelectThreads) {
+      const uint32_t top = list[2 * i] >> th.shift;
+      const uint32_t slot = list[2 * i + 1];
+      const bool in = top == th.prefix;
+      const bool kept =
+          top > th.prefix ||
+          (in && (all_of_bin ||
+                  (~slot >> by_slot.shift) >= by_slot.prefix));
+      before += kept && slot < lo;
+      here += kept && in && slot >= lo && slot < hi;
+    }
+    const int2 sum = CtaSum2(before, here, rs);
+    base += sum.x;
+    th.ties = sum.y;
+  } else {
+    // The bin's first `need` keys in slot order, by item order.
+    int ties_before = 0;  // bin keys of the items before this one
+    for (int i = 0; i < item.split; ++i) {
+      base += min(max(th.ties - ties_before, 0), counts[2 * i + 1]);
+      ties_before += counts[2 * i + 1];
+    }
+    th.ties = min(max(th.ties - ties_before, 0), mine.y);
+  }
+  Trace(b.trace, kTraceTailChosen);
+
+  int32_t* out_pos = b.out_pos + out_offset;
+  float* out_scores =
+      b.out_scores != nullptr ? b.out_scores + out_offset : nullptr;
+  CompactByKey(
+      n, [&](int i) { return keys[i]; }, th,
+      [&](int dst, int i) {
+        out_pos[base + dst] = tile_pos[i / kTileSlots] + (i % kTileSlots);
+        if (out_scores != nullptr) out_scores[base + dst] = KeyToFloat(keys[i]);
+      },
+      rs);
+  if (keep_all && item.split == 0) {
+    // At most k nonzero keys, all kept: pad the rest.
+    int total = 0;
+    for (int i = 0; i < splits; ++i) total += counts[2 * i];
+    for (int i = total + threadIdx.x; i < k; i += kSelectThreads) {
+      out_pos[i] = -1;
+      if (out_scores != nullptr) out_scores[i] = __int_as_float(0x7FC00000);
+    }
+  }
+  Trace(b.trace, kTraceTailEnd);
 }
 
 template <bool kPooled>
@@ -203,6 +490,7 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
   float* weights = reinterpret_cast<float*>(smem + L::kWeightsOff);
   TileCopy* tiles = reinterpret_cast<TileCopy*>(smem + L::kTilesOff);
   int32_t* tile_valid = reinterpret_cast<int32_t*>(smem + L::kTileValidOff);
+  int32_t* tile_pos = reinterpret_cast<int32_t*>(smem + L::kTilePosOff);
   uint32_t* hist = reinterpret_cast<uint32_t*>(smem + L::kHistOff);
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
   uint64_t* empty = full + kTmaStages;
@@ -212,7 +500,18 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
   // Before the block stage completes (programmatic dependent launch): the
   // barriers, the query operand and the weights, from the uploaded plan.
   Trace(b.trace, kTraceStart);
-  const WorkItem item = items[blockIdx.x];
+  __shared__ int item_index;
+  if (b.item_ticket != nullptr) {  // items in start order
+    if (threadIdx.x == 0) {
+      const int ticket = atomicAdd(b.item_ticket, 1);
+      // Every ticket is taken: reset for the next launch.
+      if (ticket == static_cast<int>(gridDim.x) - 1) *b.item_ticket = 0;
+      item_index = ticket;
+    }
+    __syncthreads();
+  }
+  const WorkItem item =
+      items[b.item_ticket != nullptr ? item_index : blockIdx.x];
   const GroupDesc& grp = b.groups[item.group];
   if (threadIdx.x == 0) {
     for (int s = 0; s < kTmaStages; ++s) {
@@ -251,6 +550,7 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
     const SlotRef r =
         ResolveSlot<1, false>(b, ic, slot, LoadUnionEntry(ic, slot));
     tiles[j] = TileCopyOf(*ic.layer, r);
+    tile_pos[j] = r.pos;
     tile_valid[j] =
         r.rows == 0 ? 0
                     : static_cast<int32_t>(min(int64_t{kTileSlots},
@@ -359,11 +659,20 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
 
   Trace(b.trace, kTraceLoopEnd);
   if constexpr (!kPooled) {
+    __syncthreads();  // every tile scored: the stage area is free
+    if (grp.split_select) {
+      SplitSelect(b, grp, item, ic, out,
+                  max(slot_end - static_cast<int>(ic.slot_begin), 0), hist,
+                  reinterpret_cast<uint32_t*>(smem + L::kSelectKeysOff),
+                  tile_pos,
+                  reinterpret_cast<int32_t*>(smem + L::kSplitCountsOff),
+                  reinterpret_cast<uint32_t*>(smem + L::kSplitListOff), rs);
+      return;
+    }
     // This CTA's counts join the group's histogram (LastOfGroup's fence
     // orders them before the ticket).
-    __syncthreads();
     uint32_t* group_hist =
-        b.slot_hist + int64_t{grp.slot_hist_index} * kKeyHistBins;
+        b.slot_hist + int64_t{grp.slot_hist_index} * kSlotTailWords;
     for (int i = threadIdx.x; i < kKeyHistBins; i += kSelectThreads) {
       const uint32_t c = hist[i];
       if (c != 0) atomicAdd(group_hist + i, c);

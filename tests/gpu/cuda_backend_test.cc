@@ -551,6 +551,82 @@ TEST(GpuExactTest, DuplicatedKeysTieToTheLowerPosition) {
   }
 }
 
+// Decode-like batches of few long rows on the bulk-copy token kernel split
+// each row over many work items, which select the row's k together
+// (split selects: a threshold found in histogram rounds, ties to the lower
+// position across items, each item writing its own part). Keys built to
+// reach each way a round can end, all checked for exact ties:
+//   levels = 1: every score equal (the first k positions win);
+//   levels = 3: a few thousand equal keys per value, so the threshold is
+//               one exact key after three histogram levels;
+//   levels = 100: ~20-80 copies per value, so the last bin's keys are
+//               ranked in a list, equal ones by position;
+// plus random keys (levels = 0, tolerance as in the other tests, rows past
+// m * B). Equal keys share their bytes; the values differ by the per-token
+// FP8 scale (1 + v / 256), far apart against the rounding. Their rows stay
+// below m * B = 8192 (every block chosen: nearly equal block means would
+// leave the checker too many admissible block sets to enumerate).
+TEST(GpuExactTest, SplitSelectsAcrossWorkItems) {
+  SKIP_WITHOUT_GPU();
+  constexpr int kD = 128, kH = 64, kB = 128, kM = 64, kRequests = 6;
+  for (int levels : {1, 3, 100, 0}) {
+    const uint64_t seed = ref::TestSeed() + 29 + levels;
+    std::mt19937_64 rng(seed);
+    const std::string where =
+        absl::StrCat(ref::SeedNote(), " levels=", levels);
+    SCOPED_TRACE(where);
+    EngineHarness h(GpuOptions(int64_t{1} << 30));
+    const RequestConfig config{1, kD, kB, KeyFormat::kFp8E4M3,
+                               BlockPooling::kMean};
+    const EncodedKeys base = RandomKeys(rng, KeyFormat::kFp8E4M3, 1, kD);
+    std::vector<std::string> ids;
+    std::vector<QueryRow> rows;
+    std::vector<EncodedQuery> queries;
+    for (int r = 0; r < kRequests; ++r) {
+      ids.push_back(absl::StrCat("s", r));
+      h.CreateRequest(ids[r], config);
+      const int64_t length =
+          Uniform(rng, 2000, levels == 0 ? 20000 : int64_t{kM} * kB);
+      EncodedKeys keys;
+      if (levels == 0) {
+        keys = RandomKeys(rng, KeyFormat::kFp8E4M3, length, kD, kB);
+      } else {
+        keys.format = KeyFormat::kFp8E4M3;
+        keys.head_dim = kD;
+        keys.num_tokens = length;
+        for (int64_t s = 0; s < length; ++s) {
+          keys.bytes.insert(keys.bytes.end(), base.bytes.begin(),
+                            base.bytes.end());
+          const int v = static_cast<int>(Uniform(rng, 0, levels - 1));
+          keys.scales.push_back(std::fabs(base.scales[0]) *
+                                (1.0f + static_cast<float>(v) / 256.0f));
+        }
+      }
+      h.AppendKeys(ids[r], 0, keys, &rng, 5000);
+      queries.push_back(RandomQuery(rng, KeyFormat::kFp8E4M3, kH, kD));
+    }
+    for (int r = 0; r < kRequests; ++r) {
+      const int64_t t = h.oracle(ids[r], 0).length() - 1;
+      for (SelectMode mode : {SelectMode::kHisa, SelectMode::kDense}) {
+        const int k = static_cast<int>(Uniform(rng, 1, 2048));
+        rows.push_back(
+            queries[r].Row(ids[r], 0, t, mode, k, kM, Uniform(rng, 0, 1) == 1));
+      }
+    }
+    std::vector<RowResult> results(rows.size());
+    h.engine().Select(rows, absl::MakeSpan(results));
+    ref::Tolerance tol = GpuTolerance(KeyFormat::kFp8E4M3,
+                                      KeyFormat::kFp8E4M3, kD, kH, kB);
+    if (levels > 0) tol.exact_ties = true;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      EXPECT_TRUE(h.Check(rows[i], results[i], tol,
+                          absl::StrCat(where, " row ", i, " ",
+                                       ModeName(rows[i].mode), " t=",
+                                       rows[i].position, " k=", rows[i].k)));
+    }
+  }
+}
+
 // FP8 keys and queries with negative scales (stored sign-flipped on the
 // tensor-core path): same answers as the oracle.
 TEST(GpuEdgeTest, NegativeFp8Scales) {

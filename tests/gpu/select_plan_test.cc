@@ -481,6 +481,78 @@ TEST(SelectPlanTest, SplitsFillOneWaveForFewRowsAndNoneForMany) {
   EXPECT_EQ(scorer, LaunchSpec::kWgmmaTmaPool);
 }
 
+// Split selects (GroupDesc::split_select): only slot-key groups of several
+// items, and only on a launch that fits in one wave of resident CTAs (its
+// items wait for each other), which then hands out its items from a ticket
+// counter of its own inside the zeroed counters.
+TEST(SelectPlanTest, SplitSelectsOnlyOnLaunchesOfOneWave) {
+  const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
+                             BlockPooling::kMean};
+  CudaRequestStore store(nullptr, config);
+  struct Seen {
+    int64_t items = 0;        // on the kWgmmaTma launch
+    int32_t ticket = -1;      // its ticket
+    int split_groups = 0;     // groups with split_select
+    int multi_item_groups = 0;
+    int64_t counters_bytes = 0;
+  };
+  auto plan_of = [&](int rows, bool enabled, int sms) {
+    Batch b;
+    std::vector<int64_t> positions;
+    for (int i = 0; i < rows; ++i) positions.push_back(60000 + i);
+    AddRows(b, &store, &config, positions, SelectMode::kHisa, 2048, 64);
+    PlanOptions options;
+    options.num_sms = sms;
+    options.use_tma = true;
+    options.pair_hisa_blocks = false;
+    options.split_select = enabled;
+    absl::StatusOr<SelectPlan> plan = BuildSelectPlan(b.tasks, options);
+    EXPECT_TRUE(plan.ok()) << plan.status();
+    Seen seen;
+    for (const LaunchSpec& s : plan->launches) {
+      if (s.scorer != LaunchSpec::kWgmmaTma) {
+        EXPECT_EQ(s.ticket, -1);
+        continue;
+      }
+      seen.items = s.num_items;
+      seen.ticket = s.ticket;
+    }
+    const PlanImage image = ReadPlan(*plan, rows);
+    for (int64_t g = 0; g < plan->num_groups; ++g) {
+      seen.split_groups += image.groups[g].split_select;
+      seen.multi_item_groups += image.groups[g].num_splits > 1;
+    }
+    seen.counters_bytes = plan->pool_bits_off - plan->counters_off;
+    if (seen.ticket >= 0) {
+      // The ticket lies after the groups' two counters, inside the zeroed
+      // part of the image.
+      EXPECT_GE(seen.ticket, 2 * plan->num_descriptors);
+      EXPECT_LE(int64_t{seen.ticket + 1} * 4, seen.counters_bytes);
+      EXPECT_EQ(Read<int32_t>(*plan, plan->counters_off + 4 * seen.ticket, 1)[0],
+                0);
+    }
+    return seen;
+  };
+  // 64 decode rows of 64 tiles: 6 items each, 384 <= 3 x 132 CTAs.
+  const Seen decode = plan_of(64, true, 132);
+  EXPECT_LE(decode.items, 3 * 132);
+  EXPECT_EQ(decode.multi_item_groups, 64);
+  EXPECT_EQ(decode.split_groups, 64);
+  EXPECT_GE(decode.ticket, 0);
+  // Switched off: the last item of each group selects alone, no ticket.
+  const Seen off = plan_of(64, false, 132);
+  EXPECT_EQ(off.split_groups, 0);
+  EXPECT_EQ(off.ticket, -1);
+  EXPECT_EQ(off.items, decode.items);
+  // On 20 SMs the same rows still split, but their items need more than
+  // one wave.
+  const Seen many = plan_of(64, true, 20);
+  EXPECT_GT(many.items, 3 * 20);
+  EXPECT_GT(many.multi_item_groups, 0);
+  EXPECT_EQ(many.split_groups, 0);
+  EXPECT_EQ(many.ticket, -1);
+}
+
 // The request path plans straight into pinned staging (BuildSelectPlanInto);
 // it must produce exactly BuildSelectPlan's image and layout, whatever the
 // destination held before, and write nothing when the image does not fit.
