@@ -202,18 +202,17 @@ struct GroupDesc {
 // nearly equal keys), hist[l] counts the keys inside the bin of level
 // l - 1 by the next bits (11, then the last 10). `arrived[r]` counts the
 // items done with round r (levels 0..2, then the final round);
-// `counts[split]` is an item's (keys above the bin, keys in it), and the
-// final round puts the bin's keys with their slots in the group's list
-// (SelectBuffers::slot_list), `list_count` long.
+// `counts[split]` is an item's (keys above the bin, keys in it, its first
+// slot), and the final round puts each item's keys of the bin with their
+// slots in the group's list (SelectBuffers::slot_list, kSlotSelectCap
+// pairs), from the item's first slot on; at most kSplitListCap in all.
 inline constexpr int kSplitLevels = 3;
 inline constexpr int kSplitMaxItems = 64;   // = slot-key tiles per row
-inline constexpr int kSplitListCap = 4096;  // (key, slot) pairs per group
+inline constexpr int kSplitListCap = 4096;  // (key, slot) pairs per row
 struct SlotTail {
   uint32_t hist[kSplitLevels][kKeyHistBins];
   int32_t arrived[kSplitLevels + 1];
-  int32_t list_count;
-  int32_t pad[3];
-  int32_t counts[kSplitMaxItems][2];
+  int32_t counts[kSplitMaxItems][4];
 };
 inline constexpr int64_t kSlotTailWords = sizeof(SlotTail) / 4;
 static_assert(sizeof(SlotTail) % 16 == 0, "zeroed with 16-byte stores");
@@ -249,7 +248,7 @@ struct SelectBuffers {
   // stage counts into it (by a memset in plans without a block stage).
   uint32_t* slot_hist = nullptr;
   int64_t slot_hist_count = 0;          // words
-  // Split selects' lists: kSplitListCap (key, slot) pairs per slot-key
+  // Split selects' lists: kSlotSelectCap (key, slot) pairs per slot-key
   // group (at GroupDesc::slot_hist_index), written before they are read.
   uint32_t* slot_list = nullptr;
   // Launches with split selects take their work items in start order: CTA

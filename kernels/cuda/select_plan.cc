@@ -692,7 +692,7 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
   plan->slot_hist_off = reserve(plan->slot_hist_count * 4);
   // Split selects' lists (only plans with split selects use them).
   plan->slot_list_off = reserve(
-      tickets > 0 ? int64_t{hist_groups} * kSplitListCap * 8 : 0);
+      tickets > 0 ? int64_t{hist_groups} * kSlotSelectCap * 8 : 0);
   plan->slot_pool_off = reserve(int64_t{plan->pool_sms} * kTmaTokenCtasPerSm *
                                 kSlotSelectCap * 4);
   plan->out_entries = out_total;
@@ -755,7 +755,7 @@ int64_t EstimateTaskBytes(const SelectTask& task) {
   if (task.mode == SelectMode::kHisa) {
     bytes += (c + 1) * 4 + ChosenBlocks(c, row.m) * 8;
     bytes += ChosenBlocks(c, row.m) * cfg.block_size * 4;  // slot scores
-    bytes += kSlotTailWords * 4 + kSplitListCap * 8;       // select scratch
+    bytes += kSlotTailWords * 4 + kSlotSelectCap * 8;      // select scratch
   }
   return bytes;
 }

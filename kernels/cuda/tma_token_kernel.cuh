@@ -100,7 +100,7 @@ struct TmaTokenLayout {
   // item's counts and the bin's list.
   static constexpr int kSplitKeysCap = kSlotSelectCap / 2;
   static constexpr int kSplitCountsOff = kSplitKeysCap * 4;
-  static constexpr int kSplitListOff = kSplitCountsOff + kSplitMaxItems * 8;
+  static constexpr int kSplitListOff = kSplitCountsOff + kSplitMaxItems * 16;
   static_assert(kSplitListOff + kSplitListCap * 8 <= kWeightsOff,
                 "split select must fit in the key stages");
   static_assert(kBarOff % 8 == 0, "mbarriers are 8-byte aligned");
@@ -224,7 +224,8 @@ __device__ __forceinline__ void ArriveAndWait(int32_t* arrived, int expected) {
   __syncthreads();
 }
 
-// Both sums over the CTA, returned to every thread.
+// Both sums over the CTA, returned to every thread; each warp's sums stay
+// in rs.warp_total / rs.tie_total until rs is used again.
 __device__ __forceinline__ int2 CtaSum2(int a, int c, RadixShared& rs) {
   const int warp = threadIdx.x >> 5;
   a = __reduce_add_sync(0xFFFFFFFFu, a);
@@ -276,7 +277,7 @@ __device__ __forceinline__ void SplitSelect(
   SlotTail& tail = *reinterpret_cast<SlotTail*>(
       b.slot_hist + int64_t{hist_index} * kSlotTailWords);
   uint32_t* group_list =
-      b.slot_list + int64_t{hist_index} * kSplitListCap * 2;
+      b.slot_list + int64_t{hist_index} * kSlotSelectCap * 2;
   const int begin = static_cast<int>(ic.slot_begin);
   // This item's keys back from the scratch (its own writes, in L2), while
   // its counts join the group's level-0 histogram.
@@ -360,52 +361,67 @@ __device__ __forceinline__ void SplitSelect(
   // `need` in slot order are kept, counted by item below).
   const bool listed = !keep_all && bucket != need && bucket <= kSplitListCap;
 
-  // Final round: this item's keys above the bin and in it, and the bin's
-  // keys to the list.
+  // Final round: this item's keys above the bin and in it, and its keys
+  // of the bin to the group's list, from its first slot on (no atomics).
   const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
   int above = 0, in_bin = 0;
-  for (int i0 = 0; i0 < n; i0 += kSelectThreads) {
-    const int i = i0 + threadIdx.x;
-    const uint32_t key = i < n ? keys[i] : 0u;
+  for (int i = threadIdx.x; i < n; i += kSelectThreads) {
+    const uint32_t key = keys[i];
     const uint32_t top = key >> th.shift;
-    const bool eq = key != 0 && top == th.prefix;
     above += top > th.prefix;
-    in_bin += eq;
-    if (listed) {
-      const uint32_t ballot = __ballot_sync(0xFFFFFFFFu, eq);
-      int at = 0;
-      if (lane == 0 && ballot != 0) {
-        at = atomicAdd(&tail.list_count, __popc(ballot));
-      }
-      at = __shfl_sync(0xFFFFFFFFu, at, 0) +
-           __popc(ballot & ((1u << lane) - 1u));
-      if (eq) {
-        *reinterpret_cast<uint2*>(group_list + 2 * at) =
-            make_uint2(key, static_cast<uint32_t>(begin + i));
-      }
-    }
+    in_bin += key != 0 && top == th.prefix;
   }
   const int2 mine = CtaSum2(above, in_bin, rs);
+  if (listed) {
+    // Warp by warp (CtaSum2 leaves each warp's count of the bin's keys in
+    // rs.tie_total; any order will do: the list is only narrowed and
+    // counted).
+    int at = begin;
+    for (int w = 0; w < warp; ++w) at += rs.tie_total[w];
+    for (int i0 = 0; i0 < n; i0 += kSelectThreads) {
+      const int i = i0 + threadIdx.x;
+      const uint32_t key = i < n ? keys[i] : 0u;
+      const bool eq = key != 0 && (key >> th.shift) == th.prefix;
+      const uint32_t ballot = __ballot_sync(0xFFFFFFFFu, eq);
+      if (eq) {
+        *reinterpret_cast<uint2*>(
+            group_list + 2 * (at + __popc(ballot & ((1u << lane) - 1u)))) =
+            make_uint2(key, static_cast<uint32_t>(begin + i));
+      }
+      at += __popc(ballot);
+    }
+  }
   if (threadIdx.x == 0) {
-    *reinterpret_cast<int2*>(tail.counts[item.split]) = mine;
+    *reinterpret_cast<int4*>(tail.counts[item.split]) =
+        make_int4(mine.x, mine.y, begin, 0);
   }
   ArriveAndWait(&tail.arrived[kSplitLevels], splits);
   for (int i = threadIdx.x; i < splits; i += kSelectThreads) {
-    *reinterpret_cast<int2*>(counts + 2 * i) =
-        __ldcg(reinterpret_cast<const int2*>(tail.counts[i]));
-  }
-  if (listed) {
-    for (int i = threadIdx.x; i < bucket; i += kSelectThreads) {
-      *reinterpret_cast<uint2*>(list + 2 * i) =
-          __ldcg(reinterpret_cast<const uint2*>(group_list + 2 * i));
-    }
+    *reinterpret_cast<int4*>(counts + 4 * i) =
+        __ldcg(reinterpret_cast<const int4*>(tail.counts[i]));
   }
   __syncthreads();
+  if (listed) {
+    // Item i's keys of the bin, counts[4 i + 1] of them from its first
+    // slot counts[4 i + 2], packed into `list` in item order.
+    int packed = 0;
+    for (int i = 0; i < splits; ++i) {
+      const int m = counts[4 * i + 1];
+      const uint2* src =
+          reinterpret_cast<const uint2*>(group_list) + counts[4 * i + 2];
+      for (int e = threadIdx.x; e < m; e += kSelectThreads) {
+        reinterpret_cast<uint2*>(list)[packed + e] = __ldcg(src + e);
+      }
+      packed += m;
+    }
+    __syncthreads();
+  }
   Trace(b.trace, kTraceTailRound);
   // Entries the items before this one keep (`base`), and this item's share
   // of the bin's `need` (th.ties from here on).
   int base = 0;
-  for (int i = 0; i < item.split; ++i) base += counts[2 * i];
+  for (int i = 0; i < item.split; ++i) base += counts[4 * i];
   if (listed) {
     // Narrow the list's bin to the last bits, as the rounds would: the bin
     // then either is kept whole or holds equal keys (th.shift 0), of which
@@ -447,8 +463,8 @@ __device__ __forceinline__ void SplitSelect(
     // The bin's first `need` keys in slot order, by item order.
     int ties_before = 0;  // bin keys of the items before this one
     for (int i = 0; i < item.split; ++i) {
-      base += min(max(th.ties - ties_before, 0), counts[2 * i + 1]);
-      ties_before += counts[2 * i + 1];
+      base += min(max(th.ties - ties_before, 0), counts[4 * i + 1]);
+      ties_before += counts[4 * i + 1];
     }
     th.ties = min(max(th.ties - ties_before, 0), mine.y);
   }
@@ -467,7 +483,7 @@ __device__ __forceinline__ void SplitSelect(
   if (keep_all && item.split == 0) {
     // At most k nonzero keys, all kept: pad the rest.
     int total = 0;
-    for (int i = 0; i < splits; ++i) total += counts[2 * i];
+    for (int i = 0; i < splits; ++i) total += counts[4 * i];
     for (int i = total + threadIdx.x; i < k; i += kSelectThreads) {
       out_pos[i] = -1;
       if (out_scores != nullptr) out_scores[i] = __int_as_float(0x7FC00000);
