@@ -4,8 +4,9 @@
 #   2. correctness: hisa_gpu_test (CUDA backend through the Engine against the
 #      float64 oracle and the CPU engine; seed printed), then ("test2") its
 #      FP8 cases again on the mma.sync kernel with paired HISA rows, on the
-#      wgmma kernel without bulk tensor copies, and with the bulk-copy
-#      kernel's pooled form (slot scores in per-SM pool slices),
+#      wgmma kernel without bulk tensor copies, with the bulk-copy
+#      kernel's pooled form (slot scores in per-SM pool slices), and with
+#      split selects off (each split row's last item selects it alone),
 #   3. hisa_gpu_bench: kernel-level DENSE / HISA timings (prefill 1024 rows,
 #      full causal prefill, decode 64 / 256 requests) at every length, and
 #      hisa_l2_bench: the bulk-copy read ceiling from L2 and HBM,
@@ -84,10 +85,11 @@ fi
 if has test2; then
   # The FP8 cases again on the other kernel paths: the mma.sync token kernel
   # (fallback) with paired HISA rows (union of two rows' blocks), and the
-  # wgmma kernel with per-thread copies instead of bulk tensor copies.
+  # wgmma kernel with per-thread copies instead of bulk tensor copies, the
+  # pooled form, and split rows selected by their last item alone.
   FP8='GpuShapesTest.*:*keys_FP8_E4M3_q_FP8_E4M3:GpuExactTest.*:GpuEdgeTest.NegativeFp8Scales:GpuConcurrencyTest.*'
   for VARIANT in "HISA_CUDA_MMA_SYNC=1 HISA_CUDA_PAIR_HISA=1" "HISA_CUDA_TMA=0" \
-                 "HISA_CUDA_SLOT_SCORE_SCRATCH=0"; do
+                 "HISA_CUDA_SLOT_SCORE_SCRATCH=0" "HISA_CUDA_SPLIT_SELECT=0"; do
     note "correctness: FP8 cases with $VARIANT"
     start=$(date +%s)
     echo "==== $VARIANT --gtest_filter=$FP8" >> "$OUT/gpu_test.log"
