@@ -235,9 +235,9 @@ void PrintTrace(const char* label, const std::vector<uint64_t>& trace) {
     }
   }
   if (t0 == UINT64_MAX) return;
-  static const char* kNames[] = {"start",  "waited",  "ready",
-                                 "loop_end", "ticket", "tail_in",
-                                 "tail_th", "tail_end"};
+  static const char* kNames[] = {"start",   "waited",  "ready",
+                                 "loop_end", "ticket",  "tail_in",
+                                 "tail_rnd", "tail_th", "tail_end"};
   static_assert(sizeof(kNames) / sizeof(kNames[0]) == cuda::kTraceTailEnd + 1);
   auto spread = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());

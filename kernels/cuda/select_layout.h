@@ -195,15 +195,24 @@ struct GroupDesc {
 };
 
 // The scratch of one slot-key group (SelectBuffers::slot_hist; zero before
-// the token stage): `hist` counts the row's nonzero keys by their top
-// kKeyHistBits bits (every work item adds its counts); with a split select
-// (GroupDesc::split_select) `arrived` counts the items whose counts and keys
-// are in.
-inline constexpr int kSplitMaxItems = 64;  // = slot-key tiles per row
+// the token stage). hist[0] counts the row's nonzero keys by their top
+// kKeyHistBits bits (every work item adds its counts). A split select
+// (GroupDesc::split_select) narrows the bin of the k-th largest key in
+// rounds: while the bin holds more than kSplitListCap keys (crowds of
+// nearly equal keys), hist[l] counts the keys inside the bin of level
+// l - 1 by the next bits (11, then the last 10). `arrived[r]` counts the
+// items done with round r (levels 0..2, then the final round);
+// `counts[split]` is an item's (keys above the bin, keys in it, its first
+// slot), and the final round puts each item's keys of the bin with their
+// slots in the group's list (SelectBuffers::slot_list, kSlotSelectCap
+// pairs), from the item's first slot on; at most kSplitListCap in all.
+inline constexpr int kSplitLevels = 3;
+inline constexpr int kSplitMaxItems = 64;   // = slot-key tiles per row
+inline constexpr int kSplitListCap = 4096;  // (key, slot) pairs per row
 struct SlotTail {
-  uint32_t hist[kKeyHistBins];
-  int32_t arrived;
-  int32_t pad[3];
+  uint32_t hist[kSplitLevels][kKeyHistBins];
+  int32_t arrived[kSplitLevels + 1];
+  int32_t counts[kSplitMaxItems][4];
 };
 inline constexpr int64_t kSlotTailWords = sizeof(SlotTail) / 4;
 static_assert(sizeof(SlotTail) % 16 == 0, "zeroed with 16-byte stores");
@@ -239,6 +248,9 @@ struct SelectBuffers {
   // stage counts into it (by a memset in plans without a block stage).
   uint32_t* slot_hist = nullptr;
   int64_t slot_hist_count = 0;          // words
+  // Split selects' lists: kSlotSelectCap (key, slot) pairs per slot-key
+  // group (at GroupDesc::slot_hist_index), written before they are read.
+  uint32_t* slot_list = nullptr;
   // Launches with split selects take their work items in start order: CTA
   // i of the launch runs item atomicAdd(item_ticket, 1) (zero before the
   // launch; the last CTA resets it), so an item waits only for items of
@@ -272,13 +284,16 @@ enum TracePoint : int {
   kTraceTicket = 4,    // group ticket taken (the last CTA runs the tail);
                        // split select: this item's counts sent
   kTraceTailIn = 5,    // the tail's inputs in shared memory (block
-                       // choice, slot-key select)
-  kTraceTailChosen = 6,  // its threshold found (split select: and where
+                       // choice, slot-key select); split select: every
+                       // item's level-0 counts arrived
+  kTraceTailRound = 6,  // split select: the final round's counts and list
+                        // arrived
+  kTraceTailChosen = 7,  // its threshold found (split select: and where
                          // this item's entries go)
-  kTraceTailEnd = 7,   // block choice / final select / merge done
-  kTraceSm = 8,
+  kTraceTailEnd = 8,   // block choice / final select / merge done
+  kTraceSm = 9,
 };
-inline constexpr int kTraceSlots = 9;
+inline constexpr int kTraceSlots = 10;
 inline constexpr int kTraceMaxCtas = 4096;
 inline constexpr int kTraceMaxLaunches = 4;
 

@@ -647,6 +647,8 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     }
     bool any = false;
     for (int64_t i = l.first_item; i < l.first_item + l.num_items; ++i) {
+      // Two items or more: an item then has at most half of the row's
+      // kSlotSelectCap slots (the kernel's room for its own keys).
       GroupDesc& gd = s.gdesc[s.items[i].group];
       if (gd.num_splits > 1 && gd.num_splits <= kSplitMaxItems) {
         gd.split_select = 1;
@@ -688,6 +690,9 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
   plan->slot_scores_off = reserve(slot_scores_total * 4);
   plan->slot_hist_count = int64_t{hist_groups} * kSlotTailWords;
   plan->slot_hist_off = reserve(plan->slot_hist_count * 4);
+  // Split selects' lists (only plans with split selects use them).
+  plan->slot_list_off = reserve(
+      tickets > 0 ? int64_t{hist_groups} * kSlotSelectCap * 8 : 0);
   plan->slot_pool_off = reserve(int64_t{plan->pool_sms} * kTmaTokenCtasPerSm *
                                 kSlotSelectCap * 4);
   plan->out_entries = out_total;
@@ -750,7 +755,7 @@ int64_t EstimateTaskBytes(const SelectTask& task) {
   if (task.mode == SelectMode::kHisa) {
     bytes += (c + 1) * 4 + ChosenBlocks(c, row.m) * 8;
     bytes += ChosenBlocks(c, row.m) * cfg.block_size * 4;  // slot scores
-    bytes += kSlotTailWords * 4;                           // key histogram
+    bytes += kSlotTailWords * 4 + kSlotSelectCap * 8;      // select scratch
   }
   return bytes;
 }
@@ -800,6 +805,7 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
   b.slot_scores = reinterpret_cast<float*>(base + plan.slot_scores_off);
   b.slot_hist = reinterpret_cast<uint32_t*>(base + plan.slot_hist_off);
   b.slot_hist_count = plan.slot_hist_count;
+  b.slot_list = reinterpret_cast<uint32_t*>(base + plan.slot_list_off);
   b.slot_pool = reinterpret_cast<uint32_t*>(base + plan.slot_pool_off);
   b.pool_bits = reinterpret_cast<uint32_t*>(base + plan.pool_bits_off);
   b.pool_sms = plan.pool_sms;

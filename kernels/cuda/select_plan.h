@@ -138,7 +138,8 @@ struct SelectPlan {
   int64_t block_scores_off = 0, unions_off = 0, union_counts_off = 0,
           partial_pos_off = 0, partial_key_off = 0, partial_counts_off = 0,
           slot_scores_off = 0, slot_hist_off = 0, slot_pool_off = 0,
-          pool_bits_off = 0, out_pos_off = 0, out_scores_off = 0;
+          pool_bits_off = 0, out_pos_off = 0, out_scores_off = 0,
+          slot_list_off = 0;
   int64_t slot_hist_count = 0;  // uint32 words at slot_hist_off (SlotTail)
   int32_t pool_sms = 0;         // kWgmmaTmaPool: SMs whose slices it holds
   int32_t partial_stride = 0;

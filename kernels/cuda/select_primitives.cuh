@@ -516,43 +516,15 @@ __device__ __forceinline__ void FindThresholdBinWide(const uint32_t* hist,
   __syncthreads();
 }
 
-// One narrowing step of a radix select by the next kKeyHistBits (at the
-// end fewer) bits: counts, among src[0, count), the nonzero keys of bin
-// (th.prefix, th.shift) by those bits into `hist` (kKeyHistBins, shared
-// memory, 16-byte aligned) and moves th to the sub-bin holding the
-// need-th largest, `need` then its rank there and `bucket` its size.
-__device__ __forceinline__ void NarrowBin(const uint32_t* src, int count,
-                                          KeyThreshold& th, int& need,
-                                          int& bucket, uint32_t* hist,
-                                          RadixShared& rs) {
-  const int next = th.shift > kKeyHistBits ? th.shift - kKeyHistBits : 0;
-  const int bits = th.shift - next;
-  const uint32_t mask = (1u << bits) - 1u;
-  for (int i = threadIdx.x; i < kKeyHistBins; i += kSelectThreads) hist[i] = 0;
-  __syncthreads();
-  for (int i = threadIdx.x; i < count; i += kSelectThreads) {
-    const uint32_t key = src[i];
-    if (key != 0 && (key >> th.shift) == th.prefix) {
-      atomicAdd(&hist[(key >> next) & mask], 1u);
-    }
-  }
-  __syncthreads();
-  FindThresholdBinWide(hist, need, rs);
-  th.prefix = (th.prefix << bits) | static_cast<uint32_t>(rs.digit);
-  th.shift = next;
-  need = rs.need;
-  bucket = rs.bucket;
-}
-
 // The threshold keeping the k largest nonzero keys of keys[0, n) (shared
 // memory; 0 = no candidate), given `hist`, the kKeyHistBins histogram of
 // those nonzero keys' top bits (shared memory, 16-byte aligned; may be
-// overwritten): the bin holding the k-th largest comes from the histogram,
-// then the bin is narrowed by the next 11 and the last 10 bits (NarrowBin)
-// until it is kept whole or is one key (ties: the first in index order).
-// The narrowing reads the bin's keys gathered into `list` (shared memory,
-// room for list_cap) once they fit there, else all n keys. Every nonzero
-// key is kept when there are at most k.
+// overwritten): the bin holding the k-th largest comes from the histogram;
+// a bin of more than list_cap keys is split once more by the next
+// kKeyHistBits bits (one pass over the keys into `hist`); then the keys of
+// the (sub-)bin are gathered into `list` (shared memory, room for list_cap)
+// and radix-selected there. Every nonzero key is kept when there are at
+// most k.
 __device__ __forceinline__ KeyThreshold HistSelectKey(const uint32_t* keys,
                                                       int n, int k,
                                                       uint32_t* hist,
@@ -562,62 +534,71 @@ __device__ __forceinline__ KeyThreshold HistSelectKey(const uint32_t* keys,
   FindThresholdBinWide(hist, k, rs);
   KeyThreshold th;  // keeps every key > 0
   if (rs.total <= k) return th;
-  th.prefix = static_cast<uint32_t>(rs.digit);
-  th.shift = kKeyHistShift;
+  uint32_t prefix = static_cast<uint32_t>(rs.digit);
+  int shift = kKeyHistShift;
   int need = rs.need;
   int bucket = rs.bucket;
+  auto all_keys = [&](int i) { return keys[i]; };
   // Bin 0 may also hold zeros (no candidates), which the histogram does
   // not count: its entries are always ranked by radix passes over all n,
   // which see the zeros (ranked last).
-  if (th.prefix == 0) {
-    return RadixSelectKey(n, need, [&](int i) { return keys[i]; }, rs, 0,
-                          kKeyHistShift);
+  if (prefix == 0) return RadixSelectKey(n, need, all_keys, rs, 0, shift);
+  if (bucket > list_cap && bucket > need) {
+    // Too many to gather: split the bin by the next bits.
+    const int next = shift - kKeyHistBits;
+    CountDigits(n, all_keys, prefix, shift, next, kKeyHistBins - 1u, hist,
+                kKeyHistBins);
+    FindThresholdBinWide(hist, need, rs);
+    prefix = (prefix << kKeyHistBits) | static_cast<uint32_t>(rs.digit);
+    shift = next;
+    need = rs.need;
+    bucket = rs.bucket;
   }
-  const uint32_t* src = keys;
-  int count = n;
-  while (bucket != need && th.shift > 0) {
-    if (src == keys && bucket <= list_cap) {
-      // Gather the bin's keys (in any order: only the threshold comes out).
-      constexpr int kUnroll = 8;
-      const int lane = threadIdx.x & 31;
-      const uint32_t lower = (1u << lane) - 1u;
-      if (threadIdx.x == 0) rs.count = 0;  // the list's length
-      __syncthreads();
-      for (int i0 = (threadIdx.x >> 5) * 32 * kUnroll; i0 < n;
-           i0 += kSelectThreads * kUnroll) {
-        uint32_t key[kUnroll];
+  if (bucket == need) {  // the whole (sub-)bin is kept
+    th.prefix = prefix;
+    th.shift = shift;
+    th.ties = need;
+    return th;
+  }
+  if (bucket > list_cap) {  // a crowd of equal keys
+    return RadixSelectKey(n, need, all_keys, rs, prefix, shift);
+  }
+  // Gather the (sub-)bin's keys (in any order: only the threshold comes
+  // out).
+  constexpr int kUnroll = 8;
+  const int lane = threadIdx.x & 31;
+  const uint32_t lower = (1u << lane) - 1u;
+  if (threadIdx.x == 0) rs.count = 0;  // the list's length
+  __syncthreads();
+  for (int i0 = (threadIdx.x >> 5) * 32 * kUnroll; i0 < n;
+       i0 += kSelectThreads * kUnroll) {
+    uint32_t key[kUnroll];
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          const int i = i0 + u * 32 + lane;
-          key[u] = i < n ? keys[i] : 0u;
-        }
-        uint32_t ballot[kUnroll];
-        int found = 0;
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          ballot[u] =
-              __ballot_sync(0xFFFFFFFFu, (key[u] >> th.shift) == th.prefix);
-          found += __popc(ballot[u]);
-        }
-        int at = 0;
-        if (lane == 0 && found > 0) at = atomicAdd(&rs.count, found);
-        at = __shfl_sync(0xFFFFFFFFu, at, 0);
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          if ((ballot[u] >> lane) & 1u) {
-            list[at + __popc(ballot[u] & lower)] = key[u];
-          }
-          at += __popc(ballot[u]);
-        }
-      }
-      __syncthreads();
-      src = list;
-      count = bucket;
+    for (int u = 0; u < kUnroll; ++u) {
+      const int i = i0 + u * 32 + lane;
+      key[u] = i < n ? keys[i] : 0u;
     }
-    NarrowBin(src, count, th, need, bucket, hist, rs);
+    uint32_t ballot[kUnroll];
+    int count = 0;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      ballot[u] = __ballot_sync(0xFFFFFFFFu, (key[u] >> shift) == prefix);
+      count += __popc(ballot[u]);
+    }
+    int base = 0;
+    if (lane == 0 && count > 0) base = atomicAdd(&rs.count, count);
+    base = __shfl_sync(0xFFFFFFFFu, base, 0);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int at = base + __popc(ballot[u] & lower);
+      if (((ballot[u] >> lane) & 1u) && at < list_cap) list[at] = key[u];
+      base += __popc(ballot[u]);
+    }
   }
-  th.ties = need;
-  return th;
+  __syncthreads();
+  return RadixSelectKey(
+      min(rs.count, list_cap), need, [&](int i) { return list[i]; }, rs,
+      prefix, shift);
 }
 
 // Stable compaction of the entries `th` keeps among key_of(0..n-1): calls

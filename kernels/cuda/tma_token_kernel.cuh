@@ -95,6 +95,14 @@ struct TmaTokenLayout {
   static constexpr int kSelectListCap = (kWeightsOff - kSelectListOff) / 4;
   static_assert(kSelectListCap >= 2048,
                 "final select must fit in the key stages");
+  // A split select (SplitSelect): the item's keys (an item of a row split
+  // at least in two has at most half of kSlotSelectCap slots), then every
+  // item's counts and the bin's list.
+  static constexpr int kSplitKeysCap = kSlotSelectCap / 2;
+  static constexpr int kSplitCountsOff = kSplitKeysCap * 4;
+  static constexpr int kSplitListOff = kSplitCountsOff + kSplitMaxItems * 16;
+  static_assert(kSplitListOff + kSplitListCap * 8 <= kWeightsOff,
+                "split select must fit in the key stages");
   static_assert(kBarOff % 8 == 0, "mbarriers are 8-byte aligned");
 };
 
@@ -216,7 +224,8 @@ __device__ __forceinline__ void ArriveAndWait(int32_t* arrived, int expected) {
   __syncthreads();
 }
 
-// Both sums over the CTA, returned to every thread.
+// Both sums over the CTA, returned to every thread; each warp's sums stay
+// in rs.warp_total / rs.tie_total until rs is used again.
 __device__ __forceinline__ int2 CtaSum2(int a, int c, RadixShared& rs) {
   const int warp = threadIdx.x >> 5;
   a = __reduce_add_sync(0xFFFFFFFFu, a);
@@ -237,85 +246,245 @@ __device__ __forceinline__ int2 CtaSum2(int a, int c, RadixShared& rs) {
 }
 
 // The split select of a slot-key row (GroupDesc::split_select): the row's
-// work items select its k together instead of leaving it to the last one.
-// Each adds its histogram (`hist`, counted by the tile loop) to the group's
-// and waits for every item (ArriveAndWait); then each loads the row's keys
-// (the group's scratch `out`, every item's slots) and the summed histogram,
-// finds the same threshold (HistSelectKey), counts the entries kept before
-// its own slots (equal keys go to the lower slot, as everywhere), and
-// writes its own kept entries, in order, from there: the threshold search
-// runs in every item at once, and the compaction and writes are split
-// between them. One CTA alone spent ~10 us on the top 2048 of 8192 keys.
-// `keys` holds kSlotSelectCap keys, `list` list_cap.
+// work items, in slot (= position) order, select its k together instead of
+// leaving it to the last one. Each keeps its own keys (`n` <=
+// kSplitKeysCap slots from slot_begin, read back from the group's scratch
+// `out` into `keys`) and its histogram (`hist`, counted by the tile loop).
+// In rounds, each ending with ArriveAndWait on the group's SlotTail:
+//   level 0   the items' histograms are summed; each item finds the bin of
+//             the k-th largest key (every item computes the same).
+//   level 1-2 only while that bin holds more than kSplitListCap keys
+//             (crowds of nearly equal keys): the items count the bin's keys
+//             by the next 11 (then 10) bits, and narrow the bin the same way.
+//   final     each item publishes how many of its keys lie above the bin and
+//             in it, and puts the bin's keys with their slots in the group's
+//             list (when not all of them are kept).
+// Then every item narrows the list itself to the `need` kept keys (largest
+// first, equal keys by lower slot), counts the kept entries before its
+// slots and its own share, and writes its kept entries, in order, at that
+// offset. One CTA alone spent ~10 us on the top 2048 of 8192 keys; here
+// the work per item is over its own keys and the bin's list.
 __device__ __forceinline__ void SplitSelect(
-    const SelectBuffers& b, const GroupDesc& grp, const ItemContext<1>& ic,
-    const uint32_t* out, int n, uint32_t* hist, uint32_t* keys,
-    const int32_t* tile_pos, uint32_t* list, int list_cap, RadixShared& rs) {
-  // Read before the wait (a load after a global write is not hoisted).
+    const SelectBuffers& b, const GroupDesc& grp, const WorkItem& item,
+    const ItemContext<1>& ic, const uint32_t* out, int n, uint32_t* hist,
+    uint32_t* keys, const int32_t* tile_pos, int32_t* counts,
+    uint32_t* list, RadixShared& rs) {
+  // Read before the rounds (a load after a global write is not hoisted).
   const int k = grp.k;
   const int splits = grp.num_splits;
+  const int hist_index = grp.slot_hist_index;
   const int64_t out_offset = b.rows[grp.rows[0]].out_offset;
   SlotTail& tail = *reinterpret_cast<SlotTail*>(
-      b.slot_hist + int64_t{grp.slot_hist_index} * kSlotTailWords);
+      b.slot_hist + int64_t{hist_index} * kSlotTailWords);
+  uint32_t* group_list =
+      b.slot_list + int64_t{hist_index} * kSlotSelectCap * 2;
+  const int begin = static_cast<int>(ic.slot_begin);
+  // This item's keys back from the scratch (its own writes, in L2), while
+  // its counts join the group's level-0 histogram.
+  for (int i = threadIdx.x; i < n / 4; i += kSelectThreads) {
+    CpAsync16(keys + 4 * i, out + begin + 4 * i, true);
+  }
+  CpAsyncCommit();
   for (int i = threadIdx.x; i < kKeyHistBins; i += kSelectThreads) {
     const uint32_t c = hist[i];
-    if (c != 0) atomicAdd(&tail.hist[i], c);
+    if (c != 0) atomicAdd(&tail.hist[0][i], c);
   }
+  CpAsyncWait<0>();
   Trace(b.trace, kTraceTicket);
-  ArriveAndWait(&tail.arrived, splits);
-  const int row_slots = SlotKeyCount(ic);  // <= kSlotSelectCap
-#pragma unroll 8
-  for (int i = threadIdx.x; i < row_slots / 4; i += kSelectThreads) {
-    reinterpret_cast<uint4*>(keys)[i] =
-        __ldcg(reinterpret_cast<const uint4*>(out) + i);
-  }
-  for (int i = threadIdx.x; i < kKeyHistBins / 4; i += kSelectThreads) {
-    reinterpret_cast<uint4*>(hist)[i] =
-        __ldcg(reinterpret_cast<const uint4*>(tail.hist) + i);
-  }
-  __syncthreads();
+  auto load_hist = [&](const uint32_t* level_hist) {
+    const uint4* src = reinterpret_cast<const uint4*>(level_hist);
+    for (int i = threadIdx.x; i < kKeyHistBins / 4; i += kSelectThreads) {
+      reinterpret_cast<uint4*>(hist)[i] = __ldcg(src + i);
+    }
+    __syncthreads();
+  };
+  // One narrowing step of bin (th.prefix, th.shift), `need` of whose
+  // `bucket` keys are kept, by the next bits of keys key_of(0..count-1):
+  // counted into `hist` (then summed over the group when `level_hist`).
+  auto narrow = [&](KeyThreshold& th, int& need, int& bucket, int count,
+                    auto key_of, uint32_t* level_hist, int32_t* arrived) {
+    const int next = max(th.shift - kKeyHistBits, 0);
+    const int bits = th.shift - next;
+    const uint32_t mask = (1u << bits) - 1u;
+    for (int i = threadIdx.x; i < kKeyHistBins; i += kSelectThreads) {
+      hist[i] = 0;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < count; i += kSelectThreads) {
+      const uint32_t key = key_of(i);
+      if (key != 0 && (key >> th.shift) == th.prefix) {
+        atomicAdd(&hist[(key >> next) & mask], 1u);
+      }
+    }
+    __syncthreads();
+    if (level_hist != nullptr) {
+      for (int i = threadIdx.x; i < kKeyHistBins; i += kSelectThreads) {
+        const uint32_t c = hist[i];
+        if (c != 0) atomicAdd(level_hist + i, c);
+      }
+      ArriveAndWait(arrived, splits);
+      load_hist(level_hist);
+    }
+    FindThresholdBinWide(hist, need, rs);
+    th.prefix = (th.prefix << bits) | static_cast<uint32_t>(rs.digit);
+    th.shift = next;
+    need = rs.need;
+    bucket = rs.bucket;
+  };
+
+  ArriveAndWait(&tail.arrived[0], splits);
   Trace(b.trace, kTraceTailIn);
-  const KeyThreshold th =
-      HistSelectKey(keys, row_slots, k, hist, list, list_cap, rs);
-  // Kept before this item's slots: above the threshold bin, and the first
-  // th.ties of the bin in slot order. Also the row's nonzero keys (fewer
-  // than k: all kept, and padding follows them). Both counts <= 8192 share
-  // one word.
-  const int begin = static_cast<int>(ic.slot_begin);
-  int above = 0, bin_and_nonzero = 0;
-  for (int i = threadIdx.x; i < row_slots; i += kSelectThreads) {
+  load_hist(tail.hist[0]);
+  FindThresholdBinWide(hist, k, rs);
+  // Kept: (key >> th.shift) > th.prefix, and of the nonzero keys with
+  // (key >> th.shift) == th.prefix (the bin), `need` (later: this item's
+  // share, th.ties). By default every nonzero key (at most k of them).
+  KeyThreshold th;
+  const bool keep_all = rs.total <= k;
+  int need = 0;    // keys of the bin kept
+  int bucket = 0;  // keys in the bin
+  if (!keep_all) {
+    th.prefix = static_cast<uint32_t>(rs.digit);
+    th.shift = kKeyHistShift;
+    need = rs.need;
+    bucket = rs.bucket;
+    auto own_key = [&](int i) { return keys[i]; };
+    for (int level = 1;
+         bucket != need && th.shift > 0 && bucket > kSplitListCap; ++level) {
+      narrow(th, need, bucket, n, own_key, tail.hist[level],
+             &tail.arrived[level]);
+    }
+    th.ties = need;
+  }
+  // The bin's keys go to the list unless all of them are kept, or the bin
+  // is one key shared by more than kSplitListCap slots (then the first
+  // `need` in slot order are kept, counted by item below).
+  const bool listed = !keep_all && bucket != need && bucket <= kSplitListCap;
+
+  // Final round: this item's keys above the bin and in it, and its keys
+  // of the bin to the group's list, from its first slot on (no atomics).
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  int above = 0, in_bin = 0;
+  for (int i = threadIdx.x; i < n; i += kSelectThreads) {
     const uint32_t key = keys[i];
     const uint32_t top = key >> th.shift;
-    if (i < begin) {
-      above += top > th.prefix;
-      bin_and_nonzero += (key != 0 && top == th.prefix) << 16;
-    }
-    bin_and_nonzero += key != 0;
+    above += top > th.prefix;
+    in_bin += key != 0 && top == th.prefix;
   }
-  const int2 sums = CtaSum2(above, bin_and_nonzero, rs);
-  const int in_bin_before = sums.y >> 16;
-  const int nonzero = sums.y & 0xFFFF;
-  KeyThreshold mine = th;
-  mine.ties = max(th.ties - in_bin_before, 0);
-  const int base = sums.x + min(th.ties, in_bin_before);
+  const int2 mine = CtaSum2(above, in_bin, rs);
+  if (listed) {
+    // Warp by warp (CtaSum2 leaves each warp's count of the bin's keys in
+    // rs.tie_total; any order will do: the list is only narrowed and
+    // counted).
+    int at = begin;
+    for (int w = 0; w < warp; ++w) at += rs.tie_total[w];
+    for (int i0 = 0; i0 < n; i0 += kSelectThreads) {
+      const int i = i0 + threadIdx.x;
+      const uint32_t key = i < n ? keys[i] : 0u;
+      const bool eq = key != 0 && (key >> th.shift) == th.prefix;
+      const uint32_t ballot = __ballot_sync(0xFFFFFFFFu, eq);
+      if (eq) {
+        *reinterpret_cast<uint2*>(
+            group_list + 2 * (at + __popc(ballot & ((1u << lane) - 1u)))) =
+            make_uint2(key, static_cast<uint32_t>(begin + i));
+      }
+      at += __popc(ballot);
+    }
+  }
+  if (threadIdx.x == 0) {
+    *reinterpret_cast<int4*>(tail.counts[item.split]) =
+        make_int4(mine.x, mine.y, begin, 0);
+  }
+  ArriveAndWait(&tail.arrived[kSplitLevels], splits);
+  for (int i = threadIdx.x; i < splits; i += kSelectThreads) {
+    *reinterpret_cast<int4*>(counts + 4 * i) =
+        __ldcg(reinterpret_cast<const int4*>(tail.counts[i]));
+  }
+  __syncthreads();
+  if (listed) {
+    // Item i's keys of the bin, counts[4 i + 1] of them from its first
+    // slot counts[4 i + 2], packed into `list` in item order.
+    int packed = 0;
+    for (int i = 0; i < splits; ++i) {
+      const int m = counts[4 * i + 1];
+      const uint2* src =
+          reinterpret_cast<const uint2*>(group_list) + counts[4 * i + 2];
+      for (int e = threadIdx.x; e < m; e += kSelectThreads) {
+        reinterpret_cast<uint2*>(list)[packed + e] = __ldcg(src + e);
+      }
+      packed += m;
+    }
+    __syncthreads();
+  }
+  Trace(b.trace, kTraceTailRound);
+  // Entries the items before this one keep (`base`), and this item's share
+  // of the bin's `need` (th.ties from here on).
+  int base = 0;
+  for (int i = 0; i < item.split; ++i) base += counts[4 * i];
+  if (listed) {
+    // Narrow the list's bin to the last bits, as the rounds would: the bin
+    // then either is kept whole or holds equal keys (th.shift 0), of which
+    // the `need` with the lowest slots are kept (a radix select on the
+    // inverted slots: kept iff (~slot >> by_slot.shift) >= by_slot.prefix).
+    const int list_len = bucket;
+    auto list_key = [&](int i) { return list[2 * i]; };
+    while (bucket != need && th.shift > 0) {
+      narrow(th, need, bucket, list_len, list_key, nullptr, nullptr);
+    }
+    const bool all_of_bin = bucket == need;
+    KeyThreshold by_slot;
+    if (!all_of_bin) {
+      by_slot = RadixSelectKey(
+          list_len, need,
+          [&](int i) {
+            return list[2 * i] == th.prefix ? ~list[2 * i + 1] : 0u;
+          },
+          rs);
+    }
+    int before = 0, here = 0;
+    const uint32_t lo = static_cast<uint32_t>(begin);
+    const uint32_t hi = static_cast<uint32_t>(begin + n);
+    for (int i = threadIdx.x; i < list_len; i += kSelectThreads) {
+      const uint32_t top = list[2 * i] >> th.shift;
+      const uint32_t slot = list[2 * i + 1];
+      const bool in = top == th.prefix;
+      const bool kept =
+          top > th.prefix ||
+          (in && (all_of_bin ||
+                  (~slot >> by_slot.shift) >= by_slot.prefix));
+      before += kept && slot < lo;
+      here += kept && in && slot >= lo && slot < hi;
+    }
+    const int2 sum = CtaSum2(before, here, rs);
+    base += sum.x;
+    th.ties = sum.y;
+  } else {
+    // The bin's first `need` keys in slot order, by item order.
+    int ties_before = 0;  // bin keys of the items before this one
+    for (int i = 0; i < item.split; ++i) {
+      base += min(max(th.ties - ties_before, 0), counts[4 * i + 1]);
+      ties_before += counts[4 * i + 1];
+    }
+    th.ties = min(max(th.ties - ties_before, 0), mine.y);
+  }
   Trace(b.trace, kTraceTailChosen);
 
   int32_t* out_pos = b.out_pos + out_offset;
   float* out_scores =
       b.out_scores != nullptr ? b.out_scores + out_offset : nullptr;
-  const uint32_t* my_keys = keys + begin;
   CompactByKey(
-      n, [&](int i) { return my_keys[i]; }, mine,
+      n, [&](int i) { return keys[i]; }, th,
       [&](int dst, int i) {
         out_pos[base + dst] = tile_pos[i / kTileSlots] + (i % kTileSlots);
-        if (out_scores != nullptr) {
-          out_scores[base + dst] = KeyToFloat(my_keys[i]);
-        }
+        if (out_scores != nullptr) out_scores[base + dst] = KeyToFloat(keys[i]);
       },
       rs);
-  if (begin == 0) {
-    // At most k nonzero keys, all kept: the first item pads the rest.
-    for (int i = nonzero + threadIdx.x; i < k; i += kSelectThreads) {
+  if (keep_all && item.split == 0) {
+    // At most k nonzero keys, all kept: pad the rest.
+    int total = 0;
+    for (int i = 0; i < splits; ++i) total += counts[4 * i];
+    for (int i = total + threadIdx.x; i < k; i += kSelectThreads) {
       out_pos[i] = -1;
       if (out_scores != nullptr) out_scores[i] = __int_as_float(0x7FC00000);
     }
@@ -508,12 +677,12 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
   if constexpr (!kPooled) {
     __syncthreads();  // every tile scored: the stage area is free
     if (grp.split_select) {
-      SplitSelect(b, grp, ic, out,
+      SplitSelect(b, grp, item, ic, out,
                   max(slot_end - static_cast<int>(ic.slot_begin), 0), hist,
                   reinterpret_cast<uint32_t*>(smem + L::kSelectKeysOff),
                   tile_pos,
-                  reinterpret_cast<uint32_t*>(smem + L::kSelectListOff),
-                  L::kSelectListCap, rs);
+                  reinterpret_cast<int32_t*>(smem + L::kSplitCountsOff),
+                  reinterpret_cast<uint32_t*>(smem + L::kSplitListOff), rs);
       return;
     }
     // This CTA's counts join the group's histogram (LastOfGroup's fence
