@@ -243,11 +243,14 @@ struct SelectBuffers {
   int32_t* partial_counts = nullptr;
   int32_t partial_stride = 0;           // entries per partial list
   float* slot_scores = nullptr;         // slot-score groups' scores (keys)
-  // Slot-key groups' scratch (SlotTail, kSlotTailWords words each, at
-  // GroupDesc::slot_hist_index), zeroed by the block stage before the token
-  // stage counts into it (by a memset in plans without a block stage).
+  // Slot-key groups' scratch (SlotTail, at GroupDesc::slot_hist_index),
+  // zeroed by the block stage before the token stage counts into it (by a
+  // memset in plans without a block stage). A group's share is
+  // slot_tail_words: a whole SlotTail in plans with split selects, else
+  // only its first member, the histogram (kKeyHistBins).
   uint32_t* slot_hist = nullptr;
   int64_t slot_hist_count = 0;          // words
+  int64_t slot_tail_words = 0;
   // Split selects' lists: kSlotSelectCap (key, slot) pairs per slot-key
   // group (at GroupDesc::slot_hist_index), written before they are read.
   uint32_t* slot_list = nullptr;

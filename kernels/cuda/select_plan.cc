@@ -688,7 +688,9 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
   plan->partial_key_off = reserve(partial_lists * partial_stride * 4);
   plan->partial_counts_off = reserve(partial_lists * 4);
   plan->slot_scores_off = reserve(slot_scores_total * 4);
-  plan->slot_hist_count = int64_t{hist_groups} * kSlotTailWords;
+  // Only split selects use more of a SlotTail than its histogram.
+  plan->slot_tail_words = tickets > 0 ? kSlotTailWords : kKeyHistBins;
+  plan->slot_hist_count = int64_t{hist_groups} * plan->slot_tail_words;
   plan->slot_hist_off = reserve(plan->slot_hist_count * 4);
   // Split selects' lists (only plans with split selects use them).
   plan->slot_list_off = reserve(
@@ -805,6 +807,7 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
   b.slot_scores = reinterpret_cast<float*>(base + plan.slot_scores_off);
   b.slot_hist = reinterpret_cast<uint32_t*>(base + plan.slot_hist_off);
   b.slot_hist_count = plan.slot_hist_count;
+  b.slot_tail_words = plan.slot_tail_words;
   b.slot_list = reinterpret_cast<uint32_t*>(base + plan.slot_list_off);
   b.slot_pool = reinterpret_cast<uint32_t*>(base + plan.slot_pool_off);
   b.pool_bits = reinterpret_cast<uint32_t*>(base + plan.pool_bits_off);

@@ -140,7 +140,9 @@ struct SelectPlan {
           slot_scores_off = 0, slot_hist_off = 0, slot_pool_off = 0,
           pool_bits_off = 0, out_pos_off = 0, out_scores_off = 0,
           slot_list_off = 0;
-  int64_t slot_hist_count = 0;  // uint32 words at slot_hist_off (SlotTail)
+  int64_t slot_hist_count = 0;  // uint32 words at slot_hist_off
+  // Words per slot-key group there (SelectBuffers::slot_tail_words).
+  int64_t slot_tail_words = 0;
   int32_t pool_sms = 0;         // kWgmmaTmaPool: SMs whose slices it holds
   int32_t partial_stride = 0;
   int64_t out_entries = 0;

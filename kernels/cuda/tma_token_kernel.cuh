@@ -183,7 +183,7 @@ __device__ __forceinline__ void SelectFromSlotKeys(
   }
   if (!hist_local) {
     const uint4* gh = reinterpret_cast<const uint4*>(
-        b.slot_hist + int64_t{grp.slot_hist_index} * kSlotTailWords);
+        b.slot_hist + grp.slot_hist_index * b.slot_tail_words);
     for (int i = threadIdx.x; i < kKeyHistBins / 4; i += kSelectThreads) {
       reinterpret_cast<uint4*>(hist)[i] = __ldcg(gh + i);
     }
@@ -275,7 +275,7 @@ __device__ __forceinline__ void SplitSelect(
   const int hist_index = grp.slot_hist_index;
   const int64_t out_offset = b.rows[grp.rows[0]].out_offset;
   SlotTail& tail = *reinterpret_cast<SlotTail*>(
-      b.slot_hist + int64_t{hist_index} * kSlotTailWords);
+      b.slot_hist + hist_index * b.slot_tail_words);
   uint32_t* group_list =
       b.slot_list + int64_t{hist_index} * kSlotSelectCap * 2;
   const int begin = static_cast<int>(ic.slot_begin);
@@ -688,7 +688,7 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
     // This CTA's counts join the group's histogram (LastOfGroup's fence
     // orders them before the ticket).
     uint32_t* group_hist =
-        b.slot_hist + int64_t{grp.slot_hist_index} * kSlotTailWords;
+        b.slot_hist + grp.slot_hist_index * b.slot_tail_words;
     for (int i = threadIdx.x; i < kKeyHistBins; i += kSelectThreads) {
       const uint32_t c = hist[i];
       if (c != 0) atomicAdd(group_hist + i, c);

@@ -522,6 +522,17 @@ TEST(SelectPlanTest, SplitSelectsOnlyOnLaunchesOfOneWave) {
       seen.split_groups += image.groups[g].split_select;
       seen.multi_item_groups += image.groups[g].num_splits > 1;
     }
+    // An item of a split select keeps its keys in half of the kernel's
+    // room for a row (kSlotSelectCap keys).
+    for (const WorkItem& w : image.work) {
+      if (w.group < plan->num_groups && image.groups[w.group].split_select) {
+        EXPECT_LE(w.slot_end - w.slot_begin, kSlotSelectCap / 2);
+      }
+    }
+    // Only plans with split selects give a group a whole SlotTail.
+    EXPECT_EQ(plan->slot_tail_words,
+              seen.ticket >= 0 ? kSlotTailWords : int64_t{kKeyHistBins});
+    EXPECT_EQ(plan->slot_hist_count % plan->slot_tail_words, 0);
     seen.counters_bytes = plan->pool_bits_off - plan->counters_off;
     if (seen.ticket >= 0) {
       // The ticket lies after the groups' two counters, inside the zeroed
