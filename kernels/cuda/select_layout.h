@@ -185,8 +185,9 @@ struct GroupDesc {
   int64_t slot_score_offset = -1;
   int32_t union_groups[kMaxGroupRows] = {0, 0};
   // Slot-key groups (the bulk-copy token kernel with the scratch): the
-  // scratch holds keys rather than scores, and the group's key histogram
-  // is slot_hist[slot_hist_index * kKeyHistBins ...]. -1: none.
+  // scratch holds keys rather than scores, and the group's SlotTail (key
+  // histogram first) is at slot_hist[slot_hist_index * slot_tail_words]
+  // (SelectBuffers). -1: none.
   int32_t slot_hist_index = -1;
   // Slot-key groups of several work items whose launch fits in one wave
   // (select_plan.cc): the items select together (tma_token_kernel.cuh,

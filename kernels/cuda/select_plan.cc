@@ -757,7 +757,10 @@ int64_t EstimateTaskBytes(const SelectTask& task) {
   if (task.mode == SelectMode::kHisa) {
     bytes += (c + 1) * 4 + ChosenBlocks(c, row.m) * 8;
     bytes += ChosenBlocks(c, row.m) * cfg.block_size * 4;  // slot scores
-    bytes += kSlotTailWords * 4 + kSlotSelectCap * 8;      // select scratch
+    // Key histogram. Split selects' larger scratch (a SlotTail and a list
+    // per row) arises only for launches of one wave, i.e. small batches,
+    // which this estimate does not cut.
+    bytes += kKeyHistBins * 4;
   }
   return bytes;
 }
