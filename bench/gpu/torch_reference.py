@@ -7,8 +7,8 @@ Shapes as bench/gpu/gpu_select_bench.cc: H = 64, D = 128, k = 2048; prefill
 (1024 rows at the end of the prefix), full causal prefill (every row, in
 chunks of rows, each chunk scoring only the keys it can see) and decode (64
 and 256 requests x 1 row, each request its own keys). Times: CUDA events,
-median after warm-up, each run on a cold L2. Ceilings: bf16 and fp8 (torch._scaled_mm) 8192^3 GEMMs
-and a device-to-device copy.
+median after warm-up, each run on a cold L2. Ceilings: bf16 and fp8
+(torch._scaled_mm) 8192^3 GEMMs and a device-to-device copy.
 
   python3 torch_reference.py --lengths 8192,65536 --json torch.json
 """

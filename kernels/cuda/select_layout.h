@@ -208,7 +208,8 @@ struct GroupDesc {
 // slots in the group's list (SelectBuffers::slot_list, kSlotSelectCap
 // pairs), from the item's first slot on; at most kSplitListCap in all.
 inline constexpr int kSplitLevels = 3;
-inline constexpr int kSplitMaxItems = 64;   // = slot-key tiles per row
+// Items of a row: at most one per 128-slot tile of its kSlotSelectCap.
+inline constexpr int kSplitMaxItems = kSlotSelectCap / kTileSlots;
 inline constexpr int kSplitListCap = 4096;  // (key, slot) pairs per row
 struct SlotTail {
   uint32_t hist[kSplitLevels][kKeyHistBins];

@@ -566,7 +566,7 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
     const SlotRef r =
         ResolveSlot<1, false>(b, ic, slot, LoadUnionEntry(ic, slot));
     tiles[j] = TileCopyOf(*ic.layer, r);
-    tile_pos[j] = r.pos;
+    if constexpr (!kPooled) tile_pos[j] = r.pos;  // for SplitSelect
     tile_valid[j] =
         r.rows == 0 ? 0
                     : static_cast<int32_t>(min(int64_t{kTileSlots},
