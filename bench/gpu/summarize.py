@@ -56,11 +56,12 @@ def main():
     lines.append("Ceilings measured in this run: " + ", ".join(
         f"{k} {v:.0f}" for k, v in sorted(ceil.items())))
     lines.append("")
-    # HISA cold: the bench's cold-L2 run (cold_ms), absent in older JSON.
-    lines.append("| shape | L | DENSE ms | HISA ms | HISA cold ms | torch ms | "
+    # HISA cold: the bench's cold-L2 run (cold_ms); queued: warm L2, GPU time
+    # only (queued_ms). Absent in older JSON.
+    lines.append("| shape | L | DENSE ms | HISA ms | HISA cold ms | HISA queued ms | torch ms | "
                  "HISA vs DENSE | HISA vs torch | DENSE TFLOP/s | HISA TFLOP/s | "
                  "HISA GB/s | HISA ms: blocks+choice / tokens+top-k | recall |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     shapes = ["prefill1024", "prefill1024_mmasync", "prefill1024_paired",
               "prefill1024_indep", "causal",
               "decode64", "decode256"]
@@ -81,7 +82,8 @@ def main():
         st = "/".join(f"{x:.3f}" for x in h["stages_ms"]) if h else "-"
         lines.append(
             f"| {shape} | {L} | {f(d_ms)} | {f(h_ms)} | "
-            f"{f(h.get('cold_ms') if h else None)} | {f(tm, '{:.3f}')} | "
+            f"{f(h.get('cold_ms') if h else None)} | "
+            f"{f(h.get('queued_ms') if h else None)} | {f(tm, '{:.3f}')} | "
             f"{f(d_ms / h_ms if d and h else None, '{:.2f}x')} | "
             f"{f(tm / h_ms if tm and h else None, '{:.1f}x')} | "
             f"{f(d_tf, '{:.0f}')} | {f(h_tf, '{:.0f}')} | {f(h_gb, '{:.0f}')} | {st} | "
