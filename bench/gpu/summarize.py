@@ -121,8 +121,10 @@ def main():
     ch = get("causal", 65536, "HISA")
     target("full causal @64K HISA <= 12 ms", None if ch is None else ch <= 12, f"{ch} ms")
     dh = get("decode64", 65536, "HISA")
+    dq = (ours.get(("decode64", 65536, "HISA")) or {}).get("queued_ms")
     target("decode 64 x 64K HISA <= 50 us", None if dh is None else dh <= 0.05,
-           f"{dh * 1e3:.1f} us" if dh else "-")
+           (f"{dh * 1e3:.1f} us" if dh else "-")
+           + (f" (GPU time alone, queued: {dq * 1e3:.1f} us)" if dq else ""))
     faster = []
     for L in sorted({L for (s, L, m) in ours if s.startswith("decode")}):
         for s in ("decode64", "decode256"):
