@@ -10,6 +10,11 @@
 // rate against this table says whether more bytes in flight, or fewer
 // bytes, are what it needs.
 //
+// A second table splits each tile into `copies` bulk copies issued by as
+// many threads, as the block kernel copies its block means (one 256-byte
+// row per thread, 256 per 64 KB tile, into rows padded to 272 bytes): it
+// says what copy size the copy engine needs to reach the same rate.
+//
 //   hisa_l2_bench [--reps=20]
 #include <cuda_runtime.h>
 
@@ -58,6 +63,44 @@ __global__ void BulkReadKernel(const uint8_t* src, int64_t num_src_tiles,
   }
   // Keep the copies observable.
   if (blockIdx.x == 0) *sink = smem[tile_bytes - 1];
+}
+
+// Tiles of tile_bytes in `copies` equal pieces, piece i issued by thread i
+// to its own row of pitch `pitch` bytes (>= the piece), all completing on
+// the stage's barrier (one arrival per piece).
+__global__ void BulkPiecesKernel(const uint8_t* src, int64_t num_src_tiles,
+                                 int tile_bytes, int copies, int pitch,
+                                 int stages, int tiles, uint32_t* sink) {
+  extern __shared__ __align__(128) uint8_t smem[];
+  const int stage_bytes = copies * pitch;
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + stages * stage_bytes);
+  const int piece = tile_bytes / copies;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < stages; ++s) MbarInit(full + s, copies);
+    MbarFenceInit();
+  }
+  __syncthreads();
+  auto issue = [&](int i, int s) {
+    if (threadIdx.x >= copies) return;
+    const int64_t t = (blockIdx.x + int64_t{i} * gridDim.x) % num_src_tiles;
+    MbarArriveExpectTx(full + s, static_cast<uint32_t>(piece));
+    BulkLoad(smem + s * stage_bytes + threadIdx.x * pitch,
+             src + t * tile_bytes + threadIdx.x * piece,
+             static_cast<uint32_t>(piece), full + s);
+  };
+  for (int i = 0; i < stages && i < tiles; ++i) issue(i, i);
+  int s = 0;
+  uint32_t phase = 0;
+  for (int i = 0; i < tiles; ++i) {
+    MbarWait(full + s, phase);
+    __syncthreads();  // every thread saw this phase before the next
+    if (i + stages < tiles) issue(i + stages, s);
+    if (++s == stages) {
+      s = 0;
+      phase ^= 1u;
+    }
+  }
+  if (blockIdx.x == 0 && threadIdx.x == 0) *sink = smem[pitch - 1];
 }
 
 double Median(std::vector<double> v) {
@@ -141,6 +184,55 @@ int main(int argc, char** argv) {
                 "\"stages\":%d,\"tile_bytes\":%d,\"l2_GBps\":%.0f,"
                 "\"hbm_GBps\":%.0f}\n",
                 c.ctas_per_sm, c.stages, c.tile_bytes, gbps[1], gbps[0]);
+  }
+  // The block kernel's form: 64 KB tiles (128 blocks x 2 x 256 B), 2 CTAs
+  // per SM, one stage, in pieces of 256 B (its per-thread rows) down to 4
+  // pieces of 16 KB.
+  CUDA_OK(cudaFuncSetAttribute(BulkPiecesKernel,
+                               cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               200 * 1024));
+  struct Pieces {
+    int ctas_per_sm, stages, tile_bytes, copies, pitch;
+  };
+  const Pieces pieces[] = {{2, 1, 65536, 256, 272}, {2, 1, 65536, 256, 256},
+                           {2, 1, 65536, 64, 1024}, {2, 1, 65536, 16, 4096},
+                           {2, 1, 65536, 4, 16384}, {2, 2, 32768, 128, 272}};
+  std::printf("\n%-8s %-6s %-8s %-7s %-6s %12s %12s\n", "CTAs/SM", "stages",
+              "tile KB", "copies", "pitch", "L2 GB/s", "HBM GB/s");
+  for (const Pieces& c : pieces) {
+    const int smem = c.stages * c.copies * c.pitch + kMaxStages * 8;
+    const int grid = c.ctas_per_sm * sms;
+    double gbps[2];
+    for (int resident = 1; resident >= 0; --resident) {
+      const int64_t bytes = resident ? l2_bytes : big_bytes;
+      const int64_t src_tiles = bytes / c.tile_bytes;
+      const int tiles =
+          static_cast<int>((int64_t{4} << 30) / c.tile_bytes / grid);
+      std::vector<double> t;
+      for (int r = 0; r < reps + 2; ++r) {
+        CUDA_OK(cudaEventRecord(e0));
+        BulkPiecesKernel<<<grid, 256, smem>>>(src, src_tiles, c.tile_bytes,
+                                              c.copies, c.pitch, c.stages,
+                                              tiles, sink);
+        CUDA_OK(cudaEventRecord(e1));
+        CUDA_OK(cudaEventSynchronize(e1));
+        float ms = 0;
+        CUDA_OK(cudaEventElapsedTime(&ms, e0, e1));
+        if (r >= 2) t.push_back(ms);
+      }
+      CUDA_OK(cudaGetLastError());
+      const double moved = double{1} * tiles * grid * c.tile_bytes;
+      gbps[resident] = moved / (Median(t) * 1e-3) / 1e9;
+    }
+    std::printf("%-8d %-6d %-8d %-7d %-6d %12.0f %12.0f\n", c.ctas_per_sm,
+                c.stages, c.tile_bytes / 1024, c.copies, c.pitch, gbps[1],
+                gbps[0]);
+    std::printf("{\"kind\":\"ceiling\",\"name\":\"bulk_pieces\","
+                "\"ctas_per_sm\":%d,\"stages\":%d,\"tile_bytes\":%d,"
+                "\"copies\":%d,\"pitch\":%d,\"l2_GBps\":%.0f,"
+                "\"hbm_GBps\":%.0f}\n",
+                c.ctas_per_sm, c.stages, c.tile_bytes, c.copies, c.pitch,
+                gbps[1], gbps[0]);
   }
   CUDA_OK(cudaFree(src));
   CUDA_OK(cudaFree(sink));
