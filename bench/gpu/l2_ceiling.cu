@@ -19,6 +19,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -141,6 +142,33 @@ int main(int argc, char** argv) {
   cudaEvent_t e0, e1;
   CUDA_OK(cudaEventCreate(&e0));
   CUDA_OK(cudaEventCreate(&e1));
+  // GB/s of `launch(src_tiles, tiles)` (each of `grid` CTAs copies `tiles`
+  // tiles of tile_bytes out of src_tiles), from the L2-resident buffer
+  // ([1]) and from HBM ([0]): the median of `reps` runs after two.
+  auto rates = [&](int tile_bytes, int grid, auto launch) {
+    std::array<double, 2> gbps{};
+    for (int resident = 1; resident >= 0; --resident) {
+      const int64_t bytes = resident ? l2_bytes : big_bytes;
+      const int64_t src_tiles = bytes / tile_bytes;
+      // About 4 GB per launch (each byte of the L2 buffer read many times).
+      const int tiles =
+          static_cast<int>((int64_t{4} << 30) / tile_bytes / grid);
+      std::vector<double> t;
+      for (int r = 0; r < reps + 2; ++r) {
+        CUDA_OK(cudaEventRecord(e0));
+        launch(src_tiles, tiles);
+        CUDA_OK(cudaEventRecord(e1));
+        CUDA_OK(cudaEventSynchronize(e1));
+        float ms = 0;
+        CUDA_OK(cudaEventElapsedTime(&ms, e0, e1));
+        if (r >= 2) t.push_back(ms);
+      }
+      CUDA_OK(cudaGetLastError());
+      const double moved = double{1} * tiles * grid * tile_bytes;
+      gbps[resident] = moved / (Median(t) * 1e-3) / 1e9;
+    }
+    return gbps;
+  };
   struct Config {
     int ctas_per_sm, stages, tile_bytes;
   };
@@ -154,28 +182,11 @@ int main(int argc, char** argv) {
   for (const Config& c : configs) {
     const int smem = c.stages * c.tile_bytes + kMaxStages * 8;
     const int grid = c.ctas_per_sm * sms;
-    double gbps[2];
-    for (int resident = 1; resident >= 0; --resident) {
-      const int64_t bytes = resident ? l2_bytes : big_bytes;
-      const int64_t src_tiles = bytes / c.tile_bytes;
-      // About 4 GB per launch (each byte of the L2 buffer read many times).
-      const int tiles =
-          static_cast<int>((int64_t{4} << 30) / c.tile_bytes / grid);
-      std::vector<double> t;
-      for (int r = 0; r < reps + 2; ++r) {
-        CUDA_OK(cudaEventRecord(e0));
-        BulkReadKernel<<<grid, 32, smem>>>(src, src_tiles, c.tile_bytes,
-                                           c.stages, tiles, sink);
-        CUDA_OK(cudaEventRecord(e1));
-        CUDA_OK(cudaEventSynchronize(e1));
-        float ms = 0;
-        CUDA_OK(cudaEventElapsedTime(&ms, e0, e1));
-        if (r >= 2) t.push_back(ms);
-      }
-      CUDA_OK(cudaGetLastError());
-      const double moved = double{1} * tiles * grid * c.tile_bytes;
-      gbps[resident] = moved / (Median(t) * 1e-3) / 1e9;
-    }
+    const auto gbps = rates(c.tile_bytes, grid, [&](int64_t src_tiles,
+                                                    int tiles) {
+      BulkReadKernel<<<grid, 32, smem>>>(src, src_tiles, c.tile_bytes,
+                                         c.stages, tiles, sink);
+    });
     std::printf("%-8d %-6d %-8d %-9d %12.0f %12.0f\n", c.ctas_per_sm,
                 c.stages, c.tile_bytes / 1024,
                 c.ctas_per_sm * c.stages * c.tile_bytes / 1024, gbps[1],
@@ -202,28 +213,12 @@ int main(int argc, char** argv) {
   for (const Pieces& c : pieces) {
     const int smem = c.stages * c.copies * c.pitch + kMaxStages * 8;
     const int grid = c.ctas_per_sm * sms;
-    double gbps[2];
-    for (int resident = 1; resident >= 0; --resident) {
-      const int64_t bytes = resident ? l2_bytes : big_bytes;
-      const int64_t src_tiles = bytes / c.tile_bytes;
-      const int tiles =
-          static_cast<int>((int64_t{4} << 30) / c.tile_bytes / grid);
-      std::vector<double> t;
-      for (int r = 0; r < reps + 2; ++r) {
-        CUDA_OK(cudaEventRecord(e0));
-        BulkPiecesKernel<<<grid, 256, smem>>>(src, src_tiles, c.tile_bytes,
-                                              c.copies, c.pitch, c.stages,
-                                              tiles, sink);
-        CUDA_OK(cudaEventRecord(e1));
-        CUDA_OK(cudaEventSynchronize(e1));
-        float ms = 0;
-        CUDA_OK(cudaEventElapsedTime(&ms, e0, e1));
-        if (r >= 2) t.push_back(ms);
-      }
-      CUDA_OK(cudaGetLastError());
-      const double moved = double{1} * tiles * grid * c.tile_bytes;
-      gbps[resident] = moved / (Median(t) * 1e-3) / 1e9;
-    }
+    const auto gbps = rates(c.tile_bytes, grid, [&](int64_t src_tiles,
+                                                    int tiles) {
+      BulkPiecesKernel<<<grid, 256, smem>>>(src, src_tiles, c.tile_bytes,
+                                            c.copies, c.pitch, c.stages,
+                                            tiles, sink);
+    });
     std::printf("%-8d %-6d %-8d %-7d %-6d %12.0f %12.0f\n", c.ctas_per_sm,
                 c.stages, c.tile_bytes / 1024, c.copies, c.pitch, gbps[1],
                 gbps[0]);
