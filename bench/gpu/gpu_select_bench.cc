@@ -1,12 +1,14 @@
 // Kernel-level benchmark of the CUDA backend (SPEC 8 shapes): DENSE and
 // HISA for the prefill shape (1024 rows at the end of the prefix), a full
-// causal prefill (every row 0..L-1 of one sequence) and decode (64 and 256
-// requests x 1 row), FP8 keys and queries, H = 64, D = 128, B = 128, m = 64,
+// causal prefill (every row 0..L-1 of one sequence) and decode (8, 64 and
+// 256 requests x 1 row), FP8 keys and queries, H = 64, D = 128, B = 128, m = 64,
 // k = 2048, at every length given.
 //
 //   hisa_gpu_bench --lengths=8192,65536 --json=/tmp/bench.json [--reps=7]
-//                  [--shapes=prefill1024,causal,decode64,decode256]
-//                  [--trace]   (per-CTA kernel timelines of HISA batches)
+//                  [--shapes=prefill1024,causal,decode8,decode64,decode256]
+//                  [--trace]   (per-CTA kernel timelines of HISA batches;
+//                               HISA_TRACE_CSV=file also appends every
+//                               traced CTA's points to `file`)
 //
 // Method. Keys are appended through the backend (real pages, real
 // summaries). Each measured batch is planned once (select_plan.h), uploaded
@@ -80,7 +82,8 @@ struct Args {
   // Print the kernels' per-CTA timeline (select_layout.h TracePoint) of one
   // extra launch of each HISA decode and prefill1024 batch.
   bool trace = false;
-  // Shapes to run (prefill1024, causal, decode64, decode256); empty = all.
+  // Shapes to run (prefill1024, causal, decode8, decode64, decode256);
+  // empty = all.
   std::vector<std::string> shapes;
   bool Runs(absl::string_view shape) const {
     return shapes.empty() ||
@@ -272,6 +275,27 @@ void PrintTrace(const char* label, const std::vector<uint64_t>& trace) {
     }
     if (ctas == 0) continue;
     std::printf("  launch %d: %d CTAs\n", l, ctas);
+    // HISA_TRACE_CSV=file: every traced CTA's points (us from t0; empty:
+    // not reached) and SM, appended as CSV rows.
+    if (const char* csv = std::getenv("HISA_TRACE_CSV"); csv != nullptr) {
+      if (FILE* out = std::fopen(csv, "a"); out != nullptr) {
+        for (int c = 0; c < ctas; ++c) {
+          const uint64_t* x = t + c * cuda::kTraceSlots;
+          std::fprintf(out, "%s,%d,%d,%llu", label, l, c,
+                       static_cast<unsigned long long>(x[cuda::kTraceSm]));
+          for (int p = cuda::kTraceStart; p <= cuda::kTraceTailEnd; ++p) {
+            if (x[p] == 0) {
+              std::fprintf(out, ",");
+            } else {
+              std::fprintf(out, ",%.2f",
+                           static_cast<double>(x[p] - t0) * 1e-3);
+            }
+          }
+          std::fprintf(out, "\n");
+        }
+        std::fclose(out);
+      }
+    }
     std::vector<double> tails;
     for (int p = cuda::kTraceStart; p <= cuda::kTraceTailEnd; ++p) {
       std::vector<double> v;
@@ -554,6 +578,16 @@ int main(int argc, char** argv) {
   std::printf("device %s, %d SMs; budget %.1f GB\n",
               backend.device().device_name().c_str(), backend.device().num_sms(),
               options.memory_budget_bytes / 1e9);
+  {
+    // Split selects' thread-block clusters that fit at once, by size.
+    std::string fit;
+    const cuda::PlanOptions& o = backend.plan_options();
+    for (int c = 2; c <= cuda::kMaxClusterItems; ++c) {
+      absl::StrAppend(&fit, " ", c, ":", o.clusters_resident[c]);
+    }
+    std::printf("split-select clusters resident at once, by size:%s\n",
+                fit.c_str());
+  }
 
   FILE* f = std::fopen(args.json.c_str(), "w");
   if (f == nullptr) {
@@ -779,7 +813,7 @@ int main(int argc, char** argv) {
     // Decode: one row (t = L - 1) for each of 64 / 256 requests. Tens of
     // microseconds a run: more runs for a steady median.
     const int decode_reps = std::max(args.reps, 25);
-    for (int requests : {64, 256}) {
+    for (int requests : {8, 64, 256}) {
       if (!args.Runs(absl::StrCat("decode", requests))) continue;
       std::vector<QueryRow> dense, hisa_rows;
       std::vector<const RequestStore*> stores;

@@ -64,7 +64,7 @@ def main():
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     shapes = ["prefill1024", "prefill1024_mmasync", "prefill1024_paired",
               "prefill1024_indep", "causal",
-              "decode64", "decode256"]
+              "decode8", "decode64", "decode256"]
     # Listed shapes in that order, then the others by name (a stable table).
     keys = sorted({(s, L) for (s, L, _) in ours},
                   key=lambda x: (shapes.index(x[0]) if x[0] in shapes else 9,

@@ -75,6 +75,14 @@ CudaBackend::CudaBackend(std::unique_ptr<cuda::DeviceState> device)
   plan_options_->split_select = !env_is_0("HISA_CUDA_SPLIT_SELECT");
   plan_options_->use_tma =
       device_->key_tensor_map() != nullptr && !env_is_0("HISA_CUDA_TMA");
+  // Unknown (zeros) if the query fails: the planner then assumes that
+  // clusters fit as CTAs do.
+  if (plan_options_->use_tma &&
+      cuda::ResidentClusters(plan_options_->clusters_resident) !=
+          cudaSuccess) {
+    cudaGetLastError();  // not sticky; clear it
+    for (int& c : plan_options_->clusters_resident) c = 0;
+  }
 }
 
 CudaBackend::~CudaBackend() = default;

@@ -185,39 +185,27 @@ struct GroupDesc {
   int64_t slot_score_offset = -1;
   int32_t union_groups[kMaxGroupRows] = {0, 0};
   // Slot-key groups (the bulk-copy token kernel with the scratch): the
-  // scratch holds keys rather than scores, and the group's SlotTail (key
-  // histogram first) is at slot_hist[slot_hist_index * slot_tail_words]
-  // (SelectBuffers). -1: none.
+  // scratch holds keys rather than scores, and the group's key histogram
+  // is at slot_hist[slot_hist_index * kKeyHistBins] (SelectBuffers). -1:
+  // none.
   int32_t slot_hist_index = -1;
-  // Slot-key groups of several work items whose launch fits in one wave
-  // (select_plan.cc): the items select together (tma_token_kernel.cuh,
+  // Slot-key groups whose items form one thread-block cluster
+  // (LaunchSpec::cluster): the items select together (tma_token_kernel.cuh,
   // SplitSelect) instead of the last one alone. 0: the last one alone.
   int32_t split_select = 0;
 };
 
-// The scratch of one slot-key group (SelectBuffers::slot_hist; zero before
-// the token stage). hist[0] counts the row's nonzero keys by their top
-// kKeyHistBits bits (every work item adds its counts). A split select
-// (GroupDesc::split_select) narrows the bin of the k-th largest key in
-// rounds: while the bin holds more than kSplitListCap keys (crowds of
-// nearly equal keys), hist[l] counts the keys inside the bin of level
-// l - 1 by the next bits (11, then the last 10). `arrived[r]` counts the
-// items done with round r (levels 0..2, then the final round);
-// `counts[split]` is an item's (keys above the bin, keys in it, its first
-// slot), and the final round puts each item's keys of the bin with their
-// slots in the group's list (SelectBuffers::slot_list, kSlotSelectCap
-// pairs), from the item's first slot on; at most kSplitListCap in all.
-inline constexpr int kSplitLevels = 3;
-// Items of a row: at most one per 128-slot tile of its kSlotSelectCap.
-inline constexpr int kSplitMaxItems = kSlotSelectCap / kTileSlots;
-inline constexpr int kSplitListCap = 4096;  // (key, slot) pairs per row
-struct SlotTail {
-  uint32_t hist[kSplitLevels][kKeyHistBins];
-  int32_t arrived[kSplitLevels + 1];
-  int32_t counts[kSplitMaxItems][4];
-};
-inline constexpr int64_t kSlotTailWords = sizeof(SlotTail) / 4;
-static_assert(sizeof(SlotTail) % 16 == 0, "zeroed with 16-byte stores");
+// A split select (GroupDesc::split_select) runs in one thread-block cluster
+// per row: its work items read each other's key histograms, counts and
+// keys of the threshold bin from shared memory (distributed shared memory)
+// and wait at cluster barriers; the hardware runs a cluster's CTAs at once
+// (tma_token_kernel.cuh, SplitSelect). A portable cluster has at most 8
+// CTAs, so a row has at most 8 such items.
+inline constexpr int kMaxClusterItems = 8;
+// (key, slot) pairs of the k-th largest key's bin that a split select
+// narrows in shared memory; a larger bin is first narrowed by further
+// histogram rounds.
+inline constexpr int kSplitListCap = 2048;
 
 // A token-kernel or block-kernel work item: slots [slot_begin, slot_end) of
 // one group (capped on the device by the group's real slot count).
@@ -245,22 +233,12 @@ struct SelectBuffers {
   int32_t* partial_counts = nullptr;
   int32_t partial_stride = 0;           // entries per partial list
   float* slot_scores = nullptr;         // slot-score groups' scores (keys)
-  // Slot-key groups' scratch (SlotTail, at GroupDesc::slot_hist_index),
-  // zeroed by the block stage before the token stage counts into it (by a
-  // memset in plans without a block stage). A group's share is
-  // slot_tail_words: a whole SlotTail in plans with split selects, else
-  // only its first member, the histogram (kKeyHistBins).
+  // Slot-key groups' key histograms (kKeyHistBins words each, at
+  // GroupDesc::slot_hist_index), zeroed by the block stage before the
+  // token stage counts into them (by a memset in plans without a block
+  // stage).
   uint32_t* slot_hist = nullptr;
   int64_t slot_hist_count = 0;          // words
-  int64_t slot_tail_words = 0;
-  // Split selects' lists: kSlotSelectCap (key, slot) pairs per slot-key
-  // group (at GroupDesc::slot_hist_index), written before they are read.
-  uint32_t* slot_list = nullptr;
-  // Launches with split selects take their work items in start order: CTA
-  // i of the launch runs item atomicAdd(item_ticket, 1) (zero before the
-  // launch; the last CTA resets it), so an item waits only for items of
-  // CTAs that already run. Null: item blockIdx.x.
-  int32_t* item_ticket = nullptr;
   // The pooled bulk-copy kernel's score slices (kSlotSelectCap keys each,
   // kTmaTokenCtasPerSm per SM) and one word of taken-slice bits per SM
   // (zero before a launch; every CTA clears its bit).
@@ -287,12 +265,12 @@ enum TracePoint : int {
   kTraceReady = 2,     // prologue done, first tile requested
   kTraceLoopEnd = 3,   // last tile scored
   kTraceTicket = 4,    // group ticket taken (the last CTA runs the tail);
-                       // split select: this item's counts sent
+                       // split select: this item's keys loaded
   kTraceTailIn = 5,    // the tail's inputs in shared memory (block
-                       // choice, slot-key select); split select: every
-                       // item's level-0 counts arrived
+                       // choice, slot-key select); split select: the
+                       // cluster's level-0 counts summed
   kTraceTailRound = 6,  // split select: the final round's counts and list
-                        // arrived
+                        // gathered
   kTraceTailChosen = 7,  // its threshold found (split select: and where
                          // this item's entries go)
   kTraceTailEnd = 8,   // block choice / final select / merge done

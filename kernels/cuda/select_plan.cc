@@ -55,6 +55,25 @@ int64_t ChooseSplits(int64_t groups, int64_t tiles, int64_t max_splits,
   return best;
 }
 
+// Items per row of split selects (one thread-block cluster per row): the
+// most, up to kMaxClusterItems, whose `groups` clusters fit in one wave
+// with an eighth to spare; 0 when none do (the rows then split as
+// ChooseSplits says, and each row's last item selects alone). The spare:
+// the clusters of a launch that starts early (programmatic dependent
+// launch) are placed around the block stage's CTAs, and 64 clusters of 5
+// where 69 fit an empty H200 still ran a second wave in 3 of 4 runs
+// (bench/RESULTS.md section 15).
+int ClusterItems(int64_t groups, const PlanOptions& options) {
+  for (int c = kMaxClusterItems; c >= 2; --c) {
+    const int64_t fit =
+        options.clusters_resident[c] > 0
+            ? options.clusters_resident[c]
+            : int64_t{kTmaTokenCtasPerSm} * options.num_sms / c;
+    if (groups <= fit - fit / 8) return c;
+  }
+  return 0;
+}
+
 // How one row's query is packed, and which kernels score it.
 struct RowShape {
   bool fast = false;
@@ -209,6 +228,8 @@ struct PlanScratch {
   std::vector<int> block_owner;       // per token group: block group or -1
   std::vector<ItemBuild> block_items, token_items;
   std::vector<WorkItem> items;
+  std::vector<WorkItem> clustered;    // items rebuilt in cluster order
+  std::vector<int> launch_groups;     // groups of one launch, in order
   int64_t q_bytes = 0;  // end of the last row's query in the q region
   int64_t w_count = 0;  // floats in the weight region
 
@@ -231,6 +252,8 @@ struct PlanScratch {
     block_items.clear();
     token_items.clear();
     items.clear();
+    clustered.clear();
+    launch_groups.clear();
     q_bytes = 0;
     w_count = 0;
   }
@@ -492,6 +515,7 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
   int64_t slot_scores_total = 0;  // floats
   int32_t hist_groups = 0;        // slot-key groups
   bool any_pooled = false;        // kWgmmaTmaPool groups
+  const int cluster_items = ClusterItems(plan->num_groups, options);
   for (int gi = 0; gi < num_groups; ++gi) {
     const GroupBuild& gb = s.groups[gi];
     GroupDesc& gd = s.gdesc[gi];
@@ -581,9 +605,17 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
         : gd.slot_score_offset >= 0
             ? tiles
             : std::min<int64_t>(tiles, kFinalizeCap / gd.k);
-    int64_t splits = ChooseSplits(
-        plan->num_groups, tiles, max_splits,
-        TokenCtasPerSm(token_scorer) * num_sms);
+    // Split selects: the row's items form one thread-block cluster (step
+    // 4b).
+    if (token_scorer == LaunchSpec::kWgmmaTma && max_splits > 1 &&
+        options.split_select && cluster_items >= 2) {
+      gd.split_select = 1;
+    }
+    int64_t splits =
+        gd.split_select
+            ? std::min<int64_t>(tiles, cluster_items)
+            : ChooseSplits(plan->num_groups, tiles, max_splits,
+                           TokenCtasPerSm(token_scorer) * num_sms);
     const int64_t per = CeilDiv(tiles, splits);
     splits = CeilDiv(tiles, per);
     gd.num_splits = static_cast<int32_t>(splits);
@@ -633,32 +665,71 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     }
   }
 
-  // 4b. Split selects: the slot-key groups of several items select their
-  // row together. Their items wait for each other, so the launch must fit
-  // in one wave (every CTA resident at once); it then also takes its items
-  // in start order (LaunchSpec::ticket), so that an item waits only for
-  // items of CTAs that already run, even when other streams' kernels share
-  // the GPU.
-  int32_t tickets = 0;
+  // 4b. Split selects (GroupDesc::split_select, set in step 4 for every
+  // group of a kWgmmaTma launch): each group's items, in split order and
+  // padded with empty items to the launch's most, C, form one
+  // thread-block cluster of C CTAs (LaunchSpec::cluster) and select their
+  // row together. The hardware runs a cluster's CTAs at once, so they may
+  // wait for each other whatever else runs on the GPU. A launch whose
+  // groups all have one item needs no cluster: each item selects alone.
+  s.clustered.clear();
   for (LaunchSpec& l : plan->launches) {
-    if (!options.split_select || l.scorer != LaunchSpec::kWgmmaTma ||
-        l.num_items > kTmaTokenCtasPerSm * num_sms) {
+    const int64_t first = static_cast<int64_t>(s.clustered.size());
+    int32_t c = 1;
+    bool split = false;
+    for (int64_t i = l.first_item; l.stage == LaunchSpec::kTokens &&
+                                   i < l.first_item + l.num_items;
+         ++i) {
+      const GroupDesc& gd = s.gdesc[s.items[i].group];
+      split |= gd.split_select != 0;
+      c = std::max(c, gd.num_splits);
+    }
+    if (!split || c < 2) {
+      for (int64_t i = l.first_item; split && i < l.first_item + l.num_items;
+           ++i) {
+        s.gdesc[s.items[i].group].split_select = 0;
+      }
+      s.clustered.insert(s.clustered.end(), s.items.begin() + l.first_item,
+                         s.items.begin() + l.first_item + l.num_items);
+      l.first_item = first;
       continue;
     }
-    bool any = false;
+    // The launch's groups in order of their first item (num_splits, set to
+    // C below, marks the ones seen).
+    s.launch_groups.clear();
     for (int64_t i = l.first_item; i < l.first_item + l.num_items; ++i) {
-      // Two items or more: an item then has at most half of the row's
-      // kSlotSelectCap slots (the kernel's room for its own keys).
       GroupDesc& gd = s.gdesc[s.items[i].group];
-      if (gd.num_splits > 1 && gd.num_splits <= kSplitMaxItems) {
-        gd.split_select = 1;
-        any = true;
+      if (gd.split_select == 2) continue;
+      gd.split_select = 2;
+      s.launch_groups.push_back(s.items[i].group);
+    }
+    for (int g : s.launch_groups) {
+      GroupDesc& gd = s.gdesc[g];
+      gd.split_select = 1;
+      const int64_t at = static_cast<int64_t>(s.clustered.size());
+      // Empty items start at a tile past the group's last slot (items
+      // start on tiles; the kernel rounds a whole-prefix row's end up).
+      WorkItem empty;
+      empty.group = g;
+      for (int64_t i = l.first_item; i < l.first_item + l.num_items; ++i) {
+        if (s.items[i].group != g) continue;
+        empty.slot_begin = empty.slot_end = std::max(
+            empty.slot_end, AlignUp(s.items[i].slot_end, kTileSlots));
       }
+      s.clustered.resize(at + c, empty);
+      for (int64_t i = l.first_item; i < l.first_item + l.num_items; ++i) {
+        if (s.items[i].group == g) s.clustered[at + s.items[i].split] = s.items[i];
+      }
+      for (int32_t sp = gd.num_splits; sp < c; ++sp) {
+        s.clustered[at + sp].split = sp;
+      }
+      gd.num_splits = c;
     }
-    if (any) {
-      l.ticket = static_cast<int32_t>(2 * s.gdesc.size()) + tickets++;
-    }
+    l.first_item = first;
+    l.num_items = static_cast<int64_t>(s.clustered.size()) - first;
+    l.cluster = c;
   }
+  s.items.swap(s.clustered);
 
   // 5. The device region: upload image, then scratch.
   int64_t off = 0;
@@ -675,8 +746,8 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
   plan->tables_off = reserve(s.tables.size() * sizeof(uint32_t));
   plan->q_off = reserve(s.q_bytes);
   plan->w_off = reserve(s.w_count * sizeof(float));
-  plan->counters_off =  // zeros: two per group, then the launch tickets
-      reserve((s.gdesc.size() * 2 + tickets) * sizeof(int32_t));
+  plan->counters_off =  // zeros: two per group
+      reserve(s.gdesc.size() * 2 * sizeof(int32_t));
   plan->pool_sms = any_pooled ? static_cast<int32_t>(num_sms) : 0;
   plan->pool_bits_off = reserve(int64_t{plan->pool_sms} * 4);  // zeros
   plan->image_bytes = off;
@@ -688,13 +759,8 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
   plan->partial_key_off = reserve(partial_lists * partial_stride * 4);
   plan->partial_counts_off = reserve(partial_lists * 4);
   plan->slot_scores_off = reserve(slot_scores_total * 4);
-  // Only split selects use more of a SlotTail than its histogram.
-  plan->slot_tail_words = tickets > 0 ? kSlotTailWords : kKeyHistBins;
-  plan->slot_hist_count = int64_t{hist_groups} * plan->slot_tail_words;
+  plan->slot_hist_count = int64_t{hist_groups} * kKeyHistBins;
   plan->slot_hist_off = reserve(plan->slot_hist_count * 4);
-  // Split selects' lists (only plans with split selects use them).
-  plan->slot_list_off = reserve(
-      tickets > 0 ? int64_t{hist_groups} * kSlotSelectCap * 8 : 0);
   plan->slot_pool_off = reserve(int64_t{plan->pool_sms} * kTmaTokenCtasPerSm *
                                 kSlotSelectCap * 4);
   plan->out_entries = out_total;
@@ -757,10 +823,7 @@ int64_t EstimateTaskBytes(const SelectTask& task) {
   if (task.mode == SelectMode::kHisa) {
     bytes += (c + 1) * 4 + ChosenBlocks(c, row.m) * 8;
     bytes += ChosenBlocks(c, row.m) * cfg.block_size * 4;  // slot scores
-    // Key histogram. Split selects' larger scratch (a SlotTail and a list
-    // per row) arises only for launches of one wave, i.e. small batches,
-    // which this estimate does not cut.
-    bytes += kKeyHistBins * 4;
+    bytes += kKeyHistBins * 4;  // key histogram
   }
   return bytes;
 }
@@ -788,6 +851,30 @@ absl::Status BuildSelectPlanInto(absl::Span<const SelectTask> tasks,
   return absl::OkStatus();
 }
 
+cudaError_t ResidentClusters(
+    int (&clusters_resident)[kMaxClusterItems + 1]) {
+  const KernelHandle h = TokenKernelTma(/*pooled=*/false);
+  for (int c = 0; c <= kMaxClusterItems; ++c) {
+    clusters_resident[c] = 0;
+    if (c < 2) continue;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(static_cast<unsigned>(c));
+    config.blockDim = dim3(kSelectThreads);
+    config.dynamicSmemBytes = static_cast<size_t>(h.smem_bytes);
+    cudaLaunchAttribute cluster;
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = static_cast<unsigned>(c);
+    cluster.val.clusterDim.y = 1;
+    cluster.val.clusterDim.z = 1;
+    config.attrs = &cluster;
+    config.numAttrs = 1;
+    const cudaError_t err =
+        cudaOccupancyMaxActiveClusters(&clusters_resident[c], h.fn, &config);
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
 cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
                              const uint8_t* arena, const CUtensorMap* key_map,
                              cudaStream_t stream, cudaEvent_t* events,
@@ -810,8 +897,6 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
   b.slot_scores = reinterpret_cast<float*>(base + plan.slot_scores_off);
   b.slot_hist = reinterpret_cast<uint32_t*>(base + plan.slot_hist_off);
   b.slot_hist_count = plan.slot_hist_count;
-  b.slot_tail_words = plan.slot_tail_words;
-  b.slot_list = reinterpret_cast<uint32_t*>(base + plan.slot_list_off);
   b.slot_pool = reinterpret_cast<uint32_t*>(base + plan.slot_pool_off);
   b.pool_bits = reinterpret_cast<uint32_t*>(base + plan.pool_bits_off);
   b.pool_sms = plan.pool_sms;
@@ -865,7 +950,6 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
       }
       if (h.fn == nullptr) return cudaErrorInvalidValue;
       const WorkItem* first = items + s.first_item;
-      b.item_ticket = s.ticket >= 0 ? b.counters + s.ticket : nullptr;
       b.trace = trace != nullptr && traced < kTraceMaxLaunches
                     ? trace + int64_t{traced++} * kTraceMaxCtas * kTraceSlots
                     : nullptr;
@@ -882,13 +966,20 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
       // kernel's CTAs finish and run their prologue, and wait for that
       // kernel's results in GridDependencyWait (select_primitives.cuh).
       // Stage events between the kernels keep it from starting early.
-      cudaLaunchAttribute early;
-      early.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-      early.val.programmaticStreamSerializationAllowed = 1;
+      cudaLaunchAttribute attrs[2];
+      unsigned num_attrs = 0;
       if (launched) {
-        config.attrs = &early;
-        config.numAttrs = 1;
+        attrs[num_attrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attrs[num_attrs++].val.programmaticStreamSerializationAllowed = 1;
       }
+      if (s.cluster > 1) {  // split selects: one cluster per group
+        attrs[num_attrs].id = cudaLaunchAttributeClusterDimension;
+        attrs[num_attrs].val.clusterDim.x = static_cast<unsigned>(s.cluster);
+        attrs[num_attrs].val.clusterDim.y = 1;
+        attrs[num_attrs++].val.clusterDim.z = 1;
+      }
+      config.attrs = attrs;
+      config.numAttrs = num_attrs;
       err = cudaLaunchKernelExC(&config, h.fn, args);
       if (err != cudaSuccess) return err;
       launched = true;

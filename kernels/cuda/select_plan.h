@@ -51,6 +51,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "kernels/backend.h"
+#include "kernels/cuda/select_layout.h"
 
 namespace hisa::cuda {
 
@@ -94,12 +95,22 @@ struct PlanOptions {
   // the bulk-tensor-copy token kernel (tma_token_kernel.cuh). The backend
   // sets it when the arena has a tensor map, unless HISA_CUDA_TMA=0.
   bool use_tma = false;
-  // Slot-key groups of several work items select their row together
-  // (GroupDesc::split_select) when their launch fits in one wave of
-  // resident CTAs. HISA_CUDA_SPLIT_SELECT=0 leaves it to each group's last
-  // item, as before (A/B comparisons, tests of that path).
+  // Slot-key groups of several work items (at most kMaxClusterItems, then)
+  // select their row together as one thread-block cluster
+  // (GroupDesc::split_select). HISA_CUDA_SPLIT_SELECT=0 leaves it to each
+  // group's last item (A/B comparisons, tests of that path).
   bool split_select = true;
+  // Thread-block clusters of c split-select CTAs (the kWgmmaTma kernel)
+  // that the GPU holds at once, by c (ResidentClusters); 0: unknown, taken
+  // as kTmaTokenCtasPerSm * num_sms / c. Split selects only when a row's
+  // clusters fit in one wave with an eighth to spare (select_plan.cc,
+  // ClusterItems).
+  int clusters_resident[kMaxClusterItems + 1] = {};
 };
+
+// The device's clusters_resident for PlanOptions (cudaOccupancyMaxActive-
+// Clusters of the split-select token kernel; c = 0, 1 stay 0).
+cudaError_t ResidentClusters(int (&clusters_resident)[kMaxClusterItems + 1]);
 
 struct LaunchSpec {
   enum Stage : int { kBlockScores = 1, kTokens = 2 };
@@ -122,10 +133,10 @@ struct LaunchSpec {
   int rows = 1;       // rows per group
   int64_t first_item = 0;
   int64_t num_items = 0;
-  // Launches with split selects (GroupDesc::split_select) hand out their
-  // items in start order from the counter at counters_off + 4 * ticket
-  // (SelectBuffers::item_ticket); -1: none.
-  int32_t ticket = -1;
+  // CTAs per thread-block cluster: a launch with split selects
+  // (GroupDesc::split_select) runs each group's items, first_item + cluster
+  // * j ..., as one cluster. 1: no clusters.
+  int32_t cluster = 1;
 };
 
 struct SelectPlan {
@@ -138,11 +149,8 @@ struct SelectPlan {
   int64_t block_scores_off = 0, unions_off = 0, union_counts_off = 0,
           partial_pos_off = 0, partial_key_off = 0, partial_counts_off = 0,
           slot_scores_off = 0, slot_hist_off = 0, slot_pool_off = 0,
-          pool_bits_off = 0, out_pos_off = 0, out_scores_off = 0,
-          slot_list_off = 0;
+          pool_bits_off = 0, out_pos_off = 0, out_scores_off = 0;
   int64_t slot_hist_count = 0;  // uint32 words at slot_hist_off
-  // Words per slot-key group there (SelectBuffers::slot_tail_words).
-  int64_t slot_tail_words = 0;
   int32_t pool_sms = 0;         // kWgmmaTmaPool: SMs whose slices it holds
   int32_t partial_stride = 0;
   int64_t out_entries = 0;

@@ -468,21 +468,19 @@ __device__ KeyThreshold RadixSelectKey(int n, int need, Get get,
   return th;
 }
 
-// The bin of a kKeyHistBins-bin histogram (shared memory, 16-byte aligned)
-// that holds the need-th largest counted key: rs.digit, rs.need (how many
-// of that bin are kept), rs.bucket (its count), and rs.total (every counted
-// key; when rs.total < need, rs.digit is not set).
-__device__ __forceinline__ void FindThresholdBinWide(const uint32_t* hist,
-                                                     int need,
-                                                     RadixShared& rs) {
-  constexpr int kPer = kKeyHistBins / kSelectThreads;
-  static_assert(kPer == 8, "two 16-byte loads per thread");
+// The bin of a kKeyHistBins-bin histogram that holds the need-th largest
+// counted key: rs.digit, rs.need (how many of that bin are kept), rs.bucket
+// (its count), and rs.total (every counted key; when rs.total < need,
+// rs.digit is not set). The histogram is in registers: thread t holds bins
+// [kHistBinsPerThread t, kHistBinsPerThread (t + 1)) in h.
+inline constexpr int kHistBinsPerThread = kKeyHistBins / kSelectThreads;
+static_assert(kHistBinsPerThread == 8, "two 16-byte loads per thread");
+__device__ __forceinline__ void FindThresholdBinWideRegs(
+    const uint32_t (&h)[kHistBinsPerThread], int need, RadixShared& rs) {
+  constexpr int kPer = kHistBinsPerThread;
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int warp = tid >> 5;
-  const uint4 lo = reinterpret_cast<const uint4*>(hist)[2 * tid];
-  const uint4 hi = reinterpret_cast<const uint4*>(hist)[2 * tid + 1];
-  const uint32_t h[kPer] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
   uint32_t total = 0;
 #pragma unroll
   for (int j = 0; j < kPer; ++j) total += h[j];
@@ -514,6 +512,17 @@ __device__ __forceinline__ void FindThresholdBinWide(const uint32_t* hist,
     cum += h[j];
   }
   __syncthreads();
+}
+
+// The same from the histogram in shared memory (16-byte aligned).
+__device__ __forceinline__ void FindThresholdBinWide(const uint32_t* hist,
+                                                     int need,
+                                                     RadixShared& rs) {
+  const uint4 lo = reinterpret_cast<const uint4*>(hist)[2 * threadIdx.x];
+  const uint4 hi = reinterpret_cast<const uint4*>(hist)[2 * threadIdx.x + 1];
+  const uint32_t h[kHistBinsPerThread] = {lo.x, lo.y, lo.z, lo.w,
+                                          hi.x, hi.y, hi.z, hi.w};
+  FindThresholdBinWideRegs(h, need, rs);
 }
 
 // The threshold keeping the k largest nonzero keys of keys[0, n) (shared

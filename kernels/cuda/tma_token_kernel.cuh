@@ -40,7 +40,9 @@
 //   last CTA         of the group (atomic ticket; a pooled row needs
 //                    none): SelectFromSlotKeys, which takes the bin of the
 //                    k-th largest key from the histogram and radix-selects
-//                    only inside that bin.
+//                    only inside that bin. Split selects instead (a row's
+//                    items launched as one thread-block cluster): every
+//                    item takes part, SplitSelect.
 //
 // kPooled (one work item per row: rows that do not split, as in a batch of
 // many rows such as a causal prefill, or that outgrow the slot-score
@@ -65,6 +67,11 @@ namespace hisa::cuda {
 inline constexpr int kTmaStages = 3;
 // Tiles of one work item: slot-score rows have at most kSlotSelectCap slots.
 inline constexpr int kTmaMaxTiles = kSlotSelectCap / kTileSlots;
+// A split select's histograms are read across the cluster in groups of
+// kGroupBins bins (ClusterFindThresholdBin).
+inline constexpr int kHistGroups = 64;
+inline constexpr int kGroupBins = kKeyHistBins / kHistGroups;
+static_assert(kHistGroups * 4 == kSelectThreads, "a quad per group");
 
 struct TmaTokenLayout {
   static constexpr int kKeyBytes = kTileSlots * 128;  // one tile, swizzled
@@ -96,11 +103,15 @@ struct TmaTokenLayout {
   static_assert(kSelectListCap >= 2048,
                 "final select must fit in the key stages");
   // A split select (SplitSelect): the item's keys (an item of a row split
-  // at least in two has at most half of kSlotSelectCap slots), then every
-  // item's counts and the bin's list.
+  // at least in two has at most half of kSlotSelectCap slots), its counts
+  // and every item's, its histogram's group sums, its keys of the bin, and
+  // the bin's list (every item's keys of the bin).
   static constexpr int kSplitKeysCap = kSlotSelectCap / 2;
   static constexpr int kSplitCountsOff = kSplitKeysCap * 4;
-  static constexpr int kSplitListOff = kSplitCountsOff + kSplitMaxItems * 16;
+  static constexpr int kSplitSumsOff =
+      kSplitCountsOff + (1 + kMaxClusterItems) * 16;
+  static constexpr int kSplitOwnListOff = kSplitSumsOff + kHistGroups * 4;
+  static constexpr int kSplitListOff = kSplitOwnListOff + kSplitListCap * 8;
   static_assert(kSplitListOff + kSplitListCap * 8 <= kWeightsOff,
                 "split select must fit in the key stages");
   static_assert(kBarOff % 8 == 0, "mbarriers are 8-byte aligned");
@@ -183,7 +194,7 @@ __device__ __forceinline__ void SelectFromSlotKeys(
   }
   if (!hist_local) {
     const uint4* gh = reinterpret_cast<const uint4*>(
-        b.slot_hist + grp.slot_hist_index * b.slot_tail_words);
+        b.slot_hist + grp.slot_hist_index * kKeyHistBins);
     for (int i = threadIdx.x; i < kKeyHistBins / 4; i += kSelectThreads) {
       reinterpret_cast<uint4*>(hist)[i] = __ldcg(gh + i);
     }
@@ -198,30 +209,26 @@ __device__ __forceinline__ void SelectFromSlotKeys(
                      rs);
 }
 
-// Announces that this CTA is done with a round of its group (its global
-// writes before it are visible to the group's other CTAs after their wait)
-// and waits until all `expected` CTAs are. Only CTAs that already run wait
-// for each other (SelectBuffers::item_ticket), and a launch of split selects
-// fits in one wave, so every CTA waited for reaches its arrival.
-__device__ __forceinline__ void ArriveAndWait(int32_t* arrived, int expected) {
-  // The barrier orders the CTA's writes before thread 0's fence, which
-  // makes them visible before its arrival (the pattern of cooperative
-  // groups' grid sync).
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    __threadfence();
-    atomicAdd(arrived, 1);
-    for (;;) {
-      int32_t seen;
-      asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n"
-                   : "=r"(seen)
-                   : "l"(arrived)
-                   : "memory");
-      if (seen >= expected) break;
-      __nanosleep(32);
-    }
-  }
-  __syncthreads();
+// Halves of the cluster barrier, for every thread of every CTA of the
+// thread-block cluster (which also synchronizes the CTA's own threads):
+// ClusterArrive releases the thread's earlier shared and global memory
+// accesses; ClusterWait returns once every thread of the cluster arrived,
+// and acquires theirs. A thread alternates the two.
+__device__ __forceinline__ void ClusterArrive() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void ClusterWait() {
+  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+// `p` (in this CTA's shared memory) in the shared memory of the cluster's
+// CTA `rank` (distributed shared memory; a generic address).
+template <class T>
+__device__ __forceinline__ const T* InClusterCta(const T* p, int rank) {
+  uint64_t mapped;
+  asm("mapa.u64 %0, %1, %2;\n"
+      : "=l"(mapped)
+      : "l"(reinterpret_cast<uint64_t>(p)), "r"(rank));
+  return reinterpret_cast<const T*>(mapped);
 }
 
 // Both sums over the CTA, returned to every thread; each warp's sums stay
@@ -245,67 +252,144 @@ __device__ __forceinline__ int2 CtaSum2(int a, int c, RadixShared& rs) {
   return sum;
 }
 
+// Thread 4 g of each quad writes sums[g], the sum of bins [kGroupBins g,
+// kGroupBins (g + 1)) of `hist` (kKeyHistBins bins, complete).
+__device__ __forceinline__ void GroupSums(const uint32_t* hist,
+                                          uint32_t* sums) {
+  const uint4 lo = reinterpret_cast<const uint4*>(hist)[2 * threadIdx.x];
+  const uint4 hi = reinterpret_cast<const uint4*>(hist)[2 * threadIdx.x + 1];
+  uint32_t sum = lo.x + lo.y + lo.z + lo.w + hi.x + hi.y + hi.z + hi.w;
+  sum += __shfl_xor_sync(0xFFFFFFFFu, sum, 1);
+  sum += __shfl_xor_sync(0xFFFFFFFFu, sum, 2);
+  if ((threadIdx.x & 3) == 0) sums[threadIdx.x >> 2] = sum;
+}
+
+// FindThresholdBinWide over the histograms of the cluster's first `splits`
+// CTAs: each CTA's `hist` and its GroupSums `sums` (shared memory, read in
+// every CTA). Warp 0 sums the group sums, finds the group of the need-th
+// largest key, then sums only that group's bins: 384 bytes read from each
+// CTA instead of its 8 KB histogram (distributed shared memory is far
+// slower than local). Sets rs.digit, rs.need, rs.bucket, rs.total.
+__device__ __forceinline__ void ClusterFindThresholdBin(const uint32_t* hist,
+                                                        const uint32_t* sums,
+                                                        int splits, int need,
+                                                        RadixShared& rs) {
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    const uint32_t want = static_cast<uint32_t>(need);
+    // Keys in the lanes above this one's (an inclusive suffix sum, minus
+    // its own `count`), and the total.
+    auto above_of = [&](uint32_t count, uint32_t& all) {
+      uint32_t suffix = count;
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const uint32_t v = __shfl_down_sync(0xFFFFFFFFu, suffix, off);
+        if (lane + off < 32) suffix += v;
+      }
+      all = __shfl_sync(0xFFFFFFFFu, suffix, 0);
+      return suffix - count;
+    };
+    uint32_t g0 = 0, g1 = 0;  // groups 2 lane and 2 lane + 1
+    for (int r = 0; r < splits; ++r) {
+      const uint2 v =
+          *reinterpret_cast<const uint2*>(InClusterCta(sums, r) + 2 * lane);
+      g0 += v.x;
+      g1 += v.y;
+    }
+    uint32_t all = 0;
+    uint32_t above = above_of(g0 + g1, all);
+    int group = -1;
+    if (above < want && above + g1 >= want) {
+      group = 2 * lane + 1;
+    } else if (above + g1 < want && above + g1 + g0 >= want) {
+      group = 2 * lane;
+      above += g1;
+    }
+    const uint32_t found = __ballot_sync(0xFFFFFFFFu, group >= 0);
+    if (lane == 0) rs.total = static_cast<int32_t>(all);
+    if (found != 0) {  // else fewer than `need` keys: no bin
+      const int src = __ffs(found) - 1;
+      group = __shfl_sync(0xFFFFFFFFu, group, src);
+      above = __shfl_sync(0xFFFFFFFFu, above, src);
+      static_assert(kGroupBins == 32, "a lane per bin of the group");
+      uint32_t count = 0;
+      for (int r = 0; r < splits; ++r) {
+        count += InClusterCta(hist, r)[kGroupBins * group + lane];
+      }
+      uint32_t unused;
+      const uint32_t cum = above + above_of(count, unused);
+      if (cum < want && cum + count >= want) {
+        rs.digit = kGroupBins * group + lane;
+        rs.need = static_cast<int32_t>(want - cum);
+        rs.bucket = static_cast<int32_t>(count);
+      }
+    }
+  }
+  __syncthreads();
+}
+
 // The split select of a slot-key row (GroupDesc::split_select): the row's
-// work items, in slot (= position) order, select its k together instead of
-// leaving it to the last one. Each keeps its own keys (`n` <=
-// kSplitKeysCap slots from slot_begin, read back from the group's scratch
-// `out` into `keys`) and its histogram (`hist`, counted by the tile loop).
-// In rounds, each ending with ArriveAndWait on the group's SlotTail:
-//   level 0   the items' histograms are summed; each item finds the bin of
-//             the k-th largest key (every item computes the same).
+// work items, which form one thread-block cluster in slot (= position)
+// order (cluster rank = item.split), select its k together instead of
+// leaving it to the last one. Each keeps its own keys (`n` <= kSplitKeysCap
+// slots from slot_begin, read back from the group's scratch `out`) and its
+// histogram (`hist`, counted by the tile loop) in shared memory, where the
+// others read what they need (TmaTokenLayout's kSplit* areas of `smem`).
+// In rounds, each a cluster barrier:
+//   level 0   every item finds the bin of the k-th largest key from the
+//             items' histograms (ClusterFindThresholdBin; every item
+//             computes the same).
 //   level 1-2 only while that bin holds more than kSplitListCap keys
-//             (crowds of nearly equal keys): the items count the bin's keys
-//             by the next 11 (then 10) bits, and narrow the bin the same way.
-//   final     each item publishes how many of its keys lie above the bin and
-//             in it, and puts the bin's keys with their slots in the group's
-//             list (when not all of them are kept).
+//             (crowds of nearly equal keys): each item counts its keys of
+//             the bin by the next 11 (then 10) bits into `hist`, and the
+//             sums narrow the bin the same way.
+//   final     each item publishes in counts[0] how many of its keys lie
+//             above the bin and in it, and unless the bin is kept whole,
+//             its keys of the bin with their slots (own list); every item
+//             reads all counts into counts[1 + rank] and gathers the own
+//             lists into the bin's list.
 // Then every item narrows the list itself to the `need` kept keys (largest
 // first, equal keys by lower slot), counts the kept entries before its
 // slots and its own share, and writes its kept entries, in order, at that
-// offset. One CTA alone spent ~10 us on the top 2048 of 8192 keys; here
-// the work per item is over its own keys and the bin's list.
+// offset. A last barrier keeps each item's shared memory until the others
+// have read it. One CTA alone spent ~10 us on the top 2048 of 8192 keys;
+// here the work per item is over its own keys and the bin's list.
 __device__ __forceinline__ void SplitSelect(
     const SelectBuffers& b, const GroupDesc& grp, const WorkItem& item,
     const ItemContext<1>& ic, const uint32_t* out, int n, uint32_t* hist,
-    uint32_t* keys, const int32_t* tile_pos, int32_t* counts,
-    uint32_t* list, RadixShared& rs) {
-  // Read before the rounds (a load after a global write is not hoisted).
+    const int32_t* tile_pos, uint8_t* smem, RadixShared& rs) {
+  using L = TmaTokenLayout;
+  uint32_t* keys = reinterpret_cast<uint32_t*>(smem + L::kSelectKeysOff);
+  int4* counts = reinterpret_cast<int4*>(smem + L::kSplitCountsOff);
+  uint32_t* sums = reinterpret_cast<uint32_t*>(smem + L::kSplitSumsOff);
+  uint2* own_list = reinterpret_cast<uint2*>(smem + L::kSplitOwnListOff);
+  uint32_t* list = reinterpret_cast<uint32_t*>(smem + L::kSplitListOff);
   const int k = grp.k;
-  const int splits = grp.num_splits;
-  const int hist_index = grp.slot_hist_index;
+  const int splits = grp.num_splits;  // the cluster's CTAs
   const int64_t out_offset = b.rows[grp.rows[0]].out_offset;
-  SlotTail& tail = *reinterpret_cast<SlotTail*>(
-      b.slot_hist + hist_index * b.slot_tail_words);
-  uint32_t* group_list =
-      b.slot_list + int64_t{hist_index} * kSlotSelectCap * 2;
   const int begin = static_cast<int>(ic.slot_begin);
-  // This item's keys back from the scratch (its own writes, in L2), while
-  // its counts join the group's level-0 histogram.
+  // This item's keys back from the scratch (its own writes, in L2).
   for (int i = threadIdx.x; i < n / 4; i += kSelectThreads) {
     CpAsync16(keys + 4 * i, out + begin + 4 * i, true);
   }
   CpAsyncCommit();
-  for (int i = threadIdx.x; i < kKeyHistBins; i += kSelectThreads) {
-    const uint32_t c = hist[i];
-    if (c != 0) atomicAdd(&tail.hist[0][i], c);
-  }
+  GroupSums(hist, sums);
   CpAsyncWait<0>();
   Trace(b.trace, kTraceTicket);
-  auto load_hist = [&](const uint32_t* level_hist) {
-    const uint4* src = reinterpret_cast<const uint4*>(level_hist);
-    for (int i = threadIdx.x; i < kKeyHistBins / 4; i += kSelectThreads) {
-      reinterpret_cast<uint4*>(hist)[i] = __ldcg(src + i);
-    }
-    __syncthreads();
-  };
+  ClusterArrive();  // this item's histogram and sums are ready
+  ClusterWait();
+  ClusterFindThresholdBin(hist, sums, splits, k, rs);
+  ClusterArrive();  // done reading the others' histograms
+  Trace(b.trace, kTraceTailIn);
   // One narrowing step of bin (th.prefix, th.shift), `need` of whose
   // `bucket` keys are kept, by the next bits of keys key_of(0..count-1):
-  // counted into `hist` (then summed over the group when `level_hist`).
+  // counted into `hist`, then summed over the cluster when `whole_row`.
   auto narrow = [&](KeyThreshold& th, int& need, int& bucket, int count,
-                    auto key_of, uint32_t* level_hist, int32_t* arrived) {
+                    auto key_of, bool whole_row) {
     const int next = max(th.shift - kKeyHistBits, 0);
     const int bits = th.shift - next;
     const uint32_t mask = (1u << bits) - 1u;
+    if (whole_row) ClusterWait();  // nobody reads `hist` any more
     for (int i = threadIdx.x; i < kKeyHistBins; i += kSelectThreads) {
       hist[i] = 0;
     }
@@ -317,25 +401,21 @@ __device__ __forceinline__ void SplitSelect(
       }
     }
     __syncthreads();
-    if (level_hist != nullptr) {
-      for (int i = threadIdx.x; i < kKeyHistBins; i += kSelectThreads) {
-        const uint32_t c = hist[i];
-        if (c != 0) atomicAdd(level_hist + i, c);
-      }
-      ArriveAndWait(arrived, splits);
-      load_hist(level_hist);
+    if (whole_row) {
+      GroupSums(hist, sums);
+      ClusterArrive();
+      ClusterWait();
+      ClusterFindThresholdBin(hist, sums, splits, need, rs);
+      ClusterArrive();
+    } else {
+      FindThresholdBinWide(hist, need, rs);
     }
-    FindThresholdBinWide(hist, need, rs);
     th.prefix = (th.prefix << bits) | static_cast<uint32_t>(rs.digit);
     th.shift = next;
     need = rs.need;
     bucket = rs.bucket;
   };
 
-  ArriveAndWait(&tail.arrived[0], splits);
-  Trace(b.trace, kTraceTailIn);
-  load_hist(tail.hist[0]);
-  FindThresholdBinWide(hist, k, rs);
   // Kept: (key >> th.shift) > th.prefix, and of the nonzero keys with
   // (key >> th.shift) == th.prefix (the bin), `need` (later: this item's
   // share, th.ties). By default every nonzero key (at most k of them).
@@ -349,10 +429,8 @@ __device__ __forceinline__ void SplitSelect(
     need = rs.need;
     bucket = rs.bucket;
     auto own_key = [&](int i) { return keys[i]; };
-    for (int level = 1;
-         bucket != need && th.shift > 0 && bucket > kSplitListCap; ++level) {
-      narrow(th, need, bucket, n, own_key, tail.hist[level],
-             &tail.arrived[level]);
+    while (bucket != need && th.shift > 0 && bucket > kSplitListCap) {
+      narrow(th, need, bucket, n, own_key, true);
     }
     th.ties = need;
   }
@@ -361,8 +439,8 @@ __device__ __forceinline__ void SplitSelect(
   // `need` in slot order are kept, counted by item below).
   const bool listed = !keep_all && bucket != need && bucket <= kSplitListCap;
 
-  // Final round: this item's keys above the bin and in it, and its keys
-  // of the bin to the group's list, from its first slot on (no atomics).
+  // Final round: this item's keys above the bin and in it, and its keys of
+  // the bin with their slots.
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   int above = 0, in_bin = 0;
@@ -376,8 +454,8 @@ __device__ __forceinline__ void SplitSelect(
   if (listed) {
     // Warp by warp (CtaSum2 leaves each warp's count of the bin's keys in
     // rs.tie_total; any order will do: the list is only narrowed and
-    // counted).
-    int at = begin;
+    // counted). At most `bucket` <= kSplitListCap entries.
+    int at = 0;
     for (int w = 0; w < warp; ++w) at += rs.tie_total[w];
     for (int i0 = 0; i0 < n; i0 += kSelectThreads) {
       const int i = i0 + threadIdx.x;
@@ -385,43 +463,40 @@ __device__ __forceinline__ void SplitSelect(
       const bool eq = key != 0 && (key >> th.shift) == th.prefix;
       const uint32_t ballot = __ballot_sync(0xFFFFFFFFu, eq);
       if (eq) {
-        *reinterpret_cast<uint2*>(
-            group_list + 2 * (at + __popc(ballot & ((1u << lane) - 1u)))) =
+        own_list[at + __popc(ballot & ((1u << lane) - 1u))] =
             make_uint2(key, static_cast<uint32_t>(begin + i));
       }
       at += __popc(ballot);
     }
   }
-  if (threadIdx.x == 0) {
-    *reinterpret_cast<int4*>(tail.counts[item.split]) =
-        make_int4(mine.x, mine.y, begin, 0);
-  }
-  ArriveAndWait(&tail.arrived[kSplitLevels], splits);
-  for (int i = threadIdx.x; i < splits; i += kSelectThreads) {
-    *reinterpret_cast<int4*>(counts + 4 * i) =
-        __ldcg(reinterpret_cast<const int4*>(tail.counts[i]));
+  if (threadIdx.x == 0) counts[0] = make_int4(mine.x, mine.y, begin, n);
+  ClusterWait();  // (the last histogram round's)
+  ClusterArrive();  // every item's counts and own list
+  ClusterWait();
+  if (threadIdx.x < splits) {
+    counts[1 + threadIdx.x] = *InClusterCta(counts, threadIdx.x);
   }
   __syncthreads();
   if (listed) {
-    // Item i's keys of the bin, counts[4 i + 1] of them from its first
-    // slot counts[4 i + 2], packed into `list` in item order.
+    // Item r's keys of the bin, counts[1 + r].y of them, packed into
+    // `list` in item order.
     int packed = 0;
-    for (int i = 0; i < splits; ++i) {
-      const int m = counts[4 * i + 1];
-      const uint2* src =
-          reinterpret_cast<const uint2*>(group_list) + counts[4 * i + 2];
+    for (int r = 0; r < splits; ++r) {
+      const int m = counts[1 + r].y;
+      const uint2* src = InClusterCta(own_list, r);
       for (int e = threadIdx.x; e < m; e += kSelectThreads) {
-        reinterpret_cast<uint2*>(list)[packed + e] = __ldcg(src + e);
+        reinterpret_cast<uint2*>(list)[packed + e] = src[e];
       }
       packed += m;
     }
-    __syncthreads();
   }
+  ClusterArrive();  // done reading the others' shared memory
+  __syncthreads();
   Trace(b.trace, kTraceTailRound);
   // Entries the items before this one keep (`base`), and this item's share
   // of the bin's `need` (th.ties from here on).
   int base = 0;
-  for (int i = 0; i < item.split; ++i) base += counts[4 * i];
+  for (int i = 0; i < item.split; ++i) base += counts[1 + i].x;
   if (listed) {
     // Narrow the list's bin to the last bits, as the rounds would: the bin
     // then either is kept whole or holds equal keys (th.shift 0), of which
@@ -430,7 +505,7 @@ __device__ __forceinline__ void SplitSelect(
     const int list_len = bucket;
     auto list_key = [&](int i) { return list[2 * i]; };
     while (bucket != need && th.shift > 0) {
-      narrow(th, need, bucket, list_len, list_key, nullptr, nullptr);
+      narrow(th, need, bucket, list_len, list_key, false);
     }
     const bool all_of_bin = bucket == need;
     KeyThreshold by_slot;
@@ -463,8 +538,8 @@ __device__ __forceinline__ void SplitSelect(
     // The bin's first `need` keys in slot order, by item order.
     int ties_before = 0;  // bin keys of the items before this one
     for (int i = 0; i < item.split; ++i) {
-      base += min(max(th.ties - ties_before, 0), counts[4 * i + 1]);
-      ties_before += counts[4 * i + 1];
+      base += min(max(th.ties - ties_before, 0), counts[1 + i].y);
+      ties_before += counts[1 + i].y;
     }
     th.ties = min(max(th.ties - ties_before, 0), mine.y);
   }
@@ -483,13 +558,14 @@ __device__ __forceinline__ void SplitSelect(
   if (keep_all && item.split == 0) {
     // At most k nonzero keys, all kept: pad the rest.
     int total = 0;
-    for (int i = 0; i < splits; ++i) total += counts[4 * i];
+    for (int i = 0; i < splits; ++i) total += counts[1 + i].x;
     for (int i = total + threadIdx.x; i < k; i += kSelectThreads) {
       out_pos[i] = -1;
       if (out_scores != nullptr) out_scores[i] = __int_as_float(0x7FC00000);
     }
   }
   Trace(b.trace, kTraceTailEnd);
+  ClusterWait();  // the others are done reading this CTA's shared memory
 }
 
 template <bool kPooled>
@@ -516,18 +592,7 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
   // Before the block stage completes (programmatic dependent launch): the
   // barriers, the query operand and the weights, from the uploaded plan.
   Trace(b.trace, kTraceStart);
-  __shared__ int item_index;
-  if (b.item_ticket != nullptr) {  // items in start order
-    if (threadIdx.x == 0) {
-      const int ticket = atomicAdd(b.item_ticket, 1);
-      // Every ticket is taken: reset for the next launch.
-      if (ticket == static_cast<int>(gridDim.x) - 1) *b.item_ticket = 0;
-      item_index = ticket;
-    }
-    __syncthreads();
-  }
-  const WorkItem item =
-      items[b.item_ticket != nullptr ? item_index : blockIdx.x];
+  const WorkItem item = items[blockIdx.x];
   const GroupDesc& grp = b.groups[item.group];
   if (threadIdx.x == 0) {
     for (int s = 0; s < kTmaStages; ++s) {
@@ -679,16 +744,13 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
     if (grp.split_select) {
       SplitSelect(b, grp, item, ic, out,
                   max(slot_end - static_cast<int>(ic.slot_begin), 0), hist,
-                  reinterpret_cast<uint32_t*>(smem + L::kSelectKeysOff),
-                  tile_pos,
-                  reinterpret_cast<int32_t*>(smem + L::kSplitCountsOff),
-                  reinterpret_cast<uint32_t*>(smem + L::kSplitListOff), rs);
+                  tile_pos, smem, rs);
       return;
     }
     // This CTA's counts join the group's histogram (LastOfGroup's fence
     // orders them before the ticket).
     uint32_t* group_hist =
-        b.slot_hist + grp.slot_hist_index * b.slot_tail_words;
+        b.slot_hist + grp.slot_hist_index * kKeyHistBins;
     for (int i = threadIdx.x; i < kKeyHistBins; i += kSelectThreads) {
       const uint32_t c = hist[i];
       if (c != 0) atomicAdd(group_hist + i, c);

@@ -481,87 +481,135 @@ TEST(SelectPlanTest, SplitsFillOneWaveForFewRowsAndNoneForMany) {
   EXPECT_EQ(scorer, LaunchSpec::kWgmmaTmaPool);
 }
 
-// Split selects (GroupDesc::split_select): only slot-key groups of several
-// items, and only on a launch that fits in one wave of resident CTAs (its
-// items wait for each other), which then hands out its items from a ticket
-// counter of its own inside the zeroed counters.
-TEST(SelectPlanTest, SplitSelectsOnlyOnLaunchesOfOneWave) {
+// Split selects (GroupDesc::split_select): a kWgmmaTma launch runs as
+// thread-block clusters of C CTAs, C the most items of any of its groups
+// (at most kMaxClusterItems, and few enough that the clusters fit in one
+// wave: PlanOptions::clusters_resident). Each group fills one cluster: its
+// items in split order (cluster rank = split), padded with empty items
+// past its last slot, and num_splits = C.
+TEST(SelectPlanTest, SplitSelectsRunAsOneClusterPerGroup) {
   const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
                              BlockPooling::kMean};
   CudaRequestStore store(nullptr, config);
   struct Seen {
-    int64_t items = 0;        // on the kWgmmaTma launch
-    int32_t ticket = -1;      // its ticket
-    int split_groups = 0;     // groups with split_select
+    int64_t items = 0;    // on the kWgmmaTma launch
+    int32_t cluster = 0;  // its cluster size
+    int split_groups = 0;
+    int padded_groups = 0;  // groups with empty items
     int multi_item_groups = 0;
-    int64_t counters_bytes = 0;
   };
-  auto plan_of = [&](int rows, bool enabled, int sms) {
+  // An H200's clusters of the kernel by size (bench/gpu/RESULTS_gpu.md).
+  const std::vector<int> h200 = {0, 0, 198, 124, 92, 69, 62, 47, 45};
+  auto plan_of = [&](const std::vector<int64_t>& positions, bool enabled,
+                     const std::vector<int>& resident = {}) {
     Batch b;
-    std::vector<int64_t> positions;
-    for (int i = 0; i < rows; ++i) positions.push_back(60000 + i);
     AddRows(b, &store, &config, positions, SelectMode::kHisa, 2048, 64);
     PlanOptions options;
-    options.num_sms = sms;
+    options.num_sms = 132;
     options.use_tma = true;
     options.pair_hisa_blocks = false;
     options.split_select = enabled;
+    for (size_t c = 0; c < resident.size(); ++c) {
+      options.clusters_resident[c] = resident[c];
+    }
     absl::StatusOr<SelectPlan> plan = BuildSelectPlan(b.tasks, options);
     EXPECT_TRUE(plan.ok()) << plan.status();
+    const PlanImage image = ReadPlan(*plan, positions.size());
     Seen seen;
     for (const LaunchSpec& s : plan->launches) {
       if (s.scorer != LaunchSpec::kWgmmaTma) {
-        EXPECT_EQ(s.ticket, -1);
+        EXPECT_EQ(s.cluster, 1);
         continue;
       }
       seen.items = s.num_items;
-      seen.ticket = s.ticket;
+      seen.cluster = s.cluster;
+      if (s.cluster == 1) continue;
+      EXPECT_LE(s.cluster, kMaxClusterItems);
+      EXPECT_EQ(s.num_items % s.cluster, 0);
+      std::vector<int> clusters_of(plan->num_groups, 0);
+      for (int64_t j = 0; j < s.num_items / s.cluster; ++j) {
+        const WorkItem* c = image.work.data() + s.first_item + j * s.cluster;
+        const GroupDesc& gd = image.groups[c[0].group];
+        ++clusters_of[c[0].group];
+        EXPECT_EQ(gd.split_select, 1);
+        EXPECT_EQ(gd.num_splits, s.cluster);
+        bool padded = false;
+        int64_t next = 0;  // the group's slots, tiled in split order
+        for (int r = 0; r < s.cluster; ++r) {
+          EXPECT_EQ(c[r].group, c[0].group);
+          EXPECT_EQ(c[r].split, r);
+          // An item keeps its keys in half of the kernel's room for a row.
+          EXPECT_LE(c[r].slot_end - c[r].slot_begin, kSlotSelectCap / 2);
+          EXPECT_EQ(c[r].slot_begin % kTileSlots, 0);
+          if (c[r].slot_end == c[r].slot_begin) {
+            // Empty: past the group's slots, on a tile.
+            padded = true;
+            EXPECT_GE(c[r].slot_begin, next);
+          } else {
+            EXPECT_FALSE(padded) << "a real item after an empty one";
+            EXPECT_EQ(c[r].slot_begin, next);
+            next = c[r].slot_end;
+          }
+        }
+        seen.padded_groups += padded;
+      }
+      for (int64_t g = 0; g < plan->num_groups; ++g) {
+        if (image.groups[g].split_select) {
+          EXPECT_EQ(clusters_of[g], 1);
+        }
+      }
     }
-    const PlanImage image = ReadPlan(*plan, rows);
     for (int64_t g = 0; g < plan->num_groups; ++g) {
       seen.split_groups += image.groups[g].split_select;
       seen.multi_item_groups += image.groups[g].num_splits > 1;
     }
-    // An item of a split select keeps its keys in half of the kernel's
-    // room for a row (kSlotSelectCap keys).
-    for (const WorkItem& w : image.work) {
-      if (w.group < plan->num_groups && image.groups[w.group].split_select) {
-        EXPECT_LE(w.slot_end - w.slot_begin, kSlotSelectCap / 2);
-      }
-    }
-    // Only plans with split selects give a group a whole SlotTail.
-    EXPECT_EQ(plan->slot_tail_words,
-              seen.ticket >= 0 ? kSlotTailWords : int64_t{kKeyHistBins});
-    EXPECT_EQ(plan->slot_hist_count % plan->slot_tail_words, 0);
-    seen.counters_bytes = plan->pool_bits_off - plan->counters_off;
-    if (seen.ticket >= 0) {
-      // The ticket lies after the groups' two counters, inside the zeroed
-      // part of the image.
-      EXPECT_GE(seen.ticket, 2 * plan->num_descriptors);
-      EXPECT_LE(int64_t{seen.ticket + 1} * 4, seen.counters_bytes);
-      EXPECT_EQ(Read<int32_t>(*plan, plan->counters_off + 4 * seen.ticket, 1)[0],
-                0);
-    }
     return seen;
   };
-  // 64 decode rows of 64 tiles: 6 items each, 384 <= 3 x 132 CTAs.
-  const Seen decode = plan_of(64, true, 132);
-  EXPECT_LE(decode.items, 3 * 132);
-  EXPECT_EQ(decode.multi_item_groups, 64);
-  EXPECT_EQ(decode.split_groups, 64);
-  EXPECT_GE(decode.ticket, 0);
-  // Switched off: the last item of each group selects alone, no ticket.
-  const Seen off = plan_of(64, false, 132);
+  std::vector<int64_t> decode;
+  for (int i = 0; i < 64; ++i) decode.push_back(60000 + i);
+  // 64 decode rows of 64 tiles. Residency unknown: taken as 3 x 132 CTAs,
+  // so 66 clusters of 6 and 79 of 5; with an eighth to spare, 5 items per
+  // row.
+  const Seen on = plan_of(decode, true);
+  EXPECT_EQ(on.cluster, 5);
+  EXPECT_EQ(on.items, 64 * 5);
+  EXPECT_EQ(on.split_groups, 64);
+  EXPECT_EQ(on.padded_groups, 0);
+  // Where only 69 clusters of 5 fit at once (an H200), 4 items per row.
+  const Seen fit = plan_of(decode, true, h200);
+  EXPECT_EQ(fit.cluster, 4);
+  EXPECT_EQ(fit.items, 64 * 4);
+  EXPECT_EQ(fit.split_groups, 64);
+  // Switched off: the rows split to fill the GPU (6 items each, 384 <= 3 x
+  // 132 CTAs), and the last item of each row selects alone.
+  const Seen off = plan_of(decode, false, h200);
+  EXPECT_EQ(off.cluster, 1);
   EXPECT_EQ(off.split_groups, 0);
-  EXPECT_EQ(off.ticket, -1);
-  EXPECT_EQ(off.items, decode.items);
-  // On 20 SMs the same rows still split, but their items need more than
-  // one wave.
-  const Seen many = plan_of(64, true, 20);
-  EXPECT_GT(many.items, 3 * 20);
-  EXPECT_GT(many.multi_item_groups, 0);
-  EXPECT_EQ(many.split_groups, 0);
-  EXPECT_EQ(many.ticket, -1);
+  EXPECT_EQ(off.multi_item_groups, 64);
+  EXPECT_EQ(off.items, 64 * 6);
+  // 256 rows: no cluster size fits in one wave; no split selects.
+  std::vector<int64_t> many;
+  for (int i = 0; i < 256; ++i) many.push_back(60000 + i);
+  const Seen big = plan_of(many, true, h200);
+  EXPECT_EQ(big.cluster, 1);
+  EXPECT_EQ(big.split_groups, 0);
+  EXPECT_GT(big.multi_item_groups, 0);
+  // Four rows would split into many more items; a cluster holds 8.
+  const std::vector<int64_t> four = {60000, 60001, 60002, 60003};
+  const Seen few = plan_of(four, true, h200);
+  EXPECT_EQ(few.cluster, kMaxClusterItems);
+  EXPECT_EQ(few.items, 4 * kMaxClusterItems);
+  EXPECT_EQ(few.split_groups, 4);
+  EXPECT_GT(plan_of(four, false).items, 4 * kMaxClusterItems);
+  // Ragged rows: the short rows' groups have fewer items and are padded to
+  // the long rows' cluster.
+  std::vector<int64_t> ragged = decode;
+  for (int i = 0; i < 8; ++i) ragged.push_back(300 + i);
+  const Seen mixed = plan_of(ragged, true);
+  EXPECT_GE(mixed.cluster, 2);
+  EXPECT_EQ(mixed.split_groups, 72);
+  EXPECT_EQ(mixed.items, 72 * mixed.cluster);
+  EXPECT_GE(mixed.padded_groups, 8);
 }
 
 // The request path plans straight into pinned staging (BuildSelectPlanInto);
