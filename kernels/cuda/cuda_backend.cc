@@ -75,13 +75,20 @@ CudaBackend::CudaBackend(std::unique_ptr<cuda::DeviceState> device)
   plan_options_->split_select = !env_is_0("HISA_CUDA_SPLIT_SELECT");
   plan_options_->use_tma =
       device_->key_tensor_map() != nullptr && !env_is_0("HISA_CUDA_TMA");
-  // Unknown (zeros) if the query fails: the planner then assumes that
-  // clusters fit as CTAs do.
-  if (plan_options_->use_tma &&
-      cuda::ResidentClusters(plan_options_->clusters_resident) !=
-          cudaSuccess) {
-    cudaGetLastError();  // not sticky; clear it
-    for (int& c : plan_options_->clusters_resident) c = 0;
+  // Unknown if the query fails: the planner then assumes that clusters
+  // fit as CTAs do.
+  if (plan_options_->use_tma) {
+    plan_options_->clusters_known =
+        cuda::ResidentClusters(plan_options_->clusters_resident) ==
+        cudaSuccess;
+    if (!plan_options_->clusters_known) cudaGetLastError();  // not sticky
+  }
+  // HISA_CUDA_CLUSTER_ITEMS=2..8 (others are ignored).
+  if (const char* v = std::getenv("HISA_CUDA_CLUSTER_ITEMS"); v != nullptr) {
+    const int items = std::atoi(v);
+    if (items >= 2 && items <= cuda::kMaxClusterItems) {
+      plan_options_->cluster_items = items;
+    }
   }
 }
 

@@ -23,7 +23,9 @@
 // HISA_CUDA_PAIR_BLOCKS=0, HISA_CUDA_TMA=0 (token tiles by per-thread
 // copies instead of bulk tensor copies), HISA_CUDA_SLOT_SCORE_SCRATCH=0
 // (slot scores in the pooled form's slices), HISA_CUDA_SPLIT_SELECT=0 (a
-// split row's last item selects it alone); select_plan.h PlanOptions.
+// split row's last item selects it alone), HISA_CUDA_CLUSTER_ITEMS=2..8
+// (split selects with that many items per row, even when their clusters
+// need several waves); select_plan.h PlanOptions.
 //
 // Thread safety: Backend (backend.h). Selects run concurrently on up to
 // DeviceOptions::select_contexts streams; a further Select waits for one.

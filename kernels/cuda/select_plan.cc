@@ -64,9 +64,12 @@ int64_t ChooseSplits(int64_t groups, int64_t tiles, int64_t max_splits,
 // where 69 fit an empty H200 still ran a second wave in 3 of 4 runs
 // (bench/RESULTS.md section 15).
 int ClusterItems(int64_t groups, const PlanOptions& options) {
+  if (options.cluster_items > 0) {
+    return std::clamp(options.cluster_items, 2, kMaxClusterItems);
+  }
   for (int c = kMaxClusterItems; c >= 2; --c) {
     const int64_t fit =
-        options.clusters_resident[c] > 0
+        options.clusters_known
             ? options.clusters_resident[c]
             : int64_t{kTmaTokenCtasPerSm} * options.num_sms / c;
     if (groups <= fit - fit / 8) return c;

@@ -101,11 +101,16 @@ struct PlanOptions {
   // group's last item (A/B comparisons, tests of that path).
   bool split_select = true;
   // Thread-block clusters of c split-select CTAs (the kWgmmaTma kernel)
-  // that the GPU holds at once, by c (ResidentClusters); 0: unknown, taken
-  // as kTmaTokenCtasPerSm * num_sms / c. Split selects only when a row's
-  // clusters fit in one wave with an eighth to spare (select_plan.cc,
-  // ClusterItems).
+  // that the GPU holds at once, by c (ResidentClusters), when
+  // clusters_known; else taken as kTmaTokenCtasPerSm * num_sms / c. Split
+  // selects only when a row's clusters fit in one wave with an eighth to
+  // spare (select_plan.cc, ClusterItems).
+  bool clusters_known = false;
   int clusters_resident[kMaxClusterItems + 1] = {};
+  // > 0: split selects with this many items per row (2..kMaxClusterItems),
+  // whether their clusters fit in one wave or not (HISA_CUDA_CLUSTER_ITEMS;
+  // tests of several waves of clusters, A/B comparisons).
+  int cluster_items = 0;
 };
 
 // The device's clusters_resident for PlanOptions (cudaOccupancyMaxActive-

@@ -15,6 +15,8 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <initializer_list>
 #include <random>
 #include <string>
 #include <thread>
@@ -565,15 +567,17 @@ TEST(GpuExactTest, DuplicatedKeysTieToTheLowerPosition) {
 // m * B). Equal keys share their bytes; the values differ by the per-token
 // FP8 scale (1 + v / 256), far apart against the rounding. Their rows stay
 // below m * B = 8192 (every block chosen: nearly equal block means would
-// leave the checker too many admissible block sets to enumerate).
-TEST(GpuExactTest, SplitSelectsAcrossWorkItems) {
-  SKIP_WITHOUT_GPU();
-  constexpr int kD = 128, kH = 64, kB = 128, kM = 64, kRequests = 6;
-  for (int levels : {1, 3, 100, 0}) {
+// leave the checker too many admissible block sets to enumerate); random
+// rows are up to max_length long. Each request has a HISA and a DENSE row.
+void CheckSplitSelects(int requests, std::initializer_list<int> level_set,
+                       int64_t max_length) {
+  constexpr int kD = 128, kH = 64, kB = 128, kM = 64;
+  const int kRequests = requests;
+  for (int levels : level_set) {
     const uint64_t seed = ref::TestSeed() + 29 + levels;
     std::mt19937_64 rng(seed);
-    const std::string where =
-        absl::StrCat(ref::SeedNote(), " levels=", levels);
+    const std::string where = absl::StrCat(ref::SeedNote(), " levels=", levels,
+                                           " requests=", requests);
     SCOPED_TRACE(where);
     EngineHarness h(GpuOptions(int64_t{1} << 30));
     const RequestConfig config{1, kD, kB, KeyFormat::kFp8E4M3,
@@ -585,8 +589,8 @@ TEST(GpuExactTest, SplitSelectsAcrossWorkItems) {
     for (int r = 0; r < kRequests; ++r) {
       ids.push_back(absl::StrCat("s", r));
       h.CreateRequest(ids[r], config);
-      const int64_t length =
-          Uniform(rng, 2000, levels == 0 ? 20000 : int64_t{kM} * kB);
+      const int64_t length = Uniform(
+          rng, 2000, levels == 0 ? max_length : int64_t{kM} * kB);
       EncodedKeys keys;
       if (levels == 0) {
         keys = RandomKeys(rng, KeyFormat::kFp8E4M3, length, kD, kB);
@@ -625,6 +629,21 @@ TEST(GpuExactTest, SplitSelectsAcrossWorkItems) {
                                        rows[i].position, " k=", rows[i].k)));
     }
   }
+}
+
+TEST(GpuExactTest, SplitSelectsAcrossWorkItems) {
+  SKIP_WITHOUT_GPU();
+  CheckSplitSelects(6, {1, 3, 100, 0}, 20000);
+}
+
+// The same with 8 items per row forced (HISA_CUDA_CLUSTER_ITEMS) for 64
+// requests: 128 clusters of 8 CTAs where about 45 fit at once, so the
+// clusters run in several waves.
+TEST(GpuExactTest, SplitSelectClustersInSeveralWaves) {
+  SKIP_WITHOUT_GPU();
+  setenv("HISA_CUDA_CLUSTER_ITEMS", "8", 1);
+  CheckSplitSelects(64, {100, 0}, 12000);
+  unsetenv("HISA_CUDA_CLUSTER_ITEMS");
 }
 
 // FP8 keys and queries with negative scales (stored sign-flipped on the

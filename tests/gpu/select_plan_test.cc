@@ -501,7 +501,8 @@ TEST(SelectPlanTest, SplitSelectsRunAsOneClusterPerGroup) {
   // An H200's clusters of the kernel by size (bench/gpu/RESULTS_gpu.md).
   const std::vector<int> h200 = {0, 0, 198, 124, 92, 69, 62, 47, 45};
   auto plan_of = [&](const std::vector<int64_t>& positions, bool enabled,
-                     const std::vector<int>& resident = {}) {
+                     const std::vector<int>& resident = {},
+                     int cluster_items = 0) {
     Batch b;
     AddRows(b, &store, &config, positions, SelectMode::kHisa, 2048, 64);
     PlanOptions options;
@@ -509,6 +510,8 @@ TEST(SelectPlanTest, SplitSelectsRunAsOneClusterPerGroup) {
     options.use_tma = true;
     options.pair_hisa_blocks = false;
     options.split_select = enabled;
+    options.clusters_known = !resident.empty();
+    options.cluster_items = cluster_items;
     for (size_t c = 0; c < resident.size(); ++c) {
       options.clusters_resident[c] = resident[c];
     }
@@ -594,6 +597,15 @@ TEST(SelectPlanTest, SplitSelectsRunAsOneClusterPerGroup) {
   EXPECT_EQ(big.cluster, 1);
   EXPECT_EQ(big.split_groups, 0);
   EXPECT_GT(big.multi_item_groups, 0);
+  // Forced (HISA_CUDA_CLUSTER_ITEMS): 8 items per row in several waves.
+  const Seen forced = plan_of(many, true, h200, 8);
+  EXPECT_EQ(forced.cluster, 8);
+  EXPECT_EQ(forced.items, 256 * 8);
+  EXPECT_EQ(forced.split_groups, 256);
+  // A GPU where no cluster of this kernel fits (known zeros): none either.
+  EXPECT_EQ(plan_of(decode, true, std::vector<int>(kMaxClusterItems + 1, 0))
+                .split_groups,
+            0);
   // Four rows would split into many more items; a cluster holds 8.
   const std::vector<int64_t> four = {60000, 60001, 60002, 60003};
   const Seen few = plan_of(four, true, h200);
