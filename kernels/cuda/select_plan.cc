@@ -233,6 +233,7 @@ struct PlanScratch {
   std::vector<WorkItem> items;
   std::vector<WorkItem> clustered;    // items rebuilt in cluster order
   std::vector<int> launch_groups;     // groups of one launch, in order
+  std::vector<int> group_cluster;     // per group: its cluster in the launch
   int64_t q_bytes = 0;  // end of the last row's query in the q region
   int64_t w_count = 0;  // floats in the weight region
 
@@ -257,6 +258,7 @@ struct PlanScratch {
     items.clear();
     clustered.clear();
     launch_groups.clear();
+    group_cluster.clear();
     q_bytes = 0;
     w_count = 0;
   }
@@ -676,6 +678,7 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
   // wait for each other whatever else runs on the GPU. A launch whose
   // groups all have one item needs no cluster: each item selects alone.
   s.clustered.clear();
+  s.group_cluster.resize(s.gdesc.size());
   for (LaunchSpec& l : plan->launches) {
     const int64_t first = static_cast<int64_t>(s.clustered.size());
     int32_t c = 1;
@@ -697,36 +700,43 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
       l.first_item = first;
       continue;
     }
-    // The launch's groups in order of their first item (num_splits, set to
-    // C below, marks the ones seen).
+    // The launch's groups in order of their first item (split_select 2
+    // marks the ones seen); group j's cluster is items first + c j ...
     s.launch_groups.clear();
     for (int64_t i = l.first_item; i < l.first_item + l.num_items; ++i) {
-      GroupDesc& gd = s.gdesc[s.items[i].group];
-      if (gd.split_select == 2) continue;
-      gd.split_select = 2;
-      s.launch_groups.push_back(s.items[i].group);
+      const int g = s.items[i].group;
+      if (s.gdesc[g].split_select == 2) continue;
+      s.gdesc[g].split_select = 2;
+      s.group_cluster[g] = static_cast<int>(s.launch_groups.size());
+      s.launch_groups.push_back(g);
     }
-    for (int g : s.launch_groups) {
-      GroupDesc& gd = s.gdesc[g];
-      gd.split_select = 1;
-      const int64_t at = static_cast<int64_t>(s.clustered.size());
+    WorkItem empty;
+    empty.group = -1;  // a place no item of the group took (yet)
+    s.clustered.resize(first + s.launch_groups.size() * c, empty);
+    for (int64_t i = l.first_item; i < l.first_item + l.num_items; ++i) {
+      const WorkItem& w = s.items[i];
+      s.clustered[first + int64_t{s.group_cluster[w.group]} * c + w.split] = w;
+    }
+    for (size_t j = 0; j < s.launch_groups.size(); ++j) {
+      const int g = s.launch_groups[j];
+      WorkItem* cluster =
+          s.clustered.data() + first + static_cast<int64_t>(j) * c;
       // Empty items start at a tile past the group's last slot (items
       // start on tiles; the kernel rounds a whole-prefix row's end up).
-      WorkItem empty;
-      empty.group = g;
-      for (int64_t i = l.first_item; i < l.first_item + l.num_items; ++i) {
-        if (s.items[i].group != g) continue;
-        empty.slot_begin = empty.slot_end = std::max(
-            empty.slot_end, AlignUp(s.items[i].slot_end, kTileSlots));
+      int64_t end = 0;
+      for (int32_t sp = 0; sp < c; ++sp) {
+        if (cluster[sp].group == g) {
+          end = std::max(end, AlignUp(cluster[sp].slot_end, kTileSlots));
+        }
       }
-      s.clustered.resize(at + c, empty);
-      for (int64_t i = l.first_item; i < l.first_item + l.num_items; ++i) {
-        if (s.items[i].group == g) s.clustered[at + s.items[i].split] = s.items[i];
+      for (int32_t sp = 0; sp < c; ++sp) {
+        if (cluster[sp].group == g) continue;
+        cluster[sp].group = g;
+        cluster[sp].split = sp;
+        cluster[sp].slot_begin = cluster[sp].slot_end = end;
       }
-      for (int32_t sp = gd.num_splits; sp < c; ++sp) {
-        s.clustered[at + sp].split = sp;
-      }
-      gd.num_splits = c;
+      s.gdesc[g].split_select = 1;
+      s.gdesc[g].num_splits = c;
     }
     l.first_item = first;
     l.num_items = static_cast<int64_t>(s.clustered.size()) - first;
