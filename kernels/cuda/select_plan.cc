@@ -647,8 +647,13 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     if (a.work != b.work) return a.work > b.work;  // longest first: a better tail
     return a.seq < b.seq;
   };
-  std::sort(s.block_items.begin(), s.block_items.end(), by_spec_then_work);
-  std::sort(s.token_items.begin(), s.token_items.end(), by_spec_then_work);
+  // Items of equal rows (a decode batch) come in order already: a check
+  // in one pass instead of a sort (a sixth of planning 64 decode rows).
+  for (std::vector<ItemBuild>* v : {&s.block_items, &s.token_items}) {
+    if (!std::is_sorted(v->begin(), v->end(), by_spec_then_work)) {
+      std::sort(v->begin(), v->end(), by_spec_then_work);
+    }
+  }
 
   for (const std::vector<ItemBuild>* list : {&s.block_items, &s.token_items}) {
     for (const ItemBuild& ib : *list) {
