@@ -683,7 +683,7 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
   // wait for each other whatever else runs on the GPU. A launch whose
   // groups all have one item needs no cluster: each item selects alone.
   s.clustered.clear();
-  s.group_cluster.resize(s.gdesc.size());
+  s.group_cluster.assign(s.gdesc.size(), -1);
   for (LaunchSpec& l : plan->launches) {
     const int64_t first = static_cast<int64_t>(s.clustered.size());
     int32_t c = 1;
@@ -705,13 +705,12 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
       l.first_item = first;
       continue;
     }
-    // The launch's groups in order of their first item (split_select 2
-    // marks the ones seen); group j's cluster is items first + c j ...
+    // The launch's groups in order of their first item; group j's cluster
+    // is items first + c j ... (group_cluster: -1 until seen).
     s.launch_groups.clear();
     for (int64_t i = l.first_item; i < l.first_item + l.num_items; ++i) {
       const int g = s.items[i].group;
-      if (s.gdesc[g].split_select == 2) continue;
-      s.gdesc[g].split_select = 2;
+      if (s.group_cluster[g] >= 0) continue;
       s.group_cluster[g] = static_cast<int>(s.launch_groups.size());
       s.launch_groups.push_back(g);
     }
@@ -740,7 +739,6 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
         cluster[sp].split = sp;
         cluster[sp].slot_begin = cluster[sp].slot_end = end;
       }
-      s.gdesc[g].split_select = 1;
       s.gdesc[g].num_splits = c;
     }
     l.first_item = first;
