@@ -128,18 +128,16 @@ void BM_CopyImageBytes(benchmark::State& state) {
   state.counters["image_bytes"] = static_cast<double>(plan.image_bytes);
 }
 
-BENCHMARK(BM_Plan)
-    ->ArgNames({"requests", "rows"})
-    ->Args({64, 1})
-    ->Args({256, 1})
-    ->Args({1, 1024})
-    ->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_CopyImageBytes)
-    ->ArgNames({"requests", "rows"})
-    ->Args({64, 1})
-    ->Args({256, 1})
-    ->Args({1, 1024})
-    ->Unit(benchmark::kMicrosecond);
+// Both benchmarks run the same batches.
+void Batches(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"requests", "rows"})
+      ->Args({64, 1})
+      ->Args({256, 1})
+      ->Args({1, 1024})
+      ->Unit(benchmark::kMicrosecond);
+}
+BENCHMARK(BM_Plan)->Apply(Batches);
+BENCHMARK(BM_CopyImageBytes)->Apply(Batches);
 
 }  // namespace
 }  // namespace hisa::cuda
