@@ -5,8 +5,9 @@
 #      float64 oracle and the CPU engine; seed printed), then ("test2") its
 #      FP8 cases again on the mma.sync kernel with paired HISA rows, on the
 #      wgmma kernel without bulk tensor copies, with the bulk-copy
-#      kernel's pooled form (slot scores in per-SM pool slices), and with
-#      split selects off (each split row's last item selects it alone),
+#      kernel's pooled form (slot scores in per-SM pool slices), with
+#      split selects off (each split row's last item selects it alone), and
+#      with split selects in clusters of 8 items per row,
 #   3. hisa_gpu_bench: kernel-level DENSE / HISA timings (prefill 1024 rows,
 #      full causal prefill, decode 64 / 256 requests) at every length, and
 #      hisa_l2_bench: the bulk-copy read ceiling from L2 and HBM,

@@ -1283,9 +1283,9 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
   Trace(b.trace, kTraceStart);
   if constexpr (kBlocks) {
     AllowDependentLaunch();
-    // The token stage's slot-key scratch (histograms, round counters)
-    // starts from zero: it counts into it only after the block stage has
-    // completed (its own GridDependencyWait), and nothing else touches it.
+    // The token stage's key histograms (SelectBuffers::slot_hist) start
+    // from zero: it counts into them only after the block stage has
+    // completed (its own GridDependencyWait), and nothing else touches them.
     uint4* hist4 = reinterpret_cast<uint4*>(b.slot_hist);
     for (int64_t i = int64_t{blockIdx.x} * kSelectThreads + threadIdx.x;
          i < b.slot_hist_count / 4; i += int64_t{gridDim.x} * kSelectThreads) {

@@ -185,9 +185,10 @@ struct GroupDesc {
   int64_t slot_score_offset = -1;
   int32_t union_groups[kMaxGroupRows] = {0, 0};
   // Slot-key groups (the bulk-copy token kernel with the scratch): the
-  // scratch holds keys rather than scores, and the group's key histogram
-  // is at slot_hist[slot_hist_index * kKeyHistBins] (SelectBuffers). -1:
-  // none.
+  // scratch holds keys rather than scores, and, when the group's last item
+  // selects alone, the group's key histogram is at slot_hist[
+  // slot_hist_index * kKeyHistBins] (SelectBuffers). -1: none (split
+  // selects keep each item's histogram in its shared memory).
   int32_t slot_hist_index = -1;
   // Slot-key groups whose items form one thread-block cluster
   // (LaunchSpec::cluster): the items select together (tma_token_kernel.cuh,

@@ -590,10 +590,9 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
         gd.slot_score_offset = slot_scores_total;
         gd.slot_score_stride = static_cast<int32_t>(stride);
         slot_scores_total += G * stride;
-        if (tma) {
-          token_scorer = LaunchSpec::kWgmmaTma;
-          gd.slot_hist_index = hist_groups++;
-        }
+        // Its key histogram in global memory, if its last item selects
+        // alone: step 4b.
+        if (tma) token_scorer = LaunchSpec::kWgmmaTma;
       } else if (tma) {
         token_scorer = LaunchSpec::kWgmmaTmaPool;
         pooled = true;
@@ -696,9 +695,15 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
       c = std::max(c, gd.num_splits);
     }
     if (!split || c < 2) {
-      for (int64_t i = l.first_item; split && i < l.first_item + l.num_items;
-           ++i) {
-        s.gdesc[s.items[i].group].split_select = 0;
+      // Each group's last item selects alone: on the bulk-copy kernel from
+      // the key histogram that the group's items add up in global memory.
+      const bool slot_keys = l.stage == LaunchSpec::kTokens &&
+                             l.scorer == LaunchSpec::kWgmmaTma;
+      for (int64_t i = l.first_item;
+           slot_keys && i < l.first_item + l.num_items; ++i) {
+        GroupDesc& gd = s.gdesc[s.items[i].group];
+        gd.split_select = 0;
+        if (gd.slot_hist_index < 0) gd.slot_hist_index = hist_groups++;
       }
       s.clustered.insert(s.clustered.end(), s.items.begin() + l.first_item,
                          s.items.begin() + l.first_item + l.num_items);

@@ -562,10 +562,26 @@ TEST(SelectPlanTest, SplitSelectsRunAsOneClusterPerGroup) {
         }
       }
     }
+    // Only groups whose last item selects alone have a key histogram in
+    // global memory, each its own (every slot-score group here is on the
+    // bulk-copy kernel).
+    std::vector<int> hist_users(plan->slot_hist_count / kKeyHistBins, 0);
     for (int64_t g = 0; g < plan->num_groups; ++g) {
-      seen.split_groups += image.groups[g].split_select;
-      seen.multi_item_groups += image.groups[g].num_splits > 1;
+      const GroupDesc& gd = image.groups[g];
+      seen.split_groups += gd.split_select;
+      seen.multi_item_groups += gd.num_splits > 1;
+      if (gd.split_select) {
+        EXPECT_EQ(gd.slot_hist_index, -1);
+      } else if (gd.slot_score_offset >= 0) {
+        EXPECT_GE(gd.slot_hist_index, 0);
+        EXPECT_LT(gd.slot_hist_index, static_cast<int>(hist_users.size()));
+        if (gd.slot_hist_index >= 0 &&
+            gd.slot_hist_index < static_cast<int>(hist_users.size())) {
+          ++hist_users[gd.slot_hist_index];
+        }
+      }
     }
+    for (int users : hist_users) EXPECT_EQ(users, 1);
     return seen;
   };
   std::vector<int64_t> decode;
