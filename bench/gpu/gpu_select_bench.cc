@@ -244,6 +244,29 @@ void PooledScores(cuda::PlanOptions& o) { o.slot_score_budget_bytes = 0; }
 // A/B variant: per-thread cp.async copies instead of bulk tensor copies.
 void NoTma(cuda::PlanOptions& o) { o.use_tma = false; }
 
+// HISA_TRACE_CSV: the `ctas` traced CTAs of launch `l` (trace points `t`)
+// appended to `path`, a row each: label, launch, CTA, SM, then every point
+// in us from t0 (empty: not reached).
+void AppendTraceCsv(const char* path, const char* label, int l,
+                    const uint64_t* t, int ctas, uint64_t t0) {
+  FILE* out = std::fopen(path, "a");
+  if (out == nullptr) return;
+  for (int c = 0; c < ctas; ++c) {
+    const uint64_t* x = t + c * cuda::kTraceSlots;
+    std::fprintf(out, "%s,%d,%d,%llu", label, l, c,
+                 static_cast<unsigned long long>(x[cuda::kTraceSm]));
+    for (int p = cuda::kTraceStart; p <= cuda::kTraceTailEnd; ++p) {
+      if (x[p] == 0) {
+        std::fprintf(out, ",");
+      } else {
+        std::fprintf(out, ",%.2f", static_cast<double>(x[p] - t0) * 1e-3);
+      }
+    }
+    std::fprintf(out, "\n");
+  }
+  std::fclose(out);
+}
+
 // The timeline of one traced launch sequence: per kernel, for each trace
 // point, min / median / max over its CTAs in microseconds from the first
 // CTA's start; then the tail (ticket -> tail end) of the CTAs that ran one.
@@ -275,26 +298,8 @@ void PrintTrace(const char* label, const std::vector<uint64_t>& trace) {
     }
     if (ctas == 0) continue;
     std::printf("  launch %d: %d CTAs\n", l, ctas);
-    // HISA_TRACE_CSV=file: every traced CTA's points (us from t0; empty:
-    // not reached) and SM, appended as CSV rows.
     if (const char* csv = std::getenv("HISA_TRACE_CSV"); csv != nullptr) {
-      if (FILE* out = std::fopen(csv, "a"); out != nullptr) {
-        for (int c = 0; c < ctas; ++c) {
-          const uint64_t* x = t + c * cuda::kTraceSlots;
-          std::fprintf(out, "%s,%d,%d,%llu", label, l, c,
-                       static_cast<unsigned long long>(x[cuda::kTraceSm]));
-          for (int p = cuda::kTraceStart; p <= cuda::kTraceTailEnd; ++p) {
-            if (x[p] == 0) {
-              std::fprintf(out, ",");
-            } else {
-              std::fprintf(out, ",%.2f",
-                           static_cast<double>(x[p] - t0) * 1e-3);
-            }
-          }
-          std::fprintf(out, "\n");
-        }
-        std::fclose(out);
-      }
+      AppendTraceCsv(csv, label, l, t, ctas, t0);
     }
     std::vector<double> tails;
     for (int p = cuda::kTraceStart; p <= cuda::kTraceTailEnd; ++p) {
