@@ -872,6 +872,18 @@ absl::Status BuildSelectPlanInto(absl::Span<const SelectTask> tasks,
   return absl::OkStatus();
 }
 
+namespace {
+// The launch attribute of one-dimensional thread-block clusters of `ctas`.
+cudaLaunchAttribute ClusterDimension(int ctas) {
+  cudaLaunchAttribute a;
+  a.id = cudaLaunchAttributeClusterDimension;
+  a.val.clusterDim.x = static_cast<unsigned>(ctas);
+  a.val.clusterDim.y = 1;
+  a.val.clusterDim.z = 1;
+  return a;
+}
+}  // namespace
+
 cudaError_t ResidentClusters(
     int (&clusters_resident)[kMaxClusterItems + 1]) {
   const KernelHandle h = TokenKernelTma(/*pooled=*/false);
@@ -882,11 +894,7 @@ cudaError_t ResidentClusters(
     config.gridDim = dim3(static_cast<unsigned>(c));
     config.blockDim = dim3(kSelectThreads);
     config.dynamicSmemBytes = static_cast<size_t>(h.smem_bytes);
-    cudaLaunchAttribute cluster;
-    cluster.id = cudaLaunchAttributeClusterDimension;
-    cluster.val.clusterDim.x = static_cast<unsigned>(c);
-    cluster.val.clusterDim.y = 1;
-    cluster.val.clusterDim.z = 1;
+    cudaLaunchAttribute cluster = ClusterDimension(c);
     config.attrs = &cluster;
     config.numAttrs = 1;
     const cudaError_t err =
@@ -994,10 +1002,7 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
         attrs[num_attrs++].val.programmaticStreamSerializationAllowed = 1;
       }
       if (s.cluster > 1) {  // split selects: one cluster per group
-        attrs[num_attrs].id = cudaLaunchAttributeClusterDimension;
-        attrs[num_attrs].val.clusterDim.x = static_cast<unsigned>(s.cluster);
-        attrs[num_attrs].val.clusterDim.y = 1;
-        attrs[num_attrs++].val.clusterDim.z = 1;
+        attrs[num_attrs++] = ClusterDimension(s.cluster);
       }
       config.attrs = attrs;
       config.numAttrs = num_attrs;
