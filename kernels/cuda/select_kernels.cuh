@@ -86,10 +86,13 @@ struct ItemContext {
 };
 
 // The context of work item `item` of group `grp` (block kernel when
-// kBlocks, else token kernel).
+// kBlocks, else token kernel). local_blocks >= 0: a HISA token item whose
+// union is the `local_blocks` blocks it chose itself (GroupDesc::
+// tokens_choose); ic.unions is then null and the caller maps its slots.
 template <int G, bool kBlocks>
 __device__ __forceinline__ ItemContext<G> MakeItemContext(
-    const SelectBuffers& b, const WorkItem& item, const GroupDesc& grp) {
+    const SelectBuffers& b, const WorkItem& item, const GroupDesc& grp,
+    int local_blocks = -1) {
   ItemContext<G> ic;
   ic.group = &grp;
   ic.layer = &b.layers[grp.layer];
@@ -118,8 +121,13 @@ __device__ __forceinline__ ItemContext<G> MakeItemContext(
     num_slots = (grp.max_position >> log2b) + 1;
   } else if (grp.mode == kModeHisa) {
     ic.union_slots = true;
-    ic.unions = b.unions + 2 * grp.union_offset;
-    num_slots = static_cast<int64_t>(b.union_counts[grp.union_index]) << log2b;
+    if (local_blocks >= 0) {
+      num_slots = static_cast<int64_t>(local_blocks) << log2b;
+    } else {
+      ic.unions = b.unions + 2 * grp.union_offset;
+      num_slots = static_cast<int64_t>(b.union_counts[grp.union_index])
+                  << log2b;
+    }
   } else {
     num_slots = grp.max_position + 1;
   }
@@ -964,10 +972,14 @@ static __device__ __noinline__ uint64_t CompactRow(uint32_t* keys,
 // `cache` (cache_floats floats of free shared memory) takes the rows' block
 // scores when they fit: the radix passes and the compaction then read shared
 // memory instead of paying an L2 round trip per step.
+// `local` (one row, GroupDesc::tokens_choose: a token work item choosing
+// for itself): the chosen blocks go there, ascending, instead of to the
+// union in global memory, and their number is returned (else 0).
 template <int G>
-__device__ void ChooseBlocksForGroup(const SelectBuffers& b,
-                                     const GroupDesc& grp, float* cache,
-                                     int cache_floats, RadixShared& rs) {
+__device__ int ChooseBlocksForGroup(const SelectBuffers& b,
+                                    const GroupDesc& grp, float* cache,
+                                    int cache_floats, RadixShared& rs,
+                                    int32_t* local = nullptr) {
   const LayerView& lv = b.layers[grp.layer];
   const int log2b = lv.geo.log2_block;
   const int m = grp.m;
@@ -1014,7 +1026,7 @@ __device__ void ChooseBlocksForGroup(const SelectBuffers& b,
 #pragma unroll
   for (int g = 0; g < G; ++g) {
     if (extra[g] > 0) {
-      th[g] = RadixSelect(
+      th[g] = RangeSelect(
           static_cast<int>(c[g] - 1), extra[g],
           [&](int i) {
             const uint32_t blk = static_cast<uint32_t>(i + 1);
@@ -1050,7 +1062,16 @@ __device__ void ChooseBlocksForGroup(const SelectBuffers& b,
         b.union_counts[tg.union_index] = static_cast<int32_t>(total);
       }
     }
-    return;
+    return 0;
+  }
+  if (G == 1 && local != nullptr) {
+    return static_cast<int>(CompactStream(
+        c[0] + 1,
+        [&](int64_t blk) -> uint32_t { return chosen(0, blk) ? 1u : 0u; },
+        [&](int64_t dst, int64_t blk, uint32_t) {
+          local[dst] = static_cast<int32_t>(blk);
+        },
+        rs));
   }
   int32_t* out = b.unions + 2 * grp.union_offset;
   const int64_t n = (grp.max_position >> log2b) + 1;
@@ -1073,6 +1094,7 @@ __device__ void ChooseBlocksForGroup(const SelectBuffers& b,
   if (threadIdx.x == 0) {
     b.union_counts[grp.union_index] = static_cast<int32_t>(total);
   }
+  return 0;
 }
 
 // Writes row g's final output from a position-ordered list of n <= k entries.
@@ -1492,7 +1514,14 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
     return LastOfGroup(b, item, stage, expected, rs);
   };
   if constexpr (kBlocks) {
-    if (last_of_group(0, grp.block_items)) {
+    if (grp.tokens_choose) {
+      // The token items choose this row's blocks: count this item's scores
+      // written (they wait for all of the group's block items).
+      __threadfence();
+      __syncthreads();
+      if (threadIdx.x == 0) atomicAdd(b.counters + 2 * item.group, 1);
+      Trace(b.trace, kTraceTicket);
+    } else if (last_of_group(0, grp.block_items)) {
       // The stage area is free: it caches the block scores.
       ChooseBlocksForGroup<G>(b, grp, reinterpret_cast<float*>(stages),
                               kStages * Scorer::kStageBytes / 4, rs);

@@ -194,6 +194,13 @@ struct GroupDesc {
   // (LaunchSpec::cluster): the items select together (tma_token_kernel.cuh,
   // SplitSelect) instead of the last one alone. 0: the last one alone.
   int32_t split_select = 0;
+  // Split-select HISA rows that score their own blocks (not a block-stage
+  // pair's): the block items only score, then count themselves done in
+  // counters[2 * group]; each token item waits for that count alone (not
+  // for the whole block launch) and chooses the row's blocks itself, in
+  // shared memory (ChooseBlocksForGroup). The union is not written.
+  int32_t tokens_choose = 0;
+  int32_t pad = 0;
 };
 
 // A split select (GroupDesc::split_select) runs in one thread-block cluster
@@ -262,14 +269,16 @@ struct SelectBuffers {
 // kTraceMaxCtas CTAs each (every stride-th CTA of a larger launch).
 enum TracePoint : int {
   kTraceStart = 0,     // kernel entry
-  kTraceWaited = 1,    // previous kernel complete (GridDependencyWait)
+  kTraceWaited = 1,    // previous kernel complete (GridDependencyWait);
+                       // tokens_choose: the row's block items done
   kTraceReady = 2,     // prologue done, first tile requested
   kTraceLoopEnd = 3,   // last tile scored
   kTraceTicket = 4,    // group ticket taken (the last CTA runs the tail);
-                       // split select: this item's keys loaded
+                       // split select: its level-0 round begins;
+                       // tokens_choose block item: counted done
   kTraceTailIn = 5,    // the tail's inputs in shared memory (block
                        // choice, slot-key select); split select: the
-                       // cluster's level-0 counts summed
+                       // cluster's level-0 counts summed, own keys loaded
   kTraceTailRound = 6,  // split select: the final round's counts and list
                         // gathered
   kTraceTailChosen = 7,  // its threshold found (split select: and where

@@ -566,6 +566,7 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     gd.slot_score_stride = 0;
     gd.slot_hist_index = -1;
     gd.split_select = 0;
+    gd.tokens_choose = 0;
     bool pooled = false;
     // Tiles of aligned 128-key runs inside one page: bulk tensor copies.
     const bool tma =
@@ -744,7 +745,11 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
         cluster[sp].split = sp;
         cluster[sp].slot_begin = cluster[sp].slot_end = end;
       }
-      s.gdesc[g].num_splits = c;
+      GroupDesc& gd = s.gdesc[g];
+      gd.num_splits = c;
+      // Its own block items (not a pair's): its token items can choose.
+      gd.tokens_choose = options.token_choice && gd.mode == kModeHisa &&
+                         s.block_owner[g] < 0;
     }
     l.first_item = first;
     l.num_items = static_cast<int64_t>(s.clustered.size()) - first;

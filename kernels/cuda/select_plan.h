@@ -107,6 +107,12 @@ struct PlanOptions {
   // spare (select_plan.cc, ClusterItems).
   bool clusters_known = false;
   int clusters_resident[kMaxClusterItems + 1] = {};
+  // Split-select HISA rows that score their own blocks: their token items
+  // choose the row's blocks themselves once its block items are done
+  // (GroupDesc::tokens_choose), instead of the block stage's last item
+  // writing a union that every token item reads after the whole block
+  // launch. HISA_CUDA_TOKEN_CHOICE=0 turns it off.
+  bool token_choice = true;
   // > 0: split selects with this many items per row (2..kMaxClusterItems),
   // whether their clusters fit in one wave or not (HISA_CUDA_CLUSTER_ITEMS;
   // tests of several waves of clusters, A/B comparisons).

@@ -84,7 +84,10 @@ struct TmaTokenLayout {
   static constexpr int kTileValidOff =
       kTilesOff + kTmaMaxTiles * static_cast<int>(sizeof(TileCopy));
   static constexpr int kTilePosOff = kTileValidOff + kTmaMaxTiles * 4;
-  static constexpr int kBarOff = kTilePosOff + kTmaMaxTiles * 4;
+  // GroupDesc::tokens_choose: the blocks the item chose (at most
+  // kTmaMaxTiles: m * B <= kSlotSelectCap and B >= 128 on this kernel).
+  static constexpr int kChosenOff = kTilePosOff + kTmaMaxTiles * 4;
+  static constexpr int kBarOff = kChosenOff + kTmaMaxTiles * 4;
   static constexpr int kRadixOff = kBarOff + 2 * kTmaStages * 8;
   static constexpr int kHistOff =
       (kRadixOff + static_cast<int>(sizeof(RadixShared)) + 15) / 16 * 16;
@@ -207,6 +210,22 @@ __device__ __forceinline__ void SelectFromSlotKeys(
   Trace(b.trace, kTraceTailChosen);
   WriteSlotSelection(b, b.rows[grp.rows[0]], k, keys, n, blocks, log2b, th,
                      rs);
+}
+
+// Thread 0 only: waits until *count >= expected (an acquire: what the
+// counting CTAs wrote before their fence and increment is visible to this
+// CTA after the barrier that follows).
+__device__ __forceinline__ void WaitForCount(const int32_t* count,
+                                             int expected) {
+  for (;;) {
+    int32_t seen;
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n"
+                 : "=r"(seen)
+                 : "l"(count)
+                 : "memory");
+    if (seen >= expected) return;
+    __nanosleep(32);
+  }
 }
 
 // Halves of the cluster barrier, for every thread of every CTA of the
@@ -368,18 +387,20 @@ __device__ __forceinline__ void SplitSelect(
   const int splits = grp.num_splits;  // the cluster's CTAs
   const int64_t out_offset = b.rows[grp.rows[0]].out_offset;
   const int begin = static_cast<int>(ic.slot_begin);
-  // This item's keys back from the scratch (its own writes, in L2).
+  // This item's keys back from the scratch (its own writes, in L2), while
+  // the level-0 round runs.
   for (int i = threadIdx.x; i < n / 4; i += kSelectThreads) {
     CpAsync16(keys + 4 * i, out + begin + 4 * i, true);
   }
   CpAsyncCommit();
   GroupSums(hist, sums);
-  CpAsyncWait<0>();
   Trace(b.trace, kTraceTicket);
   ClusterArrive();  // this item's histogram and sums are ready
   ClusterWait();
   ClusterFindThresholdBin(hist, sums, splits, k, rs);
   ClusterArrive();  // done reading the others' histograms
+  CpAsyncWait<0>();
+  __syncthreads();  // every thread's keys landed
   Trace(b.trace, kTraceTailIn);
   // One narrowing step of bin (th.prefix, th.shift), `need` of whose
   // `bucket` keys are kept, by the next bits of keys key_of(0..count-1):
@@ -614,9 +635,32 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
   }
   FenceProxyAsync();
 
-  GridDependencyWait();  // the unions are written
-  Trace(b.trace, kTraceWaited);
-  const ItemContext<1> ic = MakeItemContext<1, false>(b, item, grp);
+  // The row's blocks: chosen here once the group's block items are done
+  // (GroupDesc::tokens_choose; an empty item of a padded cluster has no
+  // tiles and skips it), or the union that the block stage wrote.
+  int32_t* chosen = reinterpret_cast<int32_t*>(smem + L::kChosenOff);
+  const bool choose = !kPooled && grp.tokens_choose != 0;
+  int num_chosen = -1;
+  if (choose && item.slot_begin < item.slot_end) {
+    if (threadIdx.x == 0) {
+      WaitForCount(b.counters + 2 * item.group, grp.block_items);
+    }
+    __syncthreads();
+    Trace(b.trace, kTraceWaited);
+    // The key stages are free until the first copy: they cache the scores.
+    num_chosen = ChooseBlocksForGroup<1>(
+        b, grp, reinterpret_cast<float*>(key_stages),
+        kTmaStages * L::kKeyBytes / 4, rs, chosen);
+    __syncthreads();    // `chosen` is complete
+    FenceProxyAsync();  // the cache's writes before the stages' copies
+  } else if (choose) {
+    num_chosen = 0;
+  } else {
+    GridDependencyWait();  // the unions are written
+    Trace(b.trace, kTraceWaited);
+  }
+  const ItemContext<1> ic =
+      MakeItemContext<1, false>(b, item, grp, num_chosen);
   const int64_t span = ic.slot_end - ic.slot_begin;
   const int num_tiles =
       span > 0 ? static_cast<int>((span + kTileSlots - 1) / kTileSlots) : 0;
@@ -628,8 +672,11 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
   // block of the union, and positions past t end the run.
   for (int j = threadIdx.x; j < num_tiles; j += kSelectThreads) {
     const int64_t slot = ic.slot_begin + int64_t{j} * kTileSlots;
-    const SlotRef r =
-        ResolveSlot<1, false>(b, ic, slot, LoadUnionEntry(ic, slot));
+    const UnionEntry e =
+        !choose ? LoadUnionEntry(ic, slot)
+        : slot < ic.slot_end ? UnionEntry{chosen[slot >> ic.log2b], 1}
+                             : UnionEntry{0, 0};
+    const SlotRef r = ResolveSlot<1, false>(b, ic, slot, e);
     tiles[j] = TileCopyOf(*ic.layer, r);
     if constexpr (!kPooled) tile_pos[j] = r.pos;  // for SplitSelect
     tile_valid[j] =
@@ -745,6 +792,9 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
       SplitSelect(b, grp, item, ic, out,
                   max(slot_end - static_cast<int>(ic.slot_begin), 0), hist,
                   tile_pos, smem, rs);
+      // An item that chose its blocks did not wait for the block launch
+      // (long complete by now): the launch completes after it.
+      if (choose) GridDependencyWait();
       return;
     }
     // This CTA's counts join the group's histogram (LastOfGroup's fence

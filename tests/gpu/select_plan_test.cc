@@ -640,6 +640,83 @@ TEST(SelectPlanTest, SplitSelectsRunAsOneClusterPerGroup) {
   EXPECT_GE(mixed.padded_groups, 8);
 }
 
+// GroupDesc::tokens_choose: split-select HISA rows that score their own
+// blocks choose them in their token items. Their block items are theirs
+// (group == the token group, block_items of them), so that the count the
+// token items wait for is the row's own; rows whose blocks a block-stage
+// pair scores, rows that choose every block (DENSE rows) and rows without
+// split selects keep the union that the block stage writes.
+TEST(SelectPlanTest, TokenItemsChooseBlocksOnlyForTheirOwnSplitRows) {
+  const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
+                             BlockPooling::kMean};
+  CudaRequestStore store(nullptr, config);
+  const std::vector<int> h200 = {0, 0, 198, 124, 92, 69, 62, 47, 45};
+  struct Seen {
+    int choosing = 0;  // groups with tokens_choose
+    int hisa_split = 0;  // HISA groups with split selects
+  };
+  auto plan_of = [&](const std::vector<int64_t>& positions, bool choice,
+                     bool pair_blocks, bool split) {
+    Batch b;
+    AddRows(b, &store, &config, positions, SelectMode::kHisa, 2048, 64);
+    PlanOptions options;
+    options.num_sms = 132;
+    options.use_tma = true;
+    options.pair_hisa_blocks = pair_blocks;
+    options.split_select = split;
+    options.token_choice = choice;
+    options.clusters_known = true;
+    for (size_t c = 0; c < h200.size(); ++c) {
+      options.clusters_resident[c] = h200[c];
+    }
+    absl::StatusOr<SelectPlan> plan = BuildSelectPlan(b.tasks, options);
+    EXPECT_TRUE(plan.ok()) << plan.status();
+    const PlanImage image = ReadPlan(*plan, positions.size());
+    // Block items per descriptor.
+    std::vector<int> block_items(plan->num_descriptors, 0);
+    for (const LaunchSpec& s : plan->launches) {
+      if (s.stage != LaunchSpec::kBlockScores) continue;
+      for (int64_t i = s.first_item; i < s.first_item + s.num_items; ++i) {
+        ++block_items[image.work[i].group];
+      }
+    }
+    Seen seen;
+    for (int64_t g = 0; g < plan->num_descriptors; ++g) {
+      const GroupDesc& gd = image.groups[g];
+      if (g >= plan->num_groups) {  // a block-stage pair
+        EXPECT_EQ(gd.tokens_choose, 0);
+        continue;
+      }
+      seen.hisa_split += gd.split_select && gd.mode == kModeHisa;
+      if (!gd.tokens_choose) continue;
+      ++seen.choosing;
+      EXPECT_EQ(gd.split_select, 1);
+      EXPECT_EQ(gd.mode, kModeHisa);
+      EXPECT_EQ(gd.num_rows, 1);
+      EXPECT_GT(gd.block_items, 0);
+      EXPECT_EQ(block_items[g], gd.block_items) << "group " << g;
+    }
+    return seen;
+  };
+  std::vector<int64_t> decode;
+  for (int i = 0; i < 64; ++i) decode.push_back(60000 + 1000 * i);
+  const Seen on = plan_of(decode, true, false, true);
+  EXPECT_EQ(on.hisa_split, 64);
+  EXPECT_EQ(on.choosing, 64);
+  EXPECT_EQ(plan_of(decode, false, false, true).choosing, 0);
+  EXPECT_EQ(plan_of(decode, true, false, false).choosing, 0);
+  // Rows of one request and layer: the block stage pairs neighbours, whose
+  // unions it then writes (two rows a block item).
+  const Seen paired = plan_of(decode, true, true, true);
+  EXPECT_EQ(paired.hisa_split, 64);
+  EXPECT_EQ(paired.choosing, 0);
+  // Rows that choose every block (c + 1 <= m) are DENSE rows: no choice.
+  std::vector<int64_t> ragged = decode;
+  for (int i = 0; i < 8; ++i) ragged.push_back(300 + i);
+  const Seen mixed = plan_of(ragged, true, false, true);
+  EXPECT_EQ(mixed.choosing, 64);
+}
+
 // The request path plans straight into pinned staging (BuildSelectPlanInto);
 // it must produce exactly BuildSelectPlan's image and layout, whatever the
 // destination held before, and write nothing when the image does not fit.
