@@ -255,7 +255,7 @@ void AppendTraceCsv(const char* path, const char* label, int l,
     const uint64_t* x = t + c * cuda::kTraceSlots;
     std::fprintf(out, "%s,%d,%d,%llu", label, l, c,
                  static_cast<unsigned long long>(x[cuda::kTraceSm]));
-    for (int p = cuda::kTraceStart; p <= cuda::kTraceTailEnd; ++p) {
+    for (int p = cuda::kTraceStart; p < cuda::kTraceSm; ++p) {
       if (x[p] == 0) {
         std::fprintf(out, ",");
       } else {
@@ -278,10 +278,11 @@ void PrintTrace(const char* label, const std::vector<uint64_t>& trace) {
     }
   }
   if (t0 == UINT64_MAX) return;
-  static const char* kNames[] = {"start",   "waited",  "ready",
+  static const char* kNames[] = {"start",    "waited",  "ready",
                                  "loop_end", "ticket",  "tail_in",
-                                 "tail_rnd", "tail_th", "tail_end"};
-  static_assert(sizeof(kNames) / sizeof(kNames[0]) == cuda::kTraceTailEnd + 1);
+                                 "tail_rnd", "tail_th", "tail_end",
+                                 "choice_in", "chosen"};
+  static_assert(sizeof(kNames) / sizeof(kNames[0]) == cuda::kTraceSm);
   auto spread = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
     return absl::StrFormat("n=%4zu  min %7.2f  median %7.2f  max %7.2f",
@@ -302,7 +303,7 @@ void PrintTrace(const char* label, const std::vector<uint64_t>& trace) {
       AppendTraceCsv(csv, label, l, t, ctas, t0);
     }
     std::vector<double> tails;
-    for (int p = cuda::kTraceStart; p <= cuda::kTraceTailEnd; ++p) {
+    for (int p = cuda::kTraceStart; p < cuda::kTraceSm; ++p) {
       std::vector<double> v;
       for (int c = 0; c < ctas; ++c) {
         const uint64_t x = t[c * cuda::kTraceSlots + p];

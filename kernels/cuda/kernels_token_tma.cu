@@ -12,7 +12,8 @@ KernelHandle TokenKernelTma(bool pooled) {
   if (pooled) {
     return MakeHandle<&TmaTokenKernel<true>>(TmaTokenLayout::kBytes);
   }
-  return MakeHandle<&TmaTokenKernel<false>>(TmaTokenLayout::kBytes);
+  return MakeHandle<&TmaTokenKernel<false>>(TmaTokenLayout::kBytes,
+                                            kTmaTokenTwoPerSmBytes);
 }
 
 }  // namespace hisa::cuda

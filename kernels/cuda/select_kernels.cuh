@@ -1019,7 +1019,7 @@ __device__ int ChooseBlocksForGroup(const SelectBuffers& b,
     }
     __syncthreads();
   }
-  Trace(b.trace, kTraceTailIn);
+  Trace(b.trace, local != nullptr ? kTraceChoiceIn : kTraceTailIn);
   auto score = [&](int g, int64_t blk) {
     return in_smem ? J[g][blk] : __ldcg(J[g] + blk);
   };
@@ -1035,7 +1035,7 @@ __device__ int ChooseBlocksForGroup(const SelectBuffers& b,
           rs);
     }
   }
-  Trace(b.trace, kTraceTailChosen);
+  Trace(b.trace, local != nullptr ? kTraceChoiceChosen : kTraceTailChosen);
   // Whether row g (blk <= c[g]) chose block blk.
   auto chosen = [&](int g, int64_t blk) {
     if (all[g] || blk == 0 || blk == c[g]) return true;

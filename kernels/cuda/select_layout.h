@@ -52,6 +52,10 @@ inline constexpr int kFinalizeCap = 8192;
 // (TMA) kernel (both forms; also the pooled form's slices per SM), the
 // wgmma kernel, and the others.
 inline constexpr int kTmaTokenCtasPerSm = 3;
+// The bulk-copy kernel's shared memory when at most two of its CTAs may
+// share an SM (PlanOptions::token_ctas_per_sm): 228 KB per SM, 1 KB of it
+// reserved per CTA, and a spare KB.
+inline constexpr int kTmaTokenTwoPerSmBytes = 228 * 1024 / 2 - 2048;
 inline constexpr int kWgmmaTokenCtasPerSm = 2;
 // Rows that share one work item (neighbouring prefill rows).
 inline constexpr int kMaxGroupRows = 2;
@@ -284,9 +288,12 @@ enum TracePoint : int {
   kTraceTailChosen = 7,  // its threshold found (split select: and where
                          // this item's entries go)
   kTraceTailEnd = 8,   // block choice / final select / merge done
-  kTraceSm = 9,
+  kTraceChoiceIn = 9,  // tokens_choose: the row's block scores in shared
+                       // memory
+  kTraceChoiceChosen = 10,  // tokens_choose: its threshold found
+  kTraceSm = 11,
 };
-inline constexpr int kTraceSlots = 10;
+inline constexpr int kTraceSlots = 12;
 inline constexpr int kTraceMaxCtas = 4096;
 inline constexpr int kTraceMaxLaunches = 4;
 
