@@ -1026,7 +1026,7 @@ __device__ int ChooseBlocksForGroup(const SelectBuffers& b,
 #pragma unroll
   for (int g = 0; g < G; ++g) {
     if (extra[g] > 0) {
-      th[g] = RangeSelect(
+      th[g] = RadixSelect(
           static_cast<int>(c[g] - 1), extra[g],
           [&](int i) {
             const uint32_t blk = static_cast<uint32_t>(i + 1);

@@ -281,9 +281,6 @@ struct RadixShared {
   int32_t count;
   int32_t warp_total[kSelectThreads / 32];
   int32_t tie_total[kSelectThreads / 32];
-  // RangeSelect: each warp's smallest and largest composite.
-  uint64_t warp_min[kSelectThreads / 32];
-  uint64_t warp_max[kSelectThreads / 32];
 };
 
 // One counting pass of a radix select over 32- or 64-bit keys (get's
@@ -370,69 +367,6 @@ __device__ Threshold RadixSelect(int n, int need, Get get, RadixShared& rs) {
   Threshold th;
   th.prefix = prefix;
   th.shift = shift;
-  return th;
-}
-
-// The same threshold as RadixSelect, for composites whose top bits are
-// nearly all equal (block scores of one row lie within a few octaves, so
-// an MSB-first pass would put almost every entry into one or two of its
-// 256 bins, whose shared-memory atomics then serialize, and the first
-// passes would decide nothing). Bins are offsets from the smallest
-// composite instead, 2^shift wide with the range [min, max] spanning at
-// most 256 of them; the threshold bin is then narrowed 8 bits per pass.
-// Returns {prefix = T, shift = 0}: kept iff c >= T. Typically two passes
-// after the min/max reduction, against four to five radix passes.
-template <class Get>
-__device__ Threshold RangeSelect(int n, int need, Get get, RadixShared& rs) {
-  const int warp = threadIdx.x >> 5;
-  uint64_t lo = ~uint64_t{0}, hi = 0;
-  for (int i = threadIdx.x; i < n; i += kSelectThreads) {
-    const uint64_t c = get(i);
-    lo = c < lo ? c : lo;
-    hi = c > hi ? c : hi;
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    const uint64_t l = __shfl_xor_sync(0xFFFFFFFFu, lo, off);
-    const uint64_t h = __shfl_xor_sync(0xFFFFFFFFu, hi, off);
-    lo = l < lo ? l : lo;
-    hi = h > hi ? h : hi;
-  }
-  if ((threadIdx.x & 31) == 0) {
-    rs.warp_min[warp] = lo;
-    rs.warp_max[warp] = hi;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int w = 0; w < kSelectThreads / 32; ++w) {
-    lo = rs.warp_min[w] < lo ? rs.warp_min[w] : lo;
-    hi = rs.warp_max[w] > hi ? rs.warp_max[w] : hi;
-  }
-  // Entries still in the running: [lo, lo + span].
-  uint64_t span = hi - lo;
-  int shift = span < 256 ? 0 : 64 - __clzll(static_cast<long long>(span)) - 8;
-#pragma unroll 1
-  for (;;) {
-    for (int i = threadIdx.x; i < 256; i += kSelectThreads) rs.hist[i] = 0;
-    __syncthreads();
-    for (int i = threadIdx.x; i < n; i += kSelectThreads) {
-      const uint64_t c = get(i) - lo;  // wraps past the range: not counted
-      if (c <= span) atomicAdd(&rs.hist[static_cast<uint32_t>(c >> shift)], 1u);
-    }
-    __syncthreads();
-    FindThresholdBin(need, rs);
-    __syncthreads();
-    lo += static_cast<uint64_t>(rs.digit) << shift;
-    const int bucket = rs.bucket;
-    need = rs.need;
-    // Distinct composites: a bin one composite wide holds one entry.
-    if (bucket == need || shift == 0) break;
-    span = (uint64_t{1} << shift) - 1;
-    shift = shift > 8 ? shift - 8 : 0;
-  }
-  Threshold th;
-  th.prefix = lo;
-  th.shift = 0;
   return th;
 }
 

@@ -16,12 +16,16 @@
 // issues with their address arithmetic, the per-thread slot map, the
 // staging round trip through shared memory and all three CTA barriers.
 //
-//   before the loop  the barriers, the query operand and the weights
-//                    (while the block stage may still run: programmatic
-//                    dependent launch); then, after GridDependencyWait,
-//                    one thread per tile resolves the tile's key row in
-//                    the tensor map and its scales' address (union entry,
-//                    page table) into shared memory; thread 0 fills the
+//   before the loop  the barriers, the query operand, the weights and
+//                    the row's key page table (while the block stage may
+//                    still run: programmatic dependent launch); then, once
+//                    the row's blocks are known (GridDependencyWait and the
+//                    union the block stage wrote; or, GroupDesc::
+//                    tokens_choose, once the row's block items have
+//                    counted themselves done, the item's own choice from
+//                    their block scores), one thread per tile resolves the
+//                    tile's key row in the tensor map and its scales'
+//                    address into shared memory; thread 0 fills the
 //                    kTmaStages stages.
 //   tile loop        every warpgroup waits for its stage's full barrier,
 //                    scores its 64 slots x 64 heads (4 wgmma k-steps),
@@ -67,6 +71,10 @@ namespace hisa::cuda {
 inline constexpr int kTmaStages = 3;
 // Tiles of one work item: slot-score rows have at most kSlotSelectCap slots.
 inline constexpr int kTmaMaxTiles = kSlotSelectCap / kTileSlots;
+// Key page-table entries of a row that the prologue copies to shared memory
+// (one key stage: 4096 pages of 512 tokens); the tiles of later pages look
+// theirs up in global memory.
+inline constexpr int kTmaPrefetchPages = kTileSlots * 128 / 4;
 // A split select's histograms are read across the cluster in groups of
 // kGroupBins bins (ClusterFindThresholdBin).
 inline constexpr int kHistGroups = 64;
@@ -633,6 +641,21 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
   if (threadIdx.x < 64) {
     weights[threadIdx.x] = b.w[b.rows[grp.rows[0]].w_offset + threadIdx.x];
   }
+  // The row's key page table (pages of positions 0..t, at most
+  // kTmaPrefetchPages) into the last key stage, while the block stage runs:
+  // mapping the tiles after the wait then reads no global memory.
+  uint32_t* pages =
+      reinterpret_cast<uint32_t*>(key_stages + (kTmaStages - 1) * L::kKeyBytes);
+  int num_pages;
+  {
+    const LayerView& lv = b.layers[grp.layer];
+    num_pages = static_cast<int>(
+        min(b.rows[grp.rows[0]].position / lv.geo.tokens_per_page + 1,
+            int64_t{kTmaPrefetchPages}));
+    for (int i = threadIdx.x; i < num_pages; i += kSelectThreads) {
+      pages[i] = __ldg(b.tables + lv.key_table + i);
+    }
+  }
   FenceProxyAsync();
 
   // The row's blocks: chosen here once the group's block items are done
@@ -647,10 +670,11 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
     }
     __syncthreads();
     Trace(b.trace, kTraceWaited);
-    // The key stages are free until the first copy: they cache the scores.
+    // The key stages before the last (which holds the page table) are free
+    // until the first copy: they cache the scores.
     num_chosen = ChooseBlocksForGroup<1>(
         b, grp, reinterpret_cast<float*>(key_stages),
-        kTmaStages * L::kKeyBytes / 4, rs, chosen);
+        (kTmaStages - 1) * L::kKeyBytes / 4, rs, chosen);
     __syncthreads();    // `chosen` is complete
     FenceProxyAsync();  // the cache's writes before the stages' copies
   } else if (choose) {
@@ -676,7 +700,15 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
         !choose ? LoadUnionEntry(ic, slot)
         : slot < ic.slot_end ? UnionEntry{chosen[slot >> ic.log2b], 1}
                              : UnionEntry{0, 0};
-    const SlotRef r = ResolveSlot<1, false>(b, ic, slot, e);
+    SlotRef r = ResolveSlot<1, false>(b, ic, slot, e, /*need_page=*/false);
+    if (r.rows != 0) {
+      const uint32_t p = static_cast<uint32_t>(r.pos);
+      const uint32_t page_rel = DivFast(p, ic.per_page_magic);
+      r.in_page = p - page_rel * ic.per_page;
+      r.page = page_rel < static_cast<uint32_t>(num_pages)
+                   ? pages[page_rel]
+                   : __ldg(b.tables + ic.table + page_rel);
+    }
     tiles[j] = TileCopyOf(*ic.layer, r);
     if constexpr (!kPooled) tile_pos[j] = r.pos;  // for SplitSelect
     tile_valid[j] =
