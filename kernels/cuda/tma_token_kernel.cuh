@@ -657,6 +657,7 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
     }
   }
   FenceProxyAsync();
+  __syncthreads();  // the page table, for every thread's tiles
 
   // The row's blocks: chosen here once the group's block items are done
   // (GroupDesc::tokens_choose; an empty item of a padded cluster has no
