@@ -283,21 +283,6 @@ struct RadixShared {
   int32_t tie_total[kSelectThreads / 32];
 };
 
-// hist[bin] += 1 for every lane of the warp with `counted`, in one
-// shared-memory atomic per distinct bin of the warp: keys that crowd into
-// few bins (the first digits of scores within a few octaves) would
-// otherwise serialize up to 32 atomics on one address per instruction.
-// Every lane of the warp must call it (converged).
-__device__ __forceinline__ void CountInWarp(uint32_t* hist, uint32_t bin,
-                                            bool counted) {
-  const uint32_t voters = __ballot_sync(0xFFFFFFFFu, counted);
-  const uint32_t peers =
-      __match_any_sync(0xFFFFFFFFu, counted ? bin : 0xFFFFFFFFu) & voters;
-  if (counted && (threadIdx.x & 31) == __ffs(peers) - 1) {
-    atomicAdd(&hist[bin], static_cast<uint32_t>(__popc(peers)));
-  }
-}
-
 // One counting pass of a radix select over 32- or 64-bit keys (get's
 // type): zeroes hist[0, bins), then adds 1 at hist[(key >> next) &
 // digit_mask] for every key of get(0..n-1) with (key >> shift) == prefix
@@ -312,14 +297,11 @@ __device__ __forceinline__ void CountDigits(int n, Get get, uint64_t prefix,
   constexpr int kKeyBits = static_cast<int>(sizeof(Key)) * 8;
   for (int i = threadIdx.x; i < bins; i += kSelectThreads) hist[i] = 0;
   __syncthreads();
-  // Whole warps per step (CountInWarp).
-  for (int i0 = threadIdx.x & ~31; i0 < n; i0 += kSelectThreads) {
-    const int i = i0 + (threadIdx.x & 31);
-    const Key key = i < n ? get(i) : Key{0};
-    const bool counted =
-        i < n && (shift == kKeyBits || (key >> shift) == prefix);
-    CountInWarp(hist, static_cast<uint32_t>(key >> next) & digit_mask,
-                counted);
+  for (int i = threadIdx.x; i < n; i += kSelectThreads) {
+    const Key key = get(i);
+    if (shift == kKeyBits || (key >> shift) == prefix) {
+      atomicAdd(&hist[static_cast<uint32_t>(key >> next) & digit_mask], 1u);
+    }
   }
   __syncthreads();
 }

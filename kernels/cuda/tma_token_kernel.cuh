@@ -423,11 +423,11 @@ __device__ __forceinline__ void SplitSelect(
       hist[i] = 0;
     }
     __syncthreads();
-    for (int i0 = threadIdx.x & ~31; i0 < count; i0 += kSelectThreads) {
-      const int i = i0 + (threadIdx.x & 31);
-      const uint32_t key = i < count ? key_of(i) : 0u;
-      CountInWarp(hist, (key >> next) & mask,
-                  key != 0 && (key >> th.shift) == th.prefix);
+    for (int i = threadIdx.x; i < count; i += kSelectThreads) {
+      const uint32_t key = key_of(i);
+      if (key != 0 && (key >> th.shift) == th.prefix) {
+        atomicAdd(&hist[(key >> next) & mask], 1u);
+      }
     }
     __syncthreads();
     if (whole_row) {
