@@ -21,7 +21,9 @@
 //       message waited in the batcher before its batch started
 //   hisa_select_stage_duration_seconds{stage}  histogram: SelectStageTimes
 //       per batch (prepare, block_scoring, block_choice, token_scoring,
-//       topk); stages a backend does not separate are not observed
+//       topk); stages a backend does not separate are not observed, nor
+//       the CUDA backend's GPU stages outside the one batch in 16 it times
+//       (cuda_backend.h)
 //   hisa_selected_rows_total{mode}             counter: rows answered OK, by
 //       the code path used (dense, hisa)
 //   hisa_append_tokens_total, hisa_append_bytes_total   counters: tokens and

@@ -4,7 +4,7 @@
 # compares two binaries; this, settings of one):
 #   OUT=$OUT ROUNDS=2 BENCH_ARGS="--lengths=65536 --shapes=decode64 --trace" \
 #     bash bench/gpu/sweep.sh base= nochoice=HISA_CUDA_TOKEN_CHOICE=0 \
-#       nopdl=HISA_CUDA_TOKEN_PDL=0,HISA_CUDA_TOKEN_CHOICE=0
+#       nosplit=HISA_CUDA_SPLIT_SELECT=0,HISA_CUDA_TOKEN_CHOICE=0
 # Each argument is name=VAR=value,VAR=value (nothing after the first '=':
 # the defaults). Logs: $OUT/<name>_<round>.log; every traced CTA of a
 # setting in $OUT/<name>.csv (HISA_TRACE_CSV); the HISA timing lines last.

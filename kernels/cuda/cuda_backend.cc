@@ -18,6 +18,11 @@
 #include "kernels/status_macros.h"
 
 namespace hisa {
+namespace {
+// Batches of a select context whose GPU stages are timed, when the caller
+// asks for stage times (RunBatch says why not every one).
+constexpr int64_t kStageSampleEvery = 16;
+}  // namespace
 
 bool CudaDeviceAvailable() {
   int count = 0;
@@ -74,10 +79,6 @@ CudaBackend::CudaBackend(std::unique_ptr<cuda::DeviceState> device)
   plan_options_->pair_hisa_blocks = !env_is_0("HISA_CUDA_PAIR_BLOCKS");
   plan_options_->split_select = !env_is_0("HISA_CUDA_SPLIT_SELECT");
   plan_options_->token_choice = !env_is_0("HISA_CUDA_TOKEN_CHOICE");
-  plan_options_->early_token_launch = !env_is_0("HISA_CUDA_TOKEN_PDL");
-  if (env_is_1("HISA_CUDA_TOKEN_TWO_PER_SM")) {
-    plan_options_->token_ctas_per_sm = 2;
-  }
   plan_options_->use_tma =
       device_->key_tensor_map() != nullptr && !env_is_0("HISA_CUDA_TMA");
   // Unknown if the query fails: the planner then assumes that clusters
@@ -182,8 +183,15 @@ void CudaBackend::RunBatch(absl::Span<const SelectTask> tasks, void* context,
   err = cudaMemcpyAsync(ctx->device, ctx->host, plan.image_bytes,
                         cudaMemcpyHostToDevice, stream);
   if (err != cudaSuccess) return fail(cuda::CudaError(err, "select upload"));
-  // Stage events only when the caller wants stage times.
-  cudaEvent_t* events = times != nullptr ? ctx->events : nullptr;
+  // Stage events only when the caller wants stage times, and then on one
+  // batch in kStageSampleEvery: an event between the block and token
+  // kernels keeps the token kernel from starting early (programmatic
+  // dependent launch), which costs the timed batch a few microseconds of
+  // GPU time, and reading six events costs the host more. The server asks
+  // for stage times on every batch (its stage histograms).
+  const bool timed =
+      times != nullptr && ctx->batches++ % kStageSampleEvery == 0;
+  cudaEvent_t* events = timed ? ctx->events : nullptr;
   // No map when bulk copies are off (HISA_CUDA_TMA=0): the GPU suite's
   // variant run then also covers launches without one.
   err = cuda::LaunchSelectPlan(
@@ -218,7 +226,8 @@ void CudaBackend::RunBatch(absl::Span<const SelectTask> tasks, void* context,
       r.scores.clear();
     }
   }
-  if (times != nullptr) {
+  if (times != nullptr) times->prepare += absl::ToDoubleSeconds(prepared - start);
+  if (timed) {
     float ms[5] = {0, 0, 0, 0, 0};
     for (int s = 0; s < 5; ++s) {
       if (cudaEventElapsedTime(&ms[s], ctx->events[s], ctx->events[s + 1]) !=
@@ -227,7 +236,6 @@ void CudaBackend::RunBatch(absl::Span<const SelectTask> tasks, void* context,
         cudaGetLastError();
       }
     }
-    times->prepare += absl::ToDoubleSeconds(prepared - start);
     // Block choice runs inside the block-scoring kernel and top-k (with the
     // merge of split work items) inside the token kernel: block_choice stays
     // 0 and `topk` gets the download of the results.

@@ -25,7 +25,11 @@
 // (slot scores in the pooled form's slices), HISA_CUDA_SPLIT_SELECT=0 (a
 // split row's last item selects it alone), HISA_CUDA_CLUSTER_ITEMS=2..8
 // (split selects with that many items per row, even when their clusters
-// need several waves); select_plan.h PlanOptions.
+// need several waves), HISA_CUDA_TOKEN_CHOICE=0 (split-select rows read
+// the union that the block stage chose); select_plan.h PlanOptions.
+// Stage times (SelectStageTimes): `prepare` on every batch; the GPU stages
+// on one batch in 16 of each select context (the others leave them 0),
+// since timing them costs the kernels their overlap.
 //
 // Thread safety: Backend (backend.h). Selects run concurrently on up to
 // DeviceOptions::select_contexts streams; a further Select waits for one.

@@ -56,6 +56,8 @@ struct SelectContext {
   uint8_t* host = nullptr;
   int64_t host_bytes = 0;
   cudaEvent_t events[6] = {};
+  // Batches run on this context (CudaBackend samples stage times by it).
+  int64_t batches = 0;
 };
 
 // INTERNAL status for a failed CUDA call: "<what>: <cuda error string>".

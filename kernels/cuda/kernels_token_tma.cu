@@ -12,8 +12,7 @@ KernelHandle TokenKernelTma(bool pooled) {
   if (pooled) {
     return MakeHandle<&TmaTokenKernel<true>>(TmaTokenLayout::kBytes);
   }
-  return MakeHandle<&TmaTokenKernel<false>>(TmaTokenLayout::kBytes,
-                                            kTmaTokenTwoPerSmBytes);
+  return MakeHandle<&TmaTokenKernel<false>>(TmaTokenLayout::kBytes);
 }
 
 }  // namespace hisa::cuda

@@ -23,19 +23,16 @@ constexpr bool FitsPerSm(int ctas, int smem_bytes) {
   return ctas * (smem_bytes + 1024) <= 228 * 1024;
 }
 
-// One static once_flag per kernel: Kernel is the function itself. Launches
-// may ask for up to max_smem_bytes (default smem_bytes; more: fewer CTAs
-// per SM).
+// One static once_flag per kernel: Kernel is the function itself.
 template <auto Kernel>
-KernelHandle MakeHandle(int smem_bytes, int max_smem_bytes = 0) {
+KernelHandle MakeHandle(int smem_bytes) {
   static std::once_flag once;
   const void* fn = reinterpret_cast<const void*>(Kernel);
-  const int limit = max_smem_bytes > smem_bytes ? max_smem_bytes : smem_bytes;
   std::call_once(once, [&] {
-    if (limit > 48 * 1024) {
+    if (smem_bytes > 48 * 1024) {
       // An error here surfaces as a launch failure, reported by the launcher.
       (void)cudaFuncSetAttribute(
-          fn, cudaFuncAttributeMaxDynamicSharedMemorySize, limit);
+          fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
     }
   });
   KernelHandle h;

@@ -52,10 +52,6 @@ inline constexpr int kFinalizeCap = 8192;
 // (TMA) kernel (both forms; also the pooled form's slices per SM), the
 // wgmma kernel, and the others.
 inline constexpr int kTmaTokenCtasPerSm = 3;
-// The bulk-copy kernel's shared memory when at most two of its CTAs may
-// share an SM (PlanOptions::token_ctas_per_sm): 228 KB per SM, 1 KB of it
-// reserved per CTA, and a spare KB.
-inline constexpr int kTmaTokenTwoPerSmBytes = 228 * 1024 / 2 - 2048;
 inline constexpr int kWgmmaTokenCtasPerSm = 2;
 // Rows that share one work item (neighbouring prefill rows).
 inline constexpr int kMaxGroupRows = 2;

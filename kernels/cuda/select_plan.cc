@@ -286,7 +286,6 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
   ResetPlan(plan);
   const int n = static_cast<int>(tasks.size());
   plan->task_out_offset.assign(n, -1);
-  plan->early_token_launch = options.early_token_launch;
   plan->write_scores =
       std::any_of(tasks.begin(), tasks.end(),
                   [](const SelectTask& t) { return t.row->return_scores; });
@@ -761,7 +760,6 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     l.first_item = first;
     l.num_items = static_cast<int64_t>(s.clustered.size()) - first;
     l.cluster = c;
-    if (options.token_ctas_per_sm == 2) l.smem_bytes = kTmaTokenTwoPerSmBytes;
   }
   s.items.swap(s.clustered);
 
@@ -1001,8 +999,7 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
       cudaLaunchConfig_t config = {};
       config.gridDim = dim3(static_cast<unsigned>(s.num_items));
       config.blockDim = dim3(kSelectThreads);
-      config.dynamicSmemBytes =
-          static_cast<size_t>(s.smem_bytes > 0 ? s.smem_bytes : h.smem_bytes);
+      config.dynamicSmemBytes = static_cast<size_t>(h.smem_bytes);
       config.stream = stream;
       // A launch after another kernel of this plan may start early
       // (programmatic dependent launch): its CTAs take SMs as the previous
@@ -1011,8 +1008,7 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
       // Stage events between the kernels keep it from starting early.
       cudaLaunchAttribute attrs[2];
       unsigned num_attrs = 0;
-      if (launched && (s.stage != LaunchSpec::kTokens ||
-                       plan.early_token_launch)) {
+      if (launched) {
         attrs[num_attrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
         attrs[num_attrs++].val.programmaticStreamSerializationAllowed = 1;
       }

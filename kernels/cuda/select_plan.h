@@ -113,14 +113,6 @@ struct PlanOptions {
   // writing a union that every token item reads after the whole block
   // launch. HISA_CUDA_TOKEN_CHOICE=0 turns it off.
   bool token_choice = true;
-  // Token launches start while the block stage runs (programmatic
-  // dependent launch). HISA_CUDA_TOKEN_PDL=0 launches them after it
-  // (A/B: where the early CTAs land).
-  bool early_token_launch = true;
-  // 2: split-select launches ask for kTmaTokenTwoPerSmBytes of shared
-  // memory, so that at most two of their CTAs share an SM
-  // (HISA_CUDA_TOKEN_CTAS_PER_SM=2; A/B of CTA placement). 0: the kernel's.
-  int token_ctas_per_sm = 0;
   // > 0: split selects with this many items per row (2..kMaxClusterItems),
   // whether their clusters fit in one wave or not (HISA_CUDA_CLUSTER_ITEMS;
   // tests of several waves of clusters, A/B comparisons).
@@ -156,9 +148,6 @@ struct LaunchSpec {
   // (GroupDesc::split_select) runs each group's items, first_item + cluster
   // * j ..., as one cluster. 1: no clusters.
   int32_t cluster = 1;
-  // > 0: the launch's dynamic shared memory instead of the kernel's own
-  // (fewer CTAs per SM; PlanOptions::token_ctas_per_sm).
-  int32_t smem_bytes = 0;
 };
 
 struct SelectPlan {
@@ -179,8 +168,6 @@ struct SelectPlan {
   // Some task asked for scores (QueryRow::return_scores): the kernels write
   // them at out_scores_off only then.
   bool write_scores = false;
-  // PlanOptions::early_token_launch.
-  bool early_token_launch = true;
   std::vector<LaunchSpec> launches;
   std::vector<int64_t> task_out_offset;
   int64_t num_groups = 0;       // token groups: descriptors [0, num_groups)
