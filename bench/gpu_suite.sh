@@ -6,8 +6,10 @@
 #      FP8 cases again on the mma.sync kernel with paired HISA rows, on the
 #      wgmma kernel without bulk tensor copies, with the bulk-copy
 #      kernel's pooled form (slot scores in per-SM pool slices), with
-#      split selects off (each split row's last item selects it alone), and
-#      with split selects in clusters of 8 items per row,
+#      split selects off (each split row's last item selects it alone),
+#      with split selects in clusters of 8 items per row, and with the
+#      block stage choosing split rows' blocks (HISA_CUDA_TOKEN_CHOICE=0);
+#      SUITE_VARIANTS="VAR=1 VAR2=0;VAR3=0" picks others (';' between runs),
 #   3. hisa_gpu_bench: kernel-level DENSE / HISA timings (prefill 1024 rows,
 #      full causal prefill, decode 64 / 256 requests) at every length, and
 #      hisa_l2_bench: the bulk-copy read ceiling from L2 and HBM,
@@ -87,12 +89,13 @@ if has test2; then
   # The FP8 cases again on the other kernel paths: the mma.sync token kernel
   # (fallback) with paired HISA rows (union of two rows' blocks), and the
   # wgmma kernel with per-thread copies instead of bulk tensor copies, the
-  # pooled form, split rows selected by their last item alone, and split
-  # selects in clusters of 8 items per row.
+  # pooled form, split rows selected by their last item alone, split
+  # selects in clusters of 8 items per row, and split rows whose blocks the
+  # block stage chooses.
   FP8='GpuShapesTest.*:*keys_FP8_E4M3_q_FP8_E4M3:GpuExactTest.*:GpuEdgeTest.NegativeFp8Scales:GpuConcurrencyTest.*-GpuExactTest.SplitSelectClustersInSeveralWaves'
-  for VARIANT in "HISA_CUDA_MMA_SYNC=1 HISA_CUDA_PAIR_HISA=1" "HISA_CUDA_TMA=0" \
-                 "HISA_CUDA_SLOT_SCORE_SCRATCH=0" "HISA_CUDA_SPLIT_SELECT=0" \
-                 "HISA_CUDA_CLUSTER_ITEMS=8"; do
+  VARIANTS=${SUITE_VARIANTS:-HISA_CUDA_TOKEN_CHOICE=0;HISA_CUDA_MMA_SYNC=1 HISA_CUDA_PAIR_HISA=1;HISA_CUDA_TMA=0;HISA_CUDA_SLOT_SCORE_SCRATCH=0;HISA_CUDA_SPLIT_SELECT=0;HISA_CUDA_CLUSTER_ITEMS=8}
+  IFS=';' read -r -a VARIANT_LIST <<< "$VARIANTS"
+  for VARIANT in "${VARIANT_LIST[@]}"; do
     note "correctness: FP8 cases with $VARIANT"
     start=$(date +%s)
     echo "==== $VARIANT --gtest_filter=$FP8" >> "$OUT/gpu_test.log"
