@@ -69,7 +69,6 @@ template <int G>
 struct ItemContext {
   const GroupDesc* group;
   const LayerView* layer;
-  int32_t row0;  // group->rows[0] (WorkItem::row)
   int num_rows;
   int log2b;
   int64_t t[G];         // row positions
@@ -96,8 +95,7 @@ __device__ __forceinline__ ItemContext<G> MakeItemContext(
     int local_blocks = -1) {
   ItemContext<G> ic;
   ic.group = &grp;
-  ic.layer = &b.layers[item.layer];
-  ic.row0 = item.row;
+  ic.layer = &b.layers[grp.layer];
   ic.num_rows = grp.num_rows;
   const int log2b = ic.layer->geo.log2_block;
   ic.log2b = log2b;
@@ -112,9 +110,7 @@ __device__ __forceinline__ ItemContext<G> MakeItemContext(
   }
 #pragma unroll
   for (int g = 0; g < G; ++g) {
-    const int64_t t =
-        g < ic.num_rows ? b.rows[g == 0 ? item.row : grp.rows[g]].position
-                        : -1;
+    const int64_t t = g < ic.num_rows ? b.rows[grp.rows[g]].position : -1;
     ic.t[g] = t;
     ic.c[g] = t >= 0 ? (t >> log2b) : -1;
   }
@@ -485,8 +481,7 @@ struct Bf16BlockScorer {
     // fp8 copy (exact: e4m3 values are bf16 values), 16 values per step.
     constexpr int kChunksPerHead = kD / 16;
     for (int gg = 0; gg < ic.num_rows; ++gg) {
-      const uint8_t* src =
-          b.q + b.rows[gg == 0 ? ic.row0 : ic.group->rows[gg]].q_offset;
+      const uint8_t* src = b.q + b.rows[ic.group->rows[gg]].q_offset;
       uint8_t* dst = persist + gg * kMaxQHeads * kStride;
       for (int v = threadIdx.x; v < qh * kChunksPerHead; v += kSelectThreads) {
         const int h = v / kChunksPerHead, part = v % kChunksPerHead;
@@ -732,13 +727,11 @@ struct GenericScorer {
 // per row, rows stacked, in the 128-byte-swizzled operand layout.
 __device__ __forceinline__ void StoreSwizzledQueries(const SelectBuffers& b,
                                                      const GroupDesc& grp,
-                                                     int32_t row0,
                                                      uint8_t* dst) {
   for (int i = threadIdx.x; i < grp.num_rows * 512; i += kSelectThreads) {
     const int gg = i >> 9, h = (i >> 3) & 63, c = i & 7;
-    const uint8_t* src = b.q +
-                         b.rows[gg == 0 ? row0 : grp.rows[gg]].q_offset +
-                         h * 128 + c * 16;
+    const uint8_t* src =
+        b.q + b.rows[grp.rows[gg]].q_offset + h * 128 + c * 16;
     *reinterpret_cast<uint4*>(dst + gg * 64 * 128 + h * 128 +
                               ((c ^ (h & 7)) << 4)) =
         __ldg(reinterpret_cast<const uint4*>(src));
@@ -841,7 +834,7 @@ struct WgmmaTokenScorer {
                        uint8_t* persist) {
     slot0 = (threadIdx.x >> 7) * 64;
     qs = persist;
-    StoreSwizzledQueries(b, *ic.group, ic.row0, persist);
+    StoreSwizzledQueries(b, *ic.group, persist);
     FenceProxyAsync();
   }
 
@@ -1333,7 +1326,7 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
     const int g = i / 128, h = i % 128;
     float v = 0.f;
     if (g < ic.num_rows && h < grp.q_heads) {
-      v = b.w[b.rows[g == 0 ? item.row : grp.rows[g]].w_offset + h];
+      v = b.w[b.rows[grp.rows[g]].w_offset + h];
     }
     weights[i] = v;
   }

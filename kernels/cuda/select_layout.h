@@ -222,11 +222,6 @@ struct WorkItem {
   int32_t split = 0;
   int64_t slot_begin = 0;
   int64_t slot_end = 0;
-  // The group's first row and its layer view (GroupDesc::rows[0], ::layer),
-  // here too so that a CTA's prologue reads them alongside the group's
-  // descriptor instead of after it (one dependent global load less).
-  int32_t row = 0;
-  int32_t layer = 0;
 };
 
 // Device pointers of one planned batch (set by the launcher).

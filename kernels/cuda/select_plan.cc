@@ -544,8 +544,6 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
              b += tiles_per_block_item * kTileSlots) {
           WorkItem w;
           w.group = bgi;
-          w.row = bd.rows[0];
-          w.layer = bd.layer;
           w.slot_begin = b;
           w.slot_end = std::min(blocks, b + tiles_per_block_item * kTileSlots);
           s.block_items.push_back(
@@ -634,8 +632,6 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     for (int64_t sp = 0; sp < splits; ++sp) {
       WorkItem w;
       w.group = gi;
-      w.row = gd.rows[0];
-      w.layer = gd.layer;
       w.split = static_cast<int32_t>(sp);
       w.slot_begin = sp * per * kTileSlots;
       w.slot_end = std::min(slots, (sp + 1) * per * kTileSlots);
@@ -746,8 +742,6 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
       for (int32_t sp = 0; sp < c; ++sp) {
         if (cluster[sp].group == g) continue;
         cluster[sp].group = g;
-        cluster[sp].row = s.gdesc[g].rows[0];
-        cluster[sp].layer = s.gdesc[g].layer;
         cluster[sp].split = sp;
         cluster[sp].slot_begin = cluster[sp].slot_end = end;
       }

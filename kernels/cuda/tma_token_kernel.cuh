@@ -621,12 +621,6 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
   // Before the block stage completes (programmatic dependent launch): the
   // barriers, the query operand and the weights, from the uploaded plan.
   Trace(b.trace, kTraceStart);
-  // The tensor map's descriptor, fetched ahead of the first tile copy.
-  if (threadIdx.x == 0) {
-    asm volatile("prefetch.tensormap [%0];\n" ::"l"(
-                     reinterpret_cast<uint64_t>(&keys))
-                 : "memory");
-  }
   const WorkItem item = items[blockIdx.x];
   const GroupDesc& grp = b.groups[item.group];
   if (threadIdx.x == 0) {
@@ -642,10 +636,10 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
   static_assert(kSliceThread >= kTmaMaxTiles, "the slice warp maps no tile");
   SliceTry slice_try{};
   if (kPooled && threadIdx.x == kSliceThread) slice_try = TrySlice(b);
-  StoreSwizzledQueries(b, grp, item.row, qs);
+  StoreSwizzledQueries(b, grp, qs);
   for (int i = threadIdx.x; i < kKeyHistBins; i += kSelectThreads) hist[i] = 0;
   if (threadIdx.x < 64) {
-    weights[threadIdx.x] = b.w[b.rows[item.row].w_offset + threadIdx.x];
+    weights[threadIdx.x] = b.w[b.rows[grp.rows[0]].w_offset + threadIdx.x];
   }
   // The row's key page table (pages of positions 0..t, at most
   // kTmaPrefetchPages) into the last key stage, while the block stage runs:
@@ -654,9 +648,9 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
       reinterpret_cast<uint32_t*>(key_stages + (kTmaStages - 1) * L::kKeyBytes);
   int num_pages;
   {
-    const LayerView& lv = b.layers[item.layer];
+    const LayerView& lv = b.layers[grp.layer];
     num_pages = static_cast<int>(
-        min(b.rows[item.row].position / lv.geo.tokens_per_page + 1,
+        min(b.rows[grp.rows[0]].position / lv.geo.tokens_per_page + 1,
             int64_t{kTmaPrefetchPages}));
     for (int i = threadIdx.x; i < num_pages; i += kSelectThreads) {
       pages[i] = __ldg(b.tables + lv.key_table + i);
