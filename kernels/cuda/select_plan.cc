@@ -747,9 +747,11 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
       }
       GroupDesc& gd = s.gdesc[g];
       gd.num_splits = c;
-      // Its own block items (not a pair's): its token items can choose.
-      gd.tokens_choose = options.token_choice && gd.mode == kModeHisa &&
-                         s.block_owner[g] < 0;
+      // A split select of its own block items (not a pair's): its token
+      // items can choose (after the tile loop they take SplitSelect's path,
+      // which needs no union).
+      gd.tokens_choose = options.token_choice && gd.split_select != 0 &&
+                         gd.mode == kModeHisa && s.block_owner[g] < 0;
     }
     l.first_item = first;
     l.num_items = static_cast<int64_t>(s.clustered.size()) - first;

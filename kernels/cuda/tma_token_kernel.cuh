@@ -405,6 +405,12 @@ __device__ __forceinline__ void SplitSelect(
   Trace(b.trace, kTraceTicket);
   ClusterArrive();  // this item's histogram and sums are ready
   ClusterWait();
+  // Every item has passed its wait for the row's block items
+  // (GroupDesc::tokens_choose): their count starts from zero again, for a
+  // plan launched again without a new upload (the benchmark's timing loop).
+  if (grp.tokens_choose && item.split == 0 && threadIdx.x == 0) {
+    b.counters[2 * item.group] = 0;
+  }
   ClusterFindThresholdBin(hist, sums, splits, k, rs);
   ClusterArrive();  // done reading the others' histograms
   CpAsyncWait<0>();
