@@ -481,6 +481,44 @@ TEST(SelectPlanTest, SplitsFillOneWaveForFewRowsAndNoneForMany) {
   EXPECT_EQ(scorer, LaunchSpec::kWgmmaTmaPool);
 }
 
+// An H200's resident clusters of the split-select kernel, by cluster size
+// (bench/gpu/RESULTS_gpu.md).
+const std::vector<int> kH200Clusters = {0, 0, 198, 124, 92, 69, 62, 47, 45};
+
+// Planner options for a 132-SM GPU with the bulk-copy token kernels, whose
+// resident clusters by size are `resident` (empty: unknown).
+PlanOptions TmaOptions(const std::vector<int>& resident) {
+  PlanOptions options;
+  options.num_sms = 132;
+  options.use_tma = true;
+  options.clusters_known = !resident.empty();
+  for (size_t c = 0; c < resident.size(); ++c) {
+    options.clusters_resident[c] = resident[c];
+  }
+  return options;
+}
+
+// The plan of HISA rows (k = 2048, m = 64) at `positions` of one store,
+// and its image.
+struct Planned {
+  SelectPlan plan;
+  PlanImage image;
+};
+Planned PlanHisaRows(const RequestStore* store, const RequestConfig* config,
+                     const std::vector<int64_t>& positions,
+                     const PlanOptions& options) {
+  Batch b;
+  AddRows(b, store, config, positions, SelectMode::kHisa, 2048, 64);
+  absl::StatusOr<SelectPlan> plan = BuildSelectPlan(b.tasks, options);
+  EXPECT_TRUE(plan.ok()) << plan.status();
+  Planned p;
+  if (plan.ok()) {
+    p.plan = std::move(*plan);
+    p.image = ReadPlan(p.plan, static_cast<int64_t>(positions.size()));
+  }
+  return p;
+}
+
 // Split selects (GroupDesc::split_select): a kWgmmaTma launch runs as
 // thread-block clusters of C CTAs, C the most items of any of its groups
 // (at most kMaxClusterItems, and few enough that the clusters fit in one
@@ -498,26 +536,17 @@ TEST(SelectPlanTest, SplitSelectsRunAsOneClusterPerGroup) {
     int padded_groups = 0;  // groups with empty items
     int multi_item_groups = 0;
   };
-  // An H200's clusters of the kernel by size (bench/gpu/RESULTS_gpu.md).
-  const std::vector<int> h200 = {0, 0, 198, 124, 92, 69, 62, 47, 45};
+  const std::vector<int>& h200 = kH200Clusters;
   auto plan_of = [&](const std::vector<int64_t>& positions, bool enabled,
                      const std::vector<int>& resident = {},
                      int cluster_items = 0) {
-    Batch b;
-    AddRows(b, &store, &config, positions, SelectMode::kHisa, 2048, 64);
-    PlanOptions options;
-    options.num_sms = 132;
-    options.use_tma = true;
+    PlanOptions options = TmaOptions(resident);
     options.pair_hisa_blocks = false;
     options.split_select = enabled;
-    options.clusters_known = !resident.empty();
     options.cluster_items = cluster_items;
-    for (size_t c = 0; c < resident.size(); ++c) {
-      options.clusters_resident[c] = resident[c];
-    }
-    absl::StatusOr<SelectPlan> plan = BuildSelectPlan(b.tasks, options);
-    EXPECT_TRUE(plan.ok()) << plan.status();
-    const PlanImage image = ReadPlan(*plan, positions.size());
+    const Planned planned = PlanHisaRows(&store, &config, positions, options);
+    const SelectPlan* plan = &planned.plan;
+    const PlanImage& image = planned.image;
     Seen seen;
     for (const LaunchSpec& s : plan->launches) {
       if (s.scorer != LaunchSpec::kWgmmaTma) {
@@ -650,28 +679,19 @@ TEST(SelectPlanTest, TokenItemsChooseBlocksOnlyForTheirOwnSplitRows) {
   const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
                              BlockPooling::kMean};
   CudaRequestStore store(nullptr, config);
-  const std::vector<int> h200 = {0, 0, 198, 124, 92, 69, 62, 47, 45};
   struct Seen {
     int choosing = 0;  // groups with tokens_choose
     int hisa_split = 0;  // HISA groups with split selects
   };
   auto plan_of = [&](const std::vector<int64_t>& positions, bool choice,
                      bool pair_blocks, bool split) {
-    Batch b;
-    AddRows(b, &store, &config, positions, SelectMode::kHisa, 2048, 64);
-    PlanOptions options;
-    options.num_sms = 132;
-    options.use_tma = true;
+    PlanOptions options = TmaOptions(kH200Clusters);
     options.pair_hisa_blocks = pair_blocks;
     options.split_select = split;
     options.token_choice = choice;
-    options.clusters_known = true;
-    for (size_t c = 0; c < h200.size(); ++c) {
-      options.clusters_resident[c] = h200[c];
-    }
-    absl::StatusOr<SelectPlan> plan = BuildSelectPlan(b.tasks, options);
-    EXPECT_TRUE(plan.ok()) << plan.status();
-    const PlanImage image = ReadPlan(*plan, positions.size());
+    const Planned planned = PlanHisaRows(&store, &config, positions, options);
+    const SelectPlan* plan = &planned.plan;
+    const PlanImage& image = planned.image;
     // Block items per descriptor.
     std::vector<int> block_items(plan->num_descriptors, 0);
     for (const LaunchSpec& s : plan->launches) {
