@@ -521,6 +521,23 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
   int32_t hist_groups = 0;        // slot-key groups
   bool any_pooled = false;        // kWgmmaTmaPool groups
   const int cluster_items = ClusterItems(plan->num_groups, options);
+  // ChooseSplits is pure, and a batch's groups mostly ask it the same
+  // question (decode rows of one length): the last answer is kept (a twelfth
+  // of planning 64 decode rows, perf).
+  struct SplitQuestion {
+    int64_t tiles = -1, max_splits = -1, resident = -1, splits = 1;
+  } last_split;
+  auto choose_splits = [&](int64_t tiles, int64_t max_splits,
+                           int64_t resident) {
+    SplitQuestion& q = last_split;
+    if (q.tiles != tiles || q.max_splits != max_splits ||
+        q.resident != resident) {
+      q = SplitQuestion{tiles, max_splits, resident,
+                        ChooseSplits(plan->num_groups, tiles, max_splits,
+                                     resident)};
+    }
+    return q.splits;
+  };
   for (int gi = 0; gi < num_groups; ++gi) {
     const GroupBuild& gb = s.groups[gi];
     GroupDesc& gd = s.gdesc[gi];
@@ -584,8 +601,8 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
       // group histogram or ticket.
       const bool unsplit =
           tma && (!options.allow_splits ||
-                  ChooseSplits(plan->num_groups, tiles, tiles,
-                               kTmaTokenCtasPerSm * num_sms) == 1);
+                  choose_splits(tiles, tiles, kTmaTokenCtasPerSm * num_sms) ==
+                      1);
       if (!unsplit && (slot_scores_total + G * stride) * 4 <=
                           options.slot_score_budget_bytes) {
         gd.slot_score_offset = slot_scores_total;
@@ -619,8 +636,8 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     int64_t splits =
         gd.split_select
             ? std::min<int64_t>(tiles, cluster_items)
-            : ChooseSplits(plan->num_groups, tiles, max_splits,
-                           TokenCtasPerSm(token_scorer) * num_sms);
+            : choose_splits(tiles, max_splits,
+                            TokenCtasPerSm(token_scorer) * num_sms);
     const int64_t per = CeilDiv(tiles, splits);
     splits = CeilDiv(tiles, per);
     gd.num_splits = static_cast<int32_t>(splits);
