@@ -226,7 +226,9 @@ void CudaBackend::RunBatch(absl::Span<const SelectTask> tasks, void* context,
       r.scores.clear();
     }
   }
-  if (times != nullptr) times->prepare += absl::ToDoubleSeconds(prepared - start);
+  if (times != nullptr) {
+    times->prepare += absl::ToDoubleSeconds(prepared - start);
+  }
   if (timed) {
     float ms[5] = {0, 0, 0, 0, 0};
     for (int s = 0; s < 5; ++s) {

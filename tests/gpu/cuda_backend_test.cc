@@ -728,6 +728,35 @@ TEST(GpuEdgeTest, OneTokenAndTinyLayers) {
   }
 }
 
+// Stage times (cuda_backend.h): every batch reports `prepare`, and only
+// about one in 16 the GPU stages, since the events between the kernels cost
+// them their overlap. Bounds that hold for any number of select contexts
+// the batches rotate over (each times its first batch and every 16th).
+TEST(GpuStageTimesTest, GpuStagesAreTimedOnOneBatchInSixteen) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(ref::TestSeed() + 91);
+  SCOPED_TRACE(ref::SeedNote());
+  EngineHarness h(GpuOptions(int64_t{64} << 20));
+  h.CreateRequest("r", RequestConfig{1, 128, 128, KeyFormat::kFp8E4M3,
+                                     BlockPooling::kMean});
+  h.AppendKeys("r", 0, RandomKeys(rng, KeyFormat::kFp8E4M3, 2000, 128));
+  const EncodedQuery q = RandomQuery(rng, KeyFormat::kFp8E4M3, 64, 128);
+  const QueryRow row = q.Row("r", 0, 1999, SelectMode::kHisa, 256, 4);
+  constexpr int kBatches = 64;
+  int timed = 0;
+  for (int i = 0; i < kBatches; ++i) {
+    std::vector<RowResult> rs(1);
+    SelectStageTimes times;
+    h.engine().Select(absl::MakeConstSpan(&row, 1), absl::MakeSpan(rs),
+                      &times);
+    ASSERT_TRUE(rs[0].status.ok()) << rs[0].status;
+    EXPECT_GT(times.prepare, 0.0) << "batch " << i;
+    if (times.block_scoring > 0 || times.token_scoring > 0) ++timed;
+  }
+  EXPECT_GE(timed, kBatches / 16);
+  EXPECT_LE(timed, kBatches / 4);
+}
+
 // Budget in GPU pages: an append that does not fit is RESOURCE_EXHAUSTED and
 // stores nothing; conflicting bytes are FAILED_PRECONDITION.
 TEST(GpuEdgeTest, BudgetAndConflictingAppends) {
