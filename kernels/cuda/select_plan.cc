@@ -773,6 +773,7 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     l.first_item = first;
     l.num_items = static_cast<int64_t>(s.clustered.size()) - first;
     l.cluster = c;
+    l.balance_clusters = options.balance_clusters && l.num_items <= num_sms;
   }
   s.items.swap(s.clustered);
 
@@ -1019,7 +1020,7 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
       // kernel's CTAs finish and run their prologue, and wait for that
       // kernel's results in GridDependencyWait (select_primitives.cuh).
       // Stage events between the kernels keep it from starting early.
-      cudaLaunchAttribute attrs[2];
+      cudaLaunchAttribute attrs[3];
       unsigned num_attrs = 0;
       if (launched) {
         attrs[num_attrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -1027,6 +1028,12 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
       }
       if (s.cluster > 1) {  // split selects: one cluster per group
         attrs[num_attrs++] = ClusterDimension(s.cluster);
+        if (s.balance_clusters) {
+          attrs[num_attrs].id =
+              cudaLaunchAttributeClusterSchedulingPolicyPreference;
+          attrs[num_attrs++].val.clusterSchedulingPolicyPreference =
+              cudaClusterSchedulingPolicyLoadBalancing;
+        }
       }
       config.attrs = attrs;
       config.numAttrs = num_attrs;

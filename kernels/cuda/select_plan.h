@@ -113,6 +113,9 @@ struct PlanOptions {
   // writing a union that every token item reads after the whole block
   // launch. HISA_CUDA_TOKEN_CHOICE=0 turns it off.
   bool token_choice = true;
+  // LaunchSpec::balance_clusters for clustered launches of at most num_sms
+  // CTAs. HISA_CUDA_BALANCE_CLUSTERS=0 turns it off.
+  bool balance_clusters = true;
   // > 0: split selects with this many items per row (2..kMaxClusterItems),
   // whether their clusters fit in one wave or not (HISA_CUDA_CLUSTER_ITEMS;
   // tests of several waves of clusters, A/B comparisons).
@@ -148,6 +151,13 @@ struct LaunchSpec {
   // (GroupDesc::split_select) runs each group's items, first_item + cluster
   // * j ..., as one cluster. 1: no clusters.
   int32_t cluster = 1;
+  // Clusters launched with the load-balancing scheduling policy
+  // (PlanOptions::balance_clusters): a clustered launch of at most one CTA
+  // per SM. By default the hardware packs a launch's clusters onto few SMs
+  // (up to three CTAs of this kernel per SM) even when each could have
+  // one, and an SM holding three streams each of them at about two thirds
+  // of the rate of an SM holding one.
+  bool balance_clusters = false;
 };
 
 struct SelectPlan {

@@ -737,6 +737,43 @@ TEST(SelectPlanTest, TokenItemsChooseBlocksOnlyForTheirOwnSplitRows) {
   EXPECT_EQ(mixed.choosing, 64);
 }
 
+// Clustered launches of at most one CTA per SM ask the hardware to balance
+// their clusters over the SMs (LaunchSpec::balance_clusters); bigger ones,
+// unclustered ones, and every launch with the option off do not.
+TEST(SelectPlanTest, SmallClusteredLaunchesBalanceTheirClusters) {
+  const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
+                             BlockPooling::kMean};
+  CudaRequestStore store(nullptr, config);
+  const int num_sms = TmaOptions(kH200Clusters).num_sms;
+  // Per plan: clustered token launches, and how many of them balance.
+  auto balanced = [&](int requests, int64_t length, bool option) {
+    PlanOptions options = TmaOptions(kH200Clusters);
+    options.balance_clusters = option;
+    std::vector<int64_t> positions;
+    for (int i = 0; i < requests; ++i) positions.push_back(length - 1 - i);
+    const Planned planned = PlanHisaRows(&store, &config, positions, options);
+    std::pair<int, int> seen{0, 0};
+    for (const LaunchSpec& l : planned.plan.launches) {
+      if (l.cluster > 1) ++seen.first;
+      if (l.balance_clusters) {
+        ++seen.second;
+        EXPECT_GT(l.cluster, 1);
+        EXPECT_LE(l.num_items, num_sms);
+      } else if (l.cluster > 1 && option) {
+        EXPECT_GT(l.num_items, num_sms);
+      }
+    }
+    return seen;
+  };
+  const std::pair<int, int> few = balanced(8, 131072, true);
+  EXPECT_EQ(few.first, 1);
+  EXPECT_EQ(few.second, 1);
+  EXPECT_EQ(balanced(8, 131072, false).second, 0);
+  const std::pair<int, int> many = balanced(64, 65536, true);
+  EXPECT_EQ(many.first, 1);
+  EXPECT_EQ(many.second, 0);
+}
+
 // The request path plans straight into pinned staging (BuildSelectPlanInto);
 // it must produce exactly BuildSelectPlan's image and layout, whatever the
 // destination held before, and write nothing when the image does not fit.
