@@ -164,6 +164,9 @@ struct ServerCounters {
   double queue = 0;     // waiting for the batcher
   double batch = 0;     // Engine::Select of the batches
   double stage[kNumSelectStages] = {};  // kSelectStageNames order
+  // Batches that timed each stage: the CUDA backend times its GPU stages
+  // on one batch in 16 (deploy/README.md).
+  double stage_count[kNumSelectStages] = {};
 };
 
 absl::StatusOr<ServerCounters> ScrapeServer(int metrics_port) {
@@ -176,28 +179,34 @@ absl::StatusOr<ServerCounters> ScrapeServer(int metrics_port) {
   ASSIGN_OR_RETURN(c.queue, MetricValue(text, "hisa_select_queue_wait_seconds_sum"));
   ASSIGN_OR_RETURN(c.batch, MetricValue(text, "hisa_select_batch_duration_seconds_sum"));
   for (int i = 0; i < kNumSelectStages; ++i) {
+    const std::string stage = absl::StrCat("{stage=\"", kSelectStageNames[i], "\"}");
     ASSIGN_OR_RETURN(
-        c.stage[i],
-        MetricValue(text, absl::StrCat("hisa_select_stage_duration_seconds_sum{stage=\"",
-                                       kSelectStageNames[i], "\"}")));
+        c.stage[i], MetricValue(text, absl::StrCat("hisa_select_stage_duration_seconds_sum",
+                                                   stage)));
+    ASSIGN_OR_RETURN(
+        c.stage_count[i],
+        MetricValue(text, absl::StrCat("hisa_select_stage_duration_seconds_count", stage)));
   }
   return c;
 }
 
-// "rpc X = queue Q + engine E (prepare .. top-k ..) + other O", means per
-// message between two scrapes.
+// "rpc X = queue Q + engine E (per timed batch: prepare .. top-k ..) +
+// other O": means per message between two scrapes, except the stages: means
+// over the batches that timed them ("-": none did).
 std::string ServerBreakdown(const ServerCounters& a, const ServerCounters& b) {
   const double n = b.messages - a.messages;
   if (n <= 0) return "";
   auto per = [&](double x, double y) { return FormatSeconds((y - x) / n); };
   std::string stages;
   for (int i = 0; i < kNumSelectStages; ++i) {
+    const double timed = b.stage_count[i] - a.stage_count[i];
     absl::StrAppend(&stages, i > 0 ? ", " : "", kSelectStageNames[i], " ",
-                    per(a.stage[i], b.stage[i]));
+                    timed > 0 ? FormatSeconds((b.stage[i] - a.stage[i]) / timed)
+                              : std::string("-"));
   }
   const double other =
       ((b.rpc - a.rpc) - (b.queue - a.queue) - (b.batch - a.batch)) / n;
-  return absl::StrFormat("rpc %s = queue %s + engine %s (%s) + other %s",
+  return absl::StrFormat("rpc %s = queue %s + engine %s (per timed batch: %s) + other %s",
                          per(a.rpc, b.rpc), per(a.queue, b.queue),
                          per(a.batch, b.batch), stages, FormatSeconds(other));
 }
@@ -771,8 +780,9 @@ absl::Status Run(int argc, char** argv) {
     if (!breakdown.empty()) {
       md << "Server time per message, means over each phase from the "
             "server's /metrics (queue = waiting for the batcher; engine = "
-            "Engine::Select and its stages; other = conversion, response "
-            "encoding, hand-offs):\n\n"
+            "Engine::Select; its stages are means over the batches that "
+            "timed them; other = conversion, response encoding, "
+            "hand-offs):\n\n"
          << breakdown << "\n";
     }
     md << anchor_text << "\n";
