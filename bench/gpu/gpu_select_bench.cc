@@ -585,14 +585,17 @@ int main(int argc, char** argv) {
               backend.device().device_name().c_str(), backend.device().num_sms(),
               options.memory_budget_bytes / 1e9);
   {
-    // Split selects' thread-block clusters that fit at once, by size.
+    // Split selects' thread-block clusters that fit at once, by size, and
+    // when spread (at most two CTAs per SM, load-balancing policy).
     std::string fit;
     const cuda::PlanOptions& o = backend.plan_options();
     for (int c = 2; c <= cuda::kMaxClusterItems; ++c) {
-      absl::StrAppend(&fit, " ", c, ":", o.clusters_resident[c]);
+      absl::StrAppend(&fit, " ", c, ":", o.clusters_resident[c], "/",
+                      o.clusters_resident_spread[c]);
     }
-    std::printf("split-select clusters resident at once, by size:%s\n",
-                fit.c_str());
+    std::printf(
+        "split-select clusters resident at once, by size (default/spread):%s\n",
+        fit.c_str());
   }
 
   FILE* f = std::fopen(args.json.c_str(), "w");

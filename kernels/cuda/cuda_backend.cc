@@ -86,7 +86,8 @@ CudaBackend::CudaBackend(std::unique_ptr<cuda::DeviceState> device)
   // fit as CTAs do.
   if (plan_options_->use_tma) {
     plan_options_->clusters_known =
-        cuda::ResidentClusters(plan_options_->clusters_resident) ==
+        cuda::ResidentClusters(plan_options_->clusters_resident,
+                               plan_options_->clusters_resident_spread) ==
         cudaSuccess;
     if (!plan_options_->clusters_known) cudaGetLastError();  // not sticky
   }

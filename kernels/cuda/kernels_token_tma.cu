@@ -7,12 +7,18 @@ namespace hisa::cuda {
 
 static_assert(FitsPerSm(kTmaTokenCtasPerSm, TmaTokenLayout::kBytes),
               "TMA token kernel must fit kTmaTokenCtasPerSm times per SM");
+static_assert(kTmaSpreadSmemBytes >= TmaTokenLayout::kBytes &&
+                  FitsPerSm(kTmaSpreadCtasPerSm, kTmaSpreadSmemBytes) &&
+                  !FitsPerSm(kTmaSpreadCtasPerSm + 1, kTmaSpreadSmemBytes),
+              "a spread launch must hold kTmaSpreadCtasPerSm CTAs per SM");
 
 KernelHandle TokenKernelTma(bool pooled) {
   if (pooled) {
     return MakeHandle<&TmaTokenKernel<true>>(TmaTokenLayout::kBytes);
   }
-  return MakeHandle<&TmaTokenKernel<false>>(TmaTokenLayout::kBytes);
+  // Clustered (split-select) launches may be spread.
+  return MakeHandle<&TmaTokenKernel<false>>(TmaTokenLayout::kBytes,
+                                            kTmaSpreadSmemBytes);
 }
 
 }  // namespace hisa::cuda

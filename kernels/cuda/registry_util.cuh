@@ -24,15 +24,18 @@ constexpr bool FitsPerSm(int ctas, int smem_bytes) {
 }
 
 // One static once_flag per kernel: Kernel is the function itself.
+// `max_smem_bytes` (> smem_bytes): what a launch may ask for instead
+// (LaunchSpec::smem_bytes).
 template <auto Kernel>
-KernelHandle MakeHandle(int smem_bytes) {
+KernelHandle MakeHandle(int smem_bytes, int max_smem_bytes = 0) {
   static std::once_flag once;
   const void* fn = reinterpret_cast<const void*>(Kernel);
   std::call_once(once, [&] {
-    if (smem_bytes > 48 * 1024) {
+    const int most = max_smem_bytes > smem_bytes ? max_smem_bytes : smem_bytes;
+    if (most > 48 * 1024) {
       // An error here surfaces as a launch failure, reported by the launcher.
       (void)cudaFuncSetAttribute(
-          fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
+          fn, cudaFuncAttributeMaxDynamicSharedMemorySize, most);
     }
   });
   KernelHandle h;

@@ -52,6 +52,11 @@ inline constexpr int kFinalizeCap = 8192;
 // (TMA) kernel (both forms; also the pooled form's slices per SM), the
 // wgmma kernel, and the others.
 inline constexpr int kTmaTokenCtasPerSm = 3;
+// A clustered launch of the bulk-copy kernel that the planner spreads
+// (LaunchSpec::smem_bytes) asks for kTmaSpreadSmemBytes of shared memory per
+// CTA instead of its own, so that at most kTmaSpreadCtasPerSm share an SM.
+inline constexpr int kTmaSpreadCtasPerSm = 2;
+inline constexpr int kTmaSpreadSmemBytes = 110 * 1024;
 inline constexpr int kWgmmaTokenCtasPerSm = 2;
 // Rows that share one work item (neighbouring prefill rows).
 inline constexpr int kMaxGroupRows = 2;

@@ -773,7 +773,13 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     l.first_item = first;
     l.num_items = static_cast<int64_t>(s.clustered.size()) - first;
     l.cluster = c;
-    l.balance_clusters = options.balance_clusters && l.num_items <= num_sms;
+    const bool spread_fits =
+        options.clusters_known &&
+        l.num_items / c <= options.clusters_resident_spread[c];
+    l.balance_clusters =
+        options.balance_clusters && (l.num_items <= num_sms || spread_fits);
+    l.smem_bytes =
+        l.balance_clusters && l.num_items > num_sms ? kTmaSpreadSmemBytes : 0;
   }
   s.items.swap(s.clustered);
 
@@ -910,21 +916,35 @@ cudaLaunchAttribute ClusterDimension(int ctas) {
 }  // namespace
 
 cudaError_t ResidentClusters(
-    int (&clusters_resident)[kMaxClusterItems + 1]) {
+    int (&clusters_resident)[kMaxClusterItems + 1],
+    int (&clusters_resident_spread)[kMaxClusterItems + 1]) {
   const KernelHandle h = TokenKernelTma(/*pooled=*/false);
   for (int c = 0; c <= kMaxClusterItems; ++c) {
     clusters_resident[c] = 0;
+    clusters_resident_spread[c] = 0;
     if (c < 2) continue;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(static_cast<unsigned>(c));
-    config.blockDim = dim3(kSelectThreads);
-    config.dynamicSmemBytes = static_cast<size_t>(h.smem_bytes);
-    cudaLaunchAttribute cluster = ClusterDimension(c);
-    config.attrs = &cluster;
-    config.numAttrs = 1;
-    const cudaError_t err =
-        cudaOccupancyMaxActiveClusters(&clusters_resident[c], h.fn, &config);
-    if (err != cudaSuccess) return err;
+    for (const bool spread : {false, true}) {
+      cudaLaunchConfig_t config = {};
+      config.gridDim = dim3(static_cast<unsigned>(c));
+      config.blockDim = dim3(kSelectThreads);
+      config.dynamicSmemBytes =
+          static_cast<size_t>(spread ? kTmaSpreadSmemBytes : h.smem_bytes);
+      cudaLaunchAttribute attrs[2] = {ClusterDimension(c), {}};
+      attrs[1].id = cudaLaunchAttributeClusterSchedulingPolicyPreference;
+      attrs[1].val.clusterSchedulingPolicyPreference =
+          cudaClusterSchedulingPolicyLoadBalancing;
+      config.attrs = attrs;
+      config.numAttrs = spread ? 2 : 1;
+      const cudaError_t err = cudaOccupancyMaxActiveClusters(
+          spread ? &clusters_resident_spread[c] : &clusters_resident[c], h.fn,
+          &config);
+      if (err != cudaSuccess && !spread) return err;
+      if (err != cudaSuccess) {
+        // No spread launches then; the default figures stand.
+        clusters_resident_spread[c] = 0;
+        (void)cudaGetLastError();
+      }
+    }
   }
   return cudaSuccess;
 }
@@ -1013,7 +1033,8 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
       cudaLaunchConfig_t config = {};
       config.gridDim = dim3(static_cast<unsigned>(s.num_items));
       config.blockDim = dim3(kSelectThreads);
-      config.dynamicSmemBytes = static_cast<size_t>(h.smem_bytes);
+      config.dynamicSmemBytes =
+          static_cast<size_t>(s.smem_bytes > 0 ? s.smem_bytes : h.smem_bytes);
       config.stream = stream;
       // A launch after another kernel of this plan may start early
       // (programmatic dependent launch): its CTAs take SMs as the previous

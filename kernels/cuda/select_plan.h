@@ -113,18 +113,28 @@ struct PlanOptions {
   // writing a union that every token item reads after the whole block
   // launch. HISA_CUDA_TOKEN_CHOICE=0 turns it off.
   bool token_choice = true;
-  // LaunchSpec::balance_clusters for clustered launches of at most num_sms
-  // CTAs. HISA_CUDA_BALANCE_CLUSTERS=0 turns it off.
+  // Spread clusters (LaunchSpec::balance_clusters) for clustered launches of
+  // at most num_sms CTAs, and of at most clusters_resident_spread[c]
+  // clusters of c when clusters_known. HISA_CUDA_BALANCE_CLUSTERS=0 turns
+  // it off.
   bool balance_clusters = true;
+  // Clusters of c that the GPU holds at once with kTmaSpreadSmemBytes per
+  // CTA and the load-balancing policy (ResidentClusters), when
+  // clusters_known.
+  int clusters_resident_spread[kMaxClusterItems + 1] = {};
   // > 0: split selects with this many items per row (2..kMaxClusterItems),
   // whether their clusters fit in one wave or not (HISA_CUDA_CLUSTER_ITEMS;
   // tests of several waves of clusters, A/B comparisons).
   int cluster_items = 0;
 };
 
-// The device's clusters_resident for PlanOptions (cudaOccupancyMaxActive-
-// Clusters of the split-select token kernel; c = 0, 1 stay 0).
-cudaError_t ResidentClusters(int (&clusters_resident)[kMaxClusterItems + 1]);
+// The device's clusters_resident and clusters_resident_spread for
+// PlanOptions (cudaOccupancyMaxActiveClusters of the split-select token
+// kernel; c = 0, 1 stay 0). An error of a spread query leaves that figure 0
+// (no spread launches of that size) and is not returned.
+cudaError_t ResidentClusters(
+    int (&clusters_resident)[kMaxClusterItems + 1],
+    int (&clusters_resident_spread)[kMaxClusterItems + 1]);
 
 struct LaunchSpec {
   enum Stage : int { kBlockScores = 1, kTokens = 2 };
@@ -151,13 +161,17 @@ struct LaunchSpec {
   // (GroupDesc::split_select) runs each group's items, first_item + cluster
   // * j ..., as one cluster. 1: no clusters.
   int32_t cluster = 1;
-  // Clusters launched with the load-balancing scheduling policy
-  // (PlanOptions::balance_clusters): a clustered launch of at most one CTA
-  // per SM. By default the hardware packs a launch's clusters onto few SMs
-  // (up to three CTAs of this kernel per SM) even when each could have
-  // one, and an SM holding three streams each of them at about two thirds
-  // of the rate of an SM holding one.
+  // Spread clusters (PlanOptions::balance_clusters): a clustered launch
+  // whose clusters all fit at once with at most kTmaSpreadCtasPerSm CTAs per
+  // SM asks for the load-balancing cluster scheduling policy and, when it
+  // has more CTAs than the GPU has SMs, for smem_bytes =
+  // kTmaSpreadSmemBytes of shared memory per CTA, which caps them at two
+  // per SM. By default the hardware packs a launch's clusters onto few SMs,
+  // three CTAs of this kernel on one, even when it could spread them, and
+  // an SM holding three streams each at about two thirds of the rate of an
+  // SM holding one.
   bool balance_clusters = false;
+  int32_t smem_bytes = 0;  // > 0: instead of the kernel's own
 };
 
 struct SelectPlan {

@@ -568,9 +568,10 @@ TEST(GpuExactTest, DuplicatedKeysTieToTheLowerPosition) {
 // FP8 scale (1 + v / 256), far apart against the rounding. Their rows stay
 // below m * B = 8192 (every block chosen: nearly equal block means would
 // leave the checker too many admissible block sets to enumerate); random
-// rows are up to max_length long. Each request has a HISA and a DENSE row.
+// rows are min_length to max_length long. Each request has a HISA and a
+// DENSE row.
 void CheckSplitSelects(int requests, std::initializer_list<int> level_set,
-                       int64_t max_length) {
+                       int64_t max_length, int64_t min_length = 2000) {
   constexpr int kD = 128, kH = 64, kB = 128, kM = 64;
   const int kRequests = requests;
   for (int levels : level_set) {
@@ -589,8 +590,9 @@ void CheckSplitSelects(int requests, std::initializer_list<int> level_set,
     for (int r = 0; r < kRequests; ++r) {
       ids.push_back(absl::StrCat("s", r));
       h.CreateRequest(ids[r], config);
-      const int64_t length = Uniform(
-          rng, 2000, levels == 0 ? max_length : int64_t{kM} * kB);
+      const int64_t length =
+          levels == 0 ? Uniform(rng, min_length, max_length)
+                      : Uniform(rng, 2000, int64_t{kM} * kB);
       EncodedKeys keys;
       if (levels == 0) {
         keys = RandomKeys(rng, KeyFormat::kFp8E4M3, length, kD, kB);
@@ -644,6 +646,16 @@ TEST(GpuExactTest, SplitSelectClustersInSeveralWaves) {
   setenv("HISA_CUDA_CLUSTER_ITEMS", "8", 1);
   CheckSplitSelects(64, {100, 0}, 12000);
   unsetenv("HISA_CUDA_CLUSTER_ITEMS");
+}
+
+// 48 requests whose HISA rows all choose among more than m blocks (their
+// DENSE rows, past 8192 positions, take another kernel): one clustered
+// launch of 48 clusters of 4 CTAs, more than an H100 or H200 has SMs,
+// which fit at once at two CTAs per SM, so the planner spreads it
+// (LaunchSpec::balance_clusters, smem_bytes).
+TEST(GpuExactTest, SplitSelectsOfSpreadClusters) {
+  SKIP_WITHOUT_GPU();
+  CheckSplitSelects(48, {0}, 24000, 9000);
 }
 
 // FP8 keys and queries with negative scales (stored sign-flipped on the

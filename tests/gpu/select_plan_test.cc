@@ -737,41 +737,58 @@ TEST(SelectPlanTest, TokenItemsChooseBlocksOnlyForTheirOwnSplitRows) {
   EXPECT_EQ(mixed.choosing, 64);
 }
 
-// Clustered launches of at most one CTA per SM ask the hardware to balance
-// their clusters over the SMs (LaunchSpec::balance_clusters); bigger ones,
-// unclustered ones, and every launch with the option off do not.
-TEST(SelectPlanTest, SmallClusteredLaunchesBalanceTheirClusters) {
+// Clustered launches are spread (LaunchSpec::balance_clusters) when their
+// clusters all fit at once at two CTAs per SM: those of at most one CTA per
+// SM with the load-balancing policy alone, bigger ones also with the shared
+// memory request that caps them at two per SM. Launches whose clusters do
+// not fit that way, and every launch with the option off, keep the default.
+TEST(SelectPlanTest, ClusteredLaunchesSpreadWhenTheyFitTwoPerSm) {
   const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
                              BlockPooling::kMean};
   CudaRequestStore store(nullptr, config);
-  const int num_sms = TmaOptions(kH200Clusters).num_sms;
-  // Per plan: clustered token launches, and how many of them balance.
-  auto balanced = [&](int requests, int64_t length, bool option) {
+  // The clustered token launch of `requests` decode rows at `length`, with
+  // `spread_fit` clusters of 4 resident at once when spread.
+  auto launch_of = [&](int requests, int64_t length, bool option,
+                       int spread_fit) {
     PlanOptions options = TmaOptions(kH200Clusters);
     options.balance_clusters = option;
+    for (int c = 2; c <= kMaxClusterItems; ++c) {
+      options.clusters_resident_spread[c] = c == 4 ? spread_fit : 0;
+    }
     std::vector<int64_t> positions;
     for (int i = 0; i < requests; ++i) positions.push_back(length - 1 - i);
     const Planned planned = PlanHisaRows(&store, &config, positions, options);
-    std::pair<int, int> seen{0, 0};
+    LaunchSpec clustered;
+    int count = 0;
     for (const LaunchSpec& l : planned.plan.launches) {
-      if (l.cluster > 1) ++seen.first;
-      if (l.balance_clusters) {
-        ++seen.second;
-        EXPECT_GT(l.cluster, 1);
-        EXPECT_LE(l.num_items, num_sms);
-      } else if (l.cluster > 1 && option) {
-        EXPECT_GT(l.num_items, num_sms);
+      if (l.cluster > 1) {
+        clustered = l;
+        ++count;
       }
     }
-    return seen;
+    EXPECT_EQ(count, 1);
+    return clustered;
   };
-  const std::pair<int, int> few = balanced(8, 131072, true);
-  EXPECT_EQ(few.first, 1);
-  EXPECT_EQ(few.second, 1);
-  EXPECT_EQ(balanced(8, 131072, false).second, 0);
-  const std::pair<int, int> many = balanced(64, 65536, true);
-  EXPECT_EQ(many.first, 1);
-  EXPECT_EQ(many.second, 0);
+  const int num_sms = TmaOptions(kH200Clusters).num_sms;
+  // 8 rows: at most one CTA per SM, whatever the spread residency.
+  const LaunchSpec few = launch_of(8, 131072, true, 0);
+  EXPECT_LE(few.num_items, num_sms);
+  EXPECT_TRUE(few.balance_clusters);
+  EXPECT_EQ(few.smem_bytes, 0);
+  EXPECT_FALSE(launch_of(8, 131072, false, 0).balance_clusters);
+  // 64 rows in clusters of 4: more CTAs than SMs; spread only if 64 such
+  // clusters fit at once.
+  const LaunchSpec fits = launch_of(64, 65536, true, 64);
+  EXPECT_EQ(fits.cluster, 4);
+  EXPECT_GT(fits.num_items, num_sms);
+  EXPECT_TRUE(fits.balance_clusters);
+  EXPECT_EQ(fits.smem_bytes, kTmaSpreadSmemBytes);
+  const LaunchSpec short_by_one = launch_of(64, 65536, true, 63);
+  EXPECT_FALSE(short_by_one.balance_clusters);
+  EXPECT_EQ(short_by_one.smem_bytes, 0);
+  const LaunchSpec off = launch_of(64, 65536, false, 64);
+  EXPECT_FALSE(off.balance_clusters);
+  EXPECT_EQ(off.smem_bytes, 0);
 }
 
 // The request path plans straight into pinned staging (BuildSelectPlanInto);
