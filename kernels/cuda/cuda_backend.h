@@ -27,8 +27,8 @@
 // (split selects with that many items per row, even when their clusters
 // need several waves), HISA_CUDA_TOKEN_CHOICE=0 (split-select rows read
 // the union that the block stage chose), HISA_CUDA_BALANCE_CLUSTERS=0
-// (small clustered launches with the default scheduling policy);
-// select_plan.h PlanOptions.
+// (no spread cluster launches: the default scheduling policy and shared
+// memory size; LaunchSpec::balance_clusters); select_plan.h PlanOptions.
 // Stage times (SelectStageTimes): `prepare` on every batch; the GPU stages
 // on one batch in 16 of each select context (the others leave them 0),
 // since timing them costs the kernels their overlap.
