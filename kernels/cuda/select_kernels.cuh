@@ -201,12 +201,13 @@ struct SlotRef {
 };
 
 // need_page false: only pos and rows (the bulk-copy scorer looks up one
-// page per tile, in thread 0).
+// page per tile, in thread 0). The first `cached_pages` entries of the
+// slot's page table may come from `page_cache` (shared memory) instead.
 template <int G, bool kBlocks>
-__device__ __forceinline__ SlotRef ResolveSlot(const SelectBuffers& b,
-                                               const ItemContext<G>& ic,
-                                               int64_t slot, UnionEntry e,
-                                               bool need_page = true) {
+__device__ __forceinline__ SlotRef ResolveSlot(
+    const SelectBuffers& b, const ItemContext<G>& ic, int64_t slot,
+    UnionEntry e, bool need_page = true, const uint32_t* page_cache = nullptr,
+    int cached_pages = 0) {
   SlotRef r;
   r.pos = static_cast<int32_t>(MapEntry<G, kBlocks>(ic, slot, e, &r.rows));
   r.page = 0;
@@ -215,7 +216,9 @@ __device__ __forceinline__ SlotRef ResolveSlot(const SelectBuffers& b,
     const uint32_t p = static_cast<uint32_t>(r.pos);
     const uint32_t page_rel = DivFast(p, ic.per_page_magic);
     r.in_page = p - page_rel * ic.per_page;
-    r.page = __ldg(b.tables + ic.table + page_rel);
+    r.page = page_rel < static_cast<uint32_t>(cached_pages)
+                 ? page_cache[page_rel]
+                 : __ldg(b.tables + ic.table + page_rel);
   }
   return r;
 }

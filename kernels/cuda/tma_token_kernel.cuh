@@ -707,15 +707,9 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
         !choose ? LoadUnionEntry(ic, slot)
         : slot < ic.slot_end ? UnionEntry{chosen[slot >> ic.log2b], 1}
                              : UnionEntry{0, 0};
-    SlotRef r = ResolveSlot<1, false>(b, ic, slot, e, /*need_page=*/false);
-    if (r.rows != 0) {
-      const uint32_t p = static_cast<uint32_t>(r.pos);
-      const uint32_t page_rel = DivFast(p, ic.per_page_magic);
-      r.in_page = p - page_rel * ic.per_page;
-      r.page = page_rel < static_cast<uint32_t>(num_pages)
-                   ? pages[page_rel]
-                   : __ldg(b.tables + ic.table + page_rel);
-    }
+    const SlotRef r = ResolveSlot<1, false>(b, ic, slot, e,
+                                            /*need_page=*/true, pages,
+                                            num_pages);
     tiles[j] = TileCopyOf(*ic.layer, r);
     if constexpr (!kPooled) tile_pos[j] = r.pos;  // for SplitSelect
     tile_valid[j] =
