@@ -913,6 +913,14 @@ cudaLaunchAttribute ClusterDimension(int ctas) {
   a.val.clusterDim.z = 1;
   return a;
 }
+// The load-balancing cluster scheduling policy (LaunchSpec::balance_clusters).
+cudaLaunchAttribute BalancedClusters() {
+  cudaLaunchAttribute a;
+  a.id = cudaLaunchAttributeClusterSchedulingPolicyPreference;
+  a.val.clusterSchedulingPolicyPreference =
+      cudaClusterSchedulingPolicyLoadBalancing;
+  return a;
+}
 }  // namespace
 
 cudaError_t ResidentClusters(
@@ -929,10 +937,7 @@ cudaError_t ResidentClusters(
       config.blockDim = dim3(kSelectThreads);
       config.dynamicSmemBytes =
           static_cast<size_t>(spread ? kTmaSpreadSmemBytes : h.smem_bytes);
-      cudaLaunchAttribute attrs[2] = {ClusterDimension(c), {}};
-      attrs[1].id = cudaLaunchAttributeClusterSchedulingPolicyPreference;
-      attrs[1].val.clusterSchedulingPolicyPreference =
-          cudaClusterSchedulingPolicyLoadBalancing;
+      cudaLaunchAttribute attrs[2] = {ClusterDimension(c), BalancedClusters()};
       config.attrs = attrs;
       config.numAttrs = spread ? 2 : 1;
       const cudaError_t err = cudaOccupancyMaxActiveClusters(
@@ -1049,12 +1054,7 @@ cudaError_t LaunchSelectPlan(const SelectPlan& plan, uint8_t* base,
       }
       if (s.cluster > 1) {  // split selects: one cluster per group
         attrs[num_attrs++] = ClusterDimension(s.cluster);
-        if (s.balance_clusters) {
-          attrs[num_attrs].id =
-              cudaLaunchAttributeClusterSchedulingPolicyPreference;
-          attrs[num_attrs++].val.clusterSchedulingPolicyPreference =
-              cudaClusterSchedulingPolicyLoadBalancing;
-        }
+        if (s.balance_clusters) attrs[num_attrs++] = BalancedClusters();
       }
       config.attrs = attrs;
       config.numAttrs = num_attrs;
