@@ -60,6 +60,7 @@
 #include "absl/time/time.h"
 #include "bench/loadgen/echo.grpc.pb.h"
 #include "bench/loadgen/echo_service.h"
+#include "bench/loadgen/server_breakdown.h"
 #include "client/bidi_stream.h"
 #include "client/hisa_client.h"
 #include "client/latency_summary.h"
@@ -154,61 +155,10 @@ struct PhaseResult {
   std::string server_breakdown;  // ServerBreakdown, when scraped
 };
 
-// The server's Select histograms (sums in seconds, and the RPC count) read
-// from its /metrics; their difference over a phase gives the server's mean
-// time per message by part. Only HISA Selects move them (the echo is another
-// server).
-struct ServerCounters {
-  double messages = 0;  // Select RPCs (one per message on a stream)
-  double rpc = 0;       // read to reply ready
-  double queue = 0;     // waiting for the batcher
-  double batch = 0;     // Engine::Select of the batches
-  double stage[kNumSelectStages] = {};  // kSelectStageNames order
-  // Batches that timed each stage: the CUDA backend times its GPU stages
-  // on one batch in 16 (deploy/README.md).
-  double stage_count[kNumSelectStages] = {};
-};
-
+// The server's counters from its /metrics (server_breakdown.h).
 absl::StatusOr<ServerCounters> ScrapeServer(int metrics_port) {
   ASSIGN_OR_RETURN(const std::string text, HttpGet(metrics_port, "/metrics"));
-  ServerCounters c;
-  ASSIGN_OR_RETURN(c.messages,
-                   MetricValue(text, "hisa_rpc_duration_seconds_count{method=\"Select\"}"));
-  ASSIGN_OR_RETURN(c.rpc,
-                   MetricValue(text, "hisa_rpc_duration_seconds_sum{method=\"Select\"}"));
-  ASSIGN_OR_RETURN(c.queue, MetricValue(text, "hisa_select_queue_wait_seconds_sum"));
-  ASSIGN_OR_RETURN(c.batch, MetricValue(text, "hisa_select_batch_duration_seconds_sum"));
-  for (int i = 0; i < kNumSelectStages; ++i) {
-    const std::string stage = absl::StrCat("{stage=\"", kSelectStageNames[i], "\"}");
-    ASSIGN_OR_RETURN(
-        c.stage[i], MetricValue(text, absl::StrCat("hisa_select_stage_duration_seconds_sum",
-                                                   stage)));
-    ASSIGN_OR_RETURN(
-        c.stage_count[i],
-        MetricValue(text, absl::StrCat("hisa_select_stage_duration_seconds_count", stage)));
-  }
-  return c;
-}
-
-// "rpc X = queue Q + engine E (per timed batch: prepare .. top-k ..) +
-// other O": means per message between two scrapes, except the stages: means
-// over the batches that timed them ("-": none did).
-std::string ServerBreakdown(const ServerCounters& a, const ServerCounters& b) {
-  const double n = b.messages - a.messages;
-  if (n <= 0) return "";
-  auto per = [&](double x, double y) { return FormatSeconds((y - x) / n); };
-  std::string stages;
-  for (int i = 0; i < kNumSelectStages; ++i) {
-    const double timed = b.stage_count[i] - a.stage_count[i];
-    absl::StrAppend(&stages, i > 0 ? ", " : "", kSelectStageNames[i], " ",
-                    timed > 0 ? FormatSeconds((b.stage[i] - a.stage[i]) / timed)
-                              : std::string("-"));
-  }
-  const double other =
-      ((b.rpc - a.rpc) - (b.queue - a.queue) - (b.batch - a.batch)) / n;
-  return absl::StrFormat("rpc %s = queue %s + engine %s (per timed batch: %s) + other %s",
-                         per(a.rpc, b.rpc), per(a.queue, b.queue),
-                         per(a.batch, b.batch), stages, FormatSeconds(other));
+  return ParseServerCounters(text);
 }
 
 // Runs `body(stream_index, measure)` on `streams` threads: each first sends
