@@ -86,7 +86,8 @@ if has test; then
   status_line+=("tests rc=$rc ($(( $(date +%s) - start )) s): $(grep -E '^\[  PASSED  \]|^\[  FAILED  \] [0-9]+' "$OUT/gpu_test.log" | tr '\n' ' ')")
 fi
 if has test2; then
-  # The FP8 cases again on the other kernel paths: clustered launches left
+  # The FP8 cases again on the other kernel paths: token items that wait
+  # for a block launch instead of scoring their blocks, clustered launches left
   # to the default scheduling (not spread), the mma.sync token kernel
   # (fallback) with paired HISA rows (union of two rows' blocks), and the
   # wgmma kernel with per-thread copies instead of bulk tensor copies, the
@@ -94,7 +95,7 @@ if has test2; then
   # selects in clusters of 8 items per row, and split rows whose blocks the
   # block stage chooses.
   FP8='GpuShapesTest.*:*keys_FP8_E4M3_q_FP8_E4M3:GpuExactTest.*:GpuEdgeTest.NegativeFp8Scales:GpuConcurrencyTest.*-GpuExactTest.SplitSelectClustersInSeveralWaves'
-  VARIANTS=${SUITE_VARIANTS:-HISA_CUDA_BALANCE_CLUSTERS=0;HISA_CUDA_TOKEN_CHOICE=0;HISA_CUDA_MMA_SYNC=1 HISA_CUDA_PAIR_HISA=1;HISA_CUDA_TMA=0;HISA_CUDA_SLOT_SCORE_SCRATCH=0;HISA_CUDA_SPLIT_SELECT=0;HISA_CUDA_CLUSTER_ITEMS=8}
+  VARIANTS=${SUITE_VARIANTS:-HISA_CUDA_TOKENS_SCORE_BLOCKS=0;HISA_CUDA_BALANCE_CLUSTERS=0;HISA_CUDA_TOKEN_CHOICE=0;HISA_CUDA_MMA_SYNC=1 HISA_CUDA_PAIR_HISA=1;HISA_CUDA_TMA=0;HISA_CUDA_SLOT_SCORE_SCRATCH=0;HISA_CUDA_SPLIT_SELECT=0;HISA_CUDA_CLUSTER_ITEMS=8}
   IFS=';' read -r -a VARIANT_LIST <<< "$VARIANTS"
   for VARIANT in "${VARIANT_LIST[@]}"; do
     note "correctness: FP8 cases with $VARIANT"

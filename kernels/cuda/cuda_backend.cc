@@ -80,6 +80,8 @@ CudaBackend::CudaBackend(std::unique_ptr<cuda::DeviceState> device)
   plan_options_->split_select = !env_is_0("HISA_CUDA_SPLIT_SELECT");
   plan_options_->token_choice = !env_is_0("HISA_CUDA_TOKEN_CHOICE");
   plan_options_->balance_clusters = !env_is_0("HISA_CUDA_BALANCE_CLUSTERS");
+  plan_options_->tokens_score_blocks =
+      !env_is_0("HISA_CUDA_TOKENS_SCORE_BLOCKS");
   plan_options_->use_tma =
       device_->key_tensor_map() != nullptr && !env_is_0("HISA_CUDA_TMA");
   // Unknown if the query fails: the planner then assumes that clusters

@@ -1271,6 +1271,22 @@ __device__ __forceinline__ bool LastOfGroup(const SelectBuffers& b,
   return last;
 }
 
+// A scored block tile (stage st's map in ts, the rows' scores in staging)
+// to the rows' block-score scratch: the blocks each row may choose.
+template <int G>
+__device__ __forceinline__ void StoreBlockScores(const SelectBuffers& b,
+                                                 const GroupDesc& grp,
+                                                 const TileShared& ts, int st,
+                                                 const float* staging) {
+  for (int i = threadIdx.x; i < G * kTileSlots; i += kSelectThreads) {
+    const int g = i / kTileSlots, s = i % kTileSlots;
+    if ((ts.rows[st][s] >> g) & 1u) {
+      b.block_scores[b.rows[grp.rows[g]].j_offset + ts.pos[st][s]] =
+          staging[g * kTileSlots + s];
+    }
+  }
+}
+
 // `keys`: the arena's tensor map, read only by bulk-copy scorers.
 template <class Scorer, int G>
 __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
@@ -1438,13 +1454,7 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
     __syncthreads();  // staging is visible
 
     if constexpr (kBlocks) {
-      for (int i = threadIdx.x; i < G * kTileSlots; i += kSelectThreads) {
-        const int g = i / kTileSlots, s = i % kTileSlots;
-        if ((ts.rows[st][s] >> g) & 1u) {
-          b.block_scores[b.rows[grp.rows[g]].j_offset + ts.pos[st][s]] =
-              staging[g * kTileSlots + s];
-        }
-      }
+      StoreBlockScores<G>(b, grp, ts, st, staging);
     } else if (slot_scores) {
       // Slot-score group: every slot's score to the scratch (the final
       // select decides eligibility).

@@ -57,6 +57,9 @@ inline constexpr int kTmaTokenCtasPerSm = 3;
 // CTA instead of its own, so that at most kTmaSpreadCtasPerSm share an SM.
 inline constexpr int kTmaSpreadCtasPerSm = 2;
 inline constexpr int kTmaSpreadSmemBytes = 110 * 1024;
+// Most tiles of 128 blocks that a token item scores itself
+// (GroupDesc::tokens_score_blocks; one after another, one stage).
+inline constexpr int kOwnBlockTiles = 2;
 inline constexpr int kWgmmaTokenCtasPerSm = 2;
 // Rows that share one work item (neighbouring prefill rows).
 inline constexpr int kMaxGroupRows = 2;
@@ -205,7 +208,12 @@ struct GroupDesc {
   // for the whole block launch) and chooses the row's blocks itself, in
   // shared memory (ChooseBlocksForGroup). The union is not written.
   int32_t tokens_choose = 0;
-  int32_t pad = 0;
+  // tokens_choose rows with no block items at all (select_plan.cc step 4c):
+  // each of the row's num_splits token items (one thread-block cluster)
+  // first scores its share of the row's blocks, split evenly, itself
+  // (tma_token_kernel.cuh, ScoreOwnBlocks), and the cluster waits at one
+  // barrier before every item chooses. block_items is 0.
+  int32_t tokens_score_blocks = 0;
 };
 
 // A split select (GroupDesc::split_select) runs in one thread-block cluster

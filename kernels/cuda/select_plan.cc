@@ -234,6 +234,7 @@ struct PlanScratch {
   std::vector<WorkItem> clustered;    // items rebuilt in cluster order
   std::vector<int> launch_groups;     // groups of one launch, in order
   std::vector<int> group_cluster;     // per group: its cluster in the launch
+  std::vector<char> own_blocks;       // per group: step 4c may apply
   int64_t q_bytes = 0;  // end of the last row's query in the q region
   int64_t w_count = 0;  // floats in the weight region
 
@@ -259,6 +260,7 @@ struct PlanScratch {
     clustered.clear();
     launch_groups.clear();
     group_cluster.clear();
+    own_blocks.clear();
     q_bytes = 0;
     w_count = 0;
   }
@@ -701,6 +703,7 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
   // groups all have one item needs no cluster: each item selects alone.
   s.clustered.clear();
   s.group_cluster.assign(s.gdesc.size(), -1);
+  s.own_blocks.assign(s.gdesc.size(), 0);
   for (LaunchSpec& l : plan->launches) {
     const int64_t first = static_cast<int64_t>(s.clustered.size());
     int32_t c = 1;
@@ -780,8 +783,60 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
         options.balance_clusters && (l.num_items <= num_sms || spread_fits);
     l.smem_bytes =
         l.balance_clusters && l.num_items > num_sms ? kTmaSpreadSmemBytes : 0;
+    // Step 4c's candidates: spread rows that choose their own blocks, of
+    // which each item would score at most kOwnBlockTiles tiles.
+    for (const int g : s.launch_groups) {
+      const GroupDesc& gd = s.gdesc[g];
+      const int64_t blocks =
+          (gd.max_position >> s.layers[gd.layer].geo.log2_block) + 1;
+      s.own_blocks[g] = options.tokens_score_blocks && l.balance_clusters &&
+                        gd.tokens_choose &&
+                        CeilDiv(CeilDiv(blocks, c), kTileSlots) <=
+                            kOwnBlockTiles;
+    }
   }
   s.items.swap(s.clustered);
+
+  // 4c. Token items that score their own blocks (GroupDesc::
+  // tokens_score_blocks): when every block item belongs to a candidate row
+  // of step 4b, the block launch goes. Each of a row's token items (its
+  // cluster) scores an even share of the row's blocks, the cluster meets at
+  // one barrier, and every item chooses: one launch, whose prologue and
+  // block loads start at once, instead of token CTAs that start as the
+  // block CTAs leave their SMs and wait for a count in global memory. Their
+  // launches take the spread launch's shared memory (the block scorer's
+  // tile and query need it).
+  bool fuse = options.tokens_score_blocks;
+  int64_t block_launch_items = 0;
+  for (const LaunchSpec& l : plan->launches) {
+    if (l.stage != LaunchSpec::kBlockScores) continue;
+    block_launch_items += l.num_items;
+    for (int64_t i = l.first_item; fuse && i < l.first_item + l.num_items;
+         ++i) {
+      fuse = s.own_blocks[s.items[i].group] != 0;
+    }
+  }
+  if (fuse && block_launch_items > 0) {
+    // The block launches and their items come first (step 4's order).
+    for (LaunchSpec& l : plan->launches) {
+      if (l.stage != LaunchSpec::kTokens) continue;
+      l.first_item -= block_launch_items;
+      for (int64_t i = l.first_item; i < l.first_item + l.num_items; ++i) {
+        GroupDesc& gd = s.gdesc[s.items[i + block_launch_items].group];
+        if (!s.own_blocks[s.items[i + block_launch_items].group]) continue;
+        gd.tokens_score_blocks = 1;
+        gd.block_items = 0;
+        l.smem_bytes = kTmaSpreadSmemBytes;
+      }
+    }
+    plan->launches.erase(
+        std::remove_if(plan->launches.begin(), plan->launches.end(),
+                       [](const LaunchSpec& l) {
+                         return l.stage == LaunchSpec::kBlockScores;
+                       }),
+        plan->launches.end());
+    s.items.erase(s.items.begin(), s.items.begin() + block_launch_items);
+  }
 
   // 5. The device region: upload image, then scratch.
   int64_t off = 0;

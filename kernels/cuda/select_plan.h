@@ -118,6 +118,11 @@ struct PlanOptions {
   // clusters of c when clusters_known. HISA_CUDA_BALANCE_CLUSTERS=0 turns
   // it off.
   bool balance_clusters = true;
+  // Split-select rows that choose their own blocks on spread launches score
+  // their blocks in their token items too, when every HISA row of the batch
+  // can (GroupDesc::tokens_score_blocks; no block launch).
+  // HISA_CUDA_TOKENS_SCORE_BLOCKS=0 turns it off.
+  bool tokens_score_blocks = true;
   // Clusters of c that the GPU holds at once with kTmaSpreadSmemBytes per
   // CTA and the load-balancing policy (ResidentClusters), when
   // clusters_known.

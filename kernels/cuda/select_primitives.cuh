@@ -227,6 +227,13 @@ __device__ __forceinline__ void TmaLoad2d(void* smem, const void* tensor_map,
       "r"(SmemAddr(bar))
       : "memory");
 }
+// Fetches the tensor map's descriptor ahead of its first copy, so that the
+// first TmaLoad2d does not wait for it.
+__device__ __forceinline__ void PrefetchTensorMap(const void* tensor_map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(tensor_map))
+               : "memory");
+}
 // Contiguous bulk copy global -> shared (16-byte aligned, bytes % 16 == 0),
 // completing on bar.
 __device__ __forceinline__ void BulkLoad(void* smem, const void* gmem,

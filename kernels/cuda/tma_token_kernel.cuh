@@ -16,6 +16,10 @@
 // issues with their address arithmetic, the per-thread slot map, the
 // staging round trip through shared memory and all three CTA barriers.
 //
+//   own blocks       (GroupDesc::tokens_score_blocks, a batch without a
+//                    block launch) the item scores its share of the row's
+//                    blocks first (ScoreOwnBlocks) and arrives at the
+//                    cluster barrier that the choice below waits at.
 //   before the loop  the barriers, the query operand, the weights and
 //                    the row's key page table (while the block stage may
 //                    still run: programmatic dependent launch); then, once
@@ -603,6 +607,86 @@ __device__ __forceinline__ void SplitSelect(
   ClusterWait();  // the others are done reading this CTA's shared memory
 }
 
+// GroupDesc::tokens_score_blocks: a token item's share of its row's block
+// scores, computed before anything of TmaTokenLayout is set up, in shared
+// memory from the CTA's aligned base: the block scorer's one stage (a tile
+// of 128 block means, hi and lo), its bf16 query, the head weights, the
+// tile's scores and map, and a transaction barrier past every byte that
+// TmaTokenLayout uses (never reused, so never invalidated).
+struct OwnBlocksLayout {
+  using Scorer = Bf16BlockScorer<4, 8, 1>;  // 64 heads, D = 128, one row
+  static constexpr int kStageOff = 0;
+  static constexpr int kPersistOff = kStageOff + Scorer::kStageBytes;
+  static constexpr int kWeightsOff = kPersistOff + Scorer::kPersistBytes;
+  static constexpr int kStagingOff = kWeightsOff + 128 * 4;
+  static constexpr int kTileOff = kStagingOff + kTileSlots * 4;
+  static constexpr int kBarOff =
+      (kTileOff + static_cast<int>(sizeof(TileShared)) + 7) / 8 * 8;
+  // + 1024: the base is aligned up to 1024 bytes at run time.
+  static constexpr int kBytes = kBarOff + 8 + 1024;
+  static_assert(Scorer::kStages == 1, "one stage");
+  static_assert(kBarOff >= TmaTokenLayout::kBytes - 1024,
+                "the token layout must not reuse the barrier");
+  static_assert(kBytes <= kTmaSpreadSmemBytes,
+                "launched with the spread launch's shared memory");
+};
+
+// Scores blocks [split * per, (split + 1) * per) of the item's row (per =
+// its c + 1 blocks over the group's num_splits items) into the row's
+// block-score scratch, one tile of 128 blocks at a time, as the block
+// kernel (TileKernel<Bf16BlockScorer>) does. Every thread calls it and it
+// ends with a CTA barrier: the shared memory is free again.
+__device__ __forceinline__ void ScoreOwnBlocks(const SelectBuffers& b,
+                                               const WorkItem& item,
+                                               const GroupDesc& grp,
+                                               uint8_t* smem) {
+  using L = OwnBlocksLayout;
+  const RowDesc& row = b.rows[grp.rows[0]];
+  const int64_t blocks =
+      (row.position >> b.layers[grp.layer].geo.log2_block) + 1;
+  const int64_t per = (blocks + grp.num_splits - 1) / grp.num_splits;
+  WorkItem own = item;
+  own.slot_begin = min(blocks, int64_t{item.split} * per);
+  own.slot_end = min(blocks, own.slot_begin + per);
+  if (own.slot_begin >= own.slot_end) return;
+  const ItemContext<1> ic = MakeItemContext<1, true>(b, own, grp);
+  uint8_t* stage = smem + L::kStageOff;
+  float* weights = reinterpret_cast<float*>(smem + L::kWeightsOff);
+  float* staging = reinterpret_cast<float*>(smem + L::kStagingOff);
+  TileShared& ts = *reinterpret_cast<TileShared*>(smem + L::kTileOff);
+  uint64_t* bar = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
+  if (threadIdx.x == 0) {
+    MbarInit(bar, kSelectThreads);
+    MbarFenceInit();
+  }
+  __syncthreads();  // the barrier is initialized
+  L::Scorer scorer;
+  scorer.full = bar;
+  auto issue = [&](int64_t it) {  // tile it's block means, every thread
+    const int64_t slot = ic.slot_begin + it * kTileSlots + (threadIdx.x >> 1);
+    scorer.Issue(b, ic, stage, ts, 0,
+                 ResolveSlot<1, true>(b, ic, slot, LoadUnionEntry(ic, slot)));
+  };
+  const int64_t num_tiles =
+      (ic.slot_end - ic.slot_begin + kTileSlots - 1) / kTileSlots;
+  issue(0);  // in flight while the query is converted
+  for (int h = threadIdx.x; h < 128; h += kSelectThreads) {
+    weights[h] = h < grp.q_heads ? b.w[row.w_offset + h] : 0.f;
+  }
+  scorer.Init(b, ic, smem + L::kPersistOff);
+  __syncthreads();  // query and weights are ready
+#pragma unroll 1
+  for (int64_t it = 0; it < num_tiles; ++it) {
+    MbarWait(bar, static_cast<uint32_t>(it) & 1u);
+    __syncthreads();  // the tile and its map are visible
+    scorer.Compute(stage, weights, staging, ic, ts, 0);
+    __syncthreads();  // staging is visible
+    StoreBlockScores<1>(b, grp, ts, 0, staging);
+    __syncthreads();  // stage, staging and map are free
+    if (it + 1 < num_tiles) issue(it + 1);
+  }
+}
+
 template <bool kPooled>
 __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
     TmaTokenKernel(SelectBuffers b, const WorkItem* items,
@@ -629,6 +713,15 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
   Trace(b.trace, kTraceStart);
   const WorkItem item = items[blockIdx.x];
   const GroupDesc& grp = b.groups[item.group];
+  // GroupDesc::tokens_score_blocks (no block launch): this item's share of
+  // the row's block scores first; the cluster's barrier below (after this
+  // prologue) makes every item's scores visible to every item.
+  if (threadIdx.x == 0) PrefetchTensorMap(&keys);
+  const bool own_blocks = !kPooled && grp.tokens_score_blocks != 0;
+  if (own_blocks) {
+    ScoreOwnBlocks(b, item, grp, smem);
+    ClusterArrive();  // this item's block scores are written
+  }
   if (threadIdx.x == 0) {
     for (int s = 0; s < kTmaStages; ++s) {
       MbarInit(full + s, 1);
@@ -671,12 +764,18 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
   int32_t* chosen = reinterpret_cast<int32_t*>(smem + L::kChosenOff);
   const bool choose = !kPooled && grp.tokens_choose != 0;
   int num_chosen = -1;
-  if (choose && item.slot_begin < item.slot_end) {
-    if (threadIdx.x == 0) {
-      WaitForCount(b.counters + 2 * item.group, grp.block_items);
-    }
-    __syncthreads();
+  if (own_blocks) {
+    ClusterWait();  // every item's block scores (an empty item's too)
     Trace(b.trace, kTraceWaited);
+  }
+  if (choose && item.slot_begin < item.slot_end) {
+    if (!own_blocks) {
+      if (threadIdx.x == 0) {
+        WaitForCount(b.counters + 2 * item.group, grp.block_items);
+      }
+      __syncthreads();
+      Trace(b.trace, kTraceWaited);
+    }
     // The key stages before the last (which holds the page table) are free
     // until the first copy: they cache the scores.
     num_chosen = ChooseBlocksForGroup<1>(

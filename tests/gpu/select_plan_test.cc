@@ -791,6 +791,97 @@ TEST(SelectPlanTest, ClusteredLaunchesSpreadWhenTheyFitTwoPerSm) {
   EXPECT_EQ(off.smem_bytes, 0);
 }
 
+// Token items score their own blocks (GroupDesc::tokens_score_blocks) when
+// every HISA row of the batch chooses its own blocks on a spread clustered
+// launch and an item's share is at most kOwnBlockTiles tiles: the block
+// launch and its items go, the token launch takes the spread launch's
+// shared memory. One row that cannot keeps the block launch for all.
+TEST(SelectPlanTest, TokenItemsScoreTheirOwnBlocksWhenEveryRowCan) {
+  const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
+                             BlockPooling::kMean};
+  CudaRequestStore store(nullptr, config);
+  struct Seen {
+    int block_launches = 0;
+    int token_launches = 0;
+    int32_t smem_bytes = -1;  // of the clustered launch
+    int scoring = 0;          // groups with tokens_score_blocks
+    int choosing = 0;         // groups with tokens_choose
+  };
+  auto plan_of = [&](const std::vector<int64_t>& positions, bool option,
+                     bool pair_blocks) {
+    PlanOptions options = TmaOptions(kH200Clusters);
+    for (int c = 2; c <= kMaxClusterItems; ++c) {
+      options.clusters_resident_spread[c] = 64;
+    }
+    options.pair_hisa_blocks = pair_blocks;  // false: as rows of many requests
+    options.tokens_score_blocks = option;
+    const Planned planned = PlanHisaRows(&store, &config, positions, options);
+    const SelectPlan& plan = planned.plan;
+    const PlanImage& image = planned.image;
+    Seen seen;
+    int64_t items = 0;
+    for (const LaunchSpec& l : plan.launches) {
+      EXPECT_EQ(l.first_item, items) << "launches cover the items in order";
+      items += l.num_items;
+      if (l.stage == LaunchSpec::kBlockScores) {
+        ++seen.block_launches;
+        continue;
+      }
+      ++seen.token_launches;
+      if (l.cluster > 1) seen.smem_bytes = l.smem_bytes;
+      // Every CTA of a cluster is an item of its group, rank = split.
+      for (int64_t i = l.first_item; i < l.first_item + l.num_items; ++i) {
+        const WorkItem& w = image.work[i];
+        EXPECT_TRUE(w.group >= 0 && w.group < plan.num_groups) << w.group;
+        EXPECT_EQ(w.split, (i - l.first_item) % l.cluster);
+      }
+    }
+    for (int64_t g = 0; g < plan.num_descriptors; ++g) {
+      const GroupDesc& gd = image.groups[g];
+      seen.choosing += gd.tokens_choose;
+      if (!gd.tokens_score_blocks) continue;
+      ++seen.scoring;
+      EXPECT_EQ(gd.tokens_choose, 1);
+      EXPECT_EQ(gd.block_items, 0);
+      EXPECT_GE(gd.num_splits, 2);
+    }
+    return seen;
+  };
+  auto decode = [](int requests, int64_t length) {
+    std::vector<int64_t> positions;
+    for (int i = 0; i < requests; ++i) positions.push_back(length - 1 - i);
+    return positions;
+  };
+  // 64 rows at 64K: 512 blocks over clusters of 4, one tile an item.
+  const Seen fused = plan_of(decode(64, 65536), true, false);
+  EXPECT_EQ(fused.block_launches, 0);
+  EXPECT_EQ(fused.token_launches, 1);
+  EXPECT_EQ(fused.scoring, 64);
+  EXPECT_EQ(fused.smem_bytes, kTmaSpreadSmemBytes);
+  // Off: the block launch and the choice by counts, as before.
+  const Seen off = plan_of(decode(64, 65536), false, false);
+  EXPECT_EQ(off.block_launches, 1);
+  EXPECT_EQ(off.scoring, 0);
+  EXPECT_EQ(off.choosing, 64);
+  // 8 rows at 128K (one CTA per SM, no spread smem of their own): fused,
+  // with the spread launch's shared memory.
+  const Seen few = plan_of(decode(8, 131072), true, false);
+  EXPECT_EQ(few.block_launches, 0);
+  EXPECT_EQ(few.scoring, 8);
+  EXPECT_EQ(few.smem_bytes, kTmaSpreadSmemBytes);
+  // Rows whose items would score more than kOwnBlockTiles tiles each.
+  const int64_t too_long =
+      (int64_t{kOwnBlockTiles} * kTileSlots * 8 + 8) * config.block_size;
+  const Seen long_rows = plan_of(decode(64, too_long), true, false);
+  EXPECT_EQ(long_rows.block_launches, 1);
+  EXPECT_EQ(long_rows.scoring, 0);
+  // Rows of one request whose block stage is paired do not choose: the
+  // block launch stays for every row.
+  const Seen paired = plan_of(decode(64, 65536), true, true);
+  EXPECT_EQ(paired.block_launches, 1);
+  EXPECT_EQ(paired.scoring, 0);
+}
+
 // The request path plans straight into pinned staging (BuildSelectPlanInto);
 // it must produce exactly BuildSelectPlan's image and layout, whatever the
 // destination held before, and write nothing when the image does not fit.
