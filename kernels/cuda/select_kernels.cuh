@@ -978,11 +978,14 @@ static __device__ __noinline__ uint64_t CompactRow(uint32_t* keys,
 // `local` (one row, GroupDesc::tokens_choose: a token work item choosing
 // for itself): the chosen blocks go there, ascending, instead of to the
 // union in global memory, and their number is returned (else 0).
+// cache_filled: the rows' scores are in `cache` already (GroupDesc::
+// tokens_score_blocks), and cache_floats holds them.
 template <int G>
 __device__ int ChooseBlocksForGroup(const SelectBuffers& b,
                                     const GroupDesc& grp, float* cache,
                                     int cache_floats, RadixShared& rs,
-                                    int32_t* local = nullptr) {
+                                    int32_t* local = nullptr,
+                                    bool cache_filled = false) {
   const LayerView& lv = b.layers[grp.layer];
   const int log2b = lv.geo.log2_block;
   const int m = grp.m;
@@ -1008,19 +1011,20 @@ __device__ int ChooseBlocksForGroup(const SelectBuffers& b,
   int64_t cached = 0;
 #pragma unroll
   for (int g = 0; g < G; ++g) cached += c[g] + 1;  // c = -1 past num_rows
-  const bool in_smem = cached <= cache_floats;
+  const bool in_smem = cache_filled || cached <= cache_floats;
   if (in_smem) {
     float* dst = cache;
 #pragma unroll
     for (int g = 0; g < G; ++g) {
       if (g >= grp.num_rows) continue;
-      for (int64_t i = threadIdx.x; i <= c[g]; i += kSelectThreads) {
+      for (int64_t i = threadIdx.x; !cache_filled && i <= c[g];
+           i += kSelectThreads) {
         dst[i] = __ldcg(J[g] + i);
       }
       J[g] = dst;
       dst += c[g] + 1;
     }
-    __syncthreads();
+    if (!cache_filled) __syncthreads();
   }
   Trace(b.trace, local != nullptr ? kTraceChoiceIn : kTraceTailIn);
   auto score = [&](int g, int64_t blk) {

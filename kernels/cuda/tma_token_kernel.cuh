@@ -254,12 +254,12 @@ __device__ __forceinline__ void ClusterWait() {
 // `p` (in this CTA's shared memory) in the shared memory of the cluster's
 // CTA `rank` (distributed shared memory; a generic address).
 template <class T>
-__device__ __forceinline__ const T* InClusterCta(const T* p, int rank) {
+__device__ __forceinline__ T* InClusterCta(T* p, int rank) {
   uint64_t mapped;
   asm("mapa.u64 %0, %1, %2;\n"
       : "=l"(mapped)
       : "l"(reinterpret_cast<uint64_t>(p)), "r"(rank));
-  return reinterpret_cast<const T*>(mapped);
+  return reinterpret_cast<T*>(mapped);
 }
 
 // Both sums over the CTA, returned to every thread; each warp's sums stay
@@ -611,8 +611,10 @@ __device__ __forceinline__ void SplitSelect(
 // scores, computed before anything of TmaTokenLayout is set up, in shared
 // memory from the CTA's aligned base: the block scorer's one stage (a tile
 // of 128 block means, hi and lo), its bf16 query, the head weights, the
-// tile's scores and map, and a transaction barrier past every byte that
-// TmaTokenLayout uses (never reused, so never invalidated).
+// tile's scores and map; then, past every byte that TmaTokenLayout uses, a
+// transaction barrier (never reused, so never invalidated) and the row's
+// block scores, which every item of the cluster writes into every item's
+// copy (distributed shared memory) for the choice.
 struct OwnBlocksLayout {
   using Scorer = Bf16BlockScorer<4, 8, 1>;  // 64 heads, D = 128, one row
   static constexpr int kStageOff = 0;
@@ -622,8 +624,12 @@ struct OwnBlocksLayout {
   static constexpr int kTileOff = kStagingOff + kTileSlots * 4;
   static constexpr int kBarOff =
       (kTileOff + static_cast<int>(sizeof(TileShared)) + 7) / 8 * 8;
+  static constexpr int kScoresOff = kBarOff + 16;
+  // A row's blocks: at most kOwnBlockTiles tiles per item (select_plan.cc).
+  static constexpr int kScoresCap =
+      kOwnBlockTiles * kTileSlots * kMaxClusterItems;
   // + 1024: the base is aligned up to 1024 bytes at run time.
-  static constexpr int kBytes = kBarOff + 8 + 1024;
+  static constexpr int kBytes = kScoresOff + kScoresCap * 4 + 1024;
   static_assert(Scorer::kStages == 1, "one stage");
   static_assert(kBarOff >= TmaTokenLayout::kBytes - 1024,
                 "the token layout must not reuse the barrier");
@@ -632,10 +638,13 @@ struct OwnBlocksLayout {
 };
 
 // Scores blocks [split * per, (split + 1) * per) of the item's row (per =
-// its c + 1 blocks over the group's num_splits items) into the row's
-// block-score scratch, one tile of 128 blocks at a time, as the block
-// kernel (TileKernel<Bf16BlockScorer>) does. Every thread calls it and it
-// ends with a CTA barrier: the shared memory is free again.
+// its c + 1 blocks over the group's num_splits items), one tile of 128
+// blocks at a time as the block kernel (TileKernel<Bf16BlockScorer>) does,
+// into OwnBlocksLayout's scores of every item of the cluster. Every thread
+// calls it after a ClusterArrive (the others may then write to this CTA);
+// it waits at the cluster barrier once, before its first write to another
+// CTA, and ends with a CTA barrier: the shared memory below the scores is
+// free again.
 __device__ __forceinline__ void ScoreOwnBlocks(const SelectBuffers& b,
                                                const WorkItem& item,
                                                const GroupDesc& grp,
@@ -648,7 +657,10 @@ __device__ __forceinline__ void ScoreOwnBlocks(const SelectBuffers& b,
   WorkItem own = item;
   own.slot_begin = min(blocks, int64_t{item.split} * per);
   own.slot_end = min(blocks, own.slot_begin + per);
-  if (own.slot_begin >= own.slot_end) return;
+  if (own.slot_begin >= own.slot_end) {
+    ClusterWait();
+    return;
+  }
   const ItemContext<1> ic = MakeItemContext<1, true>(b, own, grp);
   uint8_t* stage = smem + L::kStageOff;
   float* weights = reinterpret_cast<float*>(smem + L::kWeightsOff);
@@ -680,8 +692,16 @@ __device__ __forceinline__ void ScoreOwnBlocks(const SelectBuffers& b,
     MbarWait(bar, static_cast<uint32_t>(it) & 1u);
     __syncthreads();  // the tile and its map are visible
     scorer.Compute(stage, weights, staging, ic, ts, 0);
+    if (it == 0) ClusterWait();  // every CTA of the cluster has started
     __syncthreads();  // staging is visible
-    StoreBlockScores<1>(b, grp, ts, 0, staging);
+    float* scores = reinterpret_cast<float*>(smem + L::kScoresOff);
+    for (int i = threadIdx.x; i < grp.num_splits * kTileSlots;
+         i += kSelectThreads) {
+      const int s = i % kTileSlots;
+      if (ts.rows[0][s] & 1u) {
+        InClusterCta(scores, i / kTileSlots)[ts.pos[0][s]] = staging[s];
+      }
+    }
     __syncthreads();  // stage, staging and map are free
     if (it + 1 < num_tiles) issue(it + 1);
   }
@@ -707,18 +727,31 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
   uint64_t* empty = full + kTmaStages;
   RadixShared& rs = *reinterpret_cast<RadixShared*>(smem + L::kRadixOff);
   __shared__ int slice;  // kPooled: this CTA's slice of the score pool
+  // The group's descriptor, read once: every later use reads shared memory
+  // instead of a global load, which after an acquiring barrier (cluster
+  // barriers, the block count) would go to L2 again.
+  __shared__ __align__(16) GroupDesc grp_shared;
 
   // Before the block stage completes (programmatic dependent launch): the
   // barriers, the query operand and the weights, from the uploaded plan.
   Trace(b.trace, kTraceStart);
   const WorkItem item = items[blockIdx.x];
-  const GroupDesc& grp = b.groups[item.group];
+  static_assert(sizeof(GroupDesc) % 4 == 0 &&
+                    sizeof(GroupDesc) / 4 <= kSelectThreads,
+                "one word per thread");
+  if (threadIdx.x < sizeof(GroupDesc) / 4) {
+    reinterpret_cast<int32_t*>(&grp_shared)[threadIdx.x] =
+        reinterpret_cast<const int32_t*>(b.groups + item.group)[threadIdx.x];
+  }
+  if (threadIdx.x == 0) PrefetchTensorMap(&keys);
+  __syncthreads();  // grp_shared
+  const GroupDesc& grp = grp_shared;
   // GroupDesc::tokens_score_blocks (no block launch): this item's share of
   // the row's block scores first; the cluster's barrier below (after this
   // prologue) makes every item's scores visible to every item.
-  if (threadIdx.x == 0) PrefetchTensorMap(&keys);
   const bool own_blocks = !kPooled && grp.tokens_score_blocks != 0;
   if (own_blocks) {
+    ClusterArrive();  // started: the others may write this CTA's scores
     ScoreOwnBlocks(b, item, grp, smem);
     ClusterArrive();  // this item's block scores are written
   }
@@ -778,9 +811,17 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
     }
     // The key stages before the last (which holds the page table) are free
     // until the first copy: they cache the scores.
-    num_chosen = ChooseBlocksForGroup<1>(
-        b, grp, reinterpret_cast<float*>(key_stages),
-        (kTmaStages - 1) * L::kKeyBytes / 4, rs, chosen);
+    num_chosen =
+        own_blocks
+            ? ChooseBlocksForGroup<1>(
+                  b, grp,
+                  reinterpret_cast<float*>(smem + OwnBlocksLayout::kScoresOff),
+                  OwnBlocksLayout::kScoresCap, rs, chosen,
+                  /*cache_filled=*/true)
+            : ChooseBlocksForGroup<1>(b, grp,
+                                      reinterpret_cast<float*>(key_stages),
+                                      (kTmaStages - 1) * L::kKeyBytes / 4, rs,
+                                      chosen);
     __syncthreads();    // `chosen` is complete
     FenceProxyAsync();  // the cache's writes before the stages' copies
   } else if (choose) {
