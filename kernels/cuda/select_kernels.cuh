@@ -23,7 +23,10 @@
 //                                128-key runs in one page, with bulk tensor
 //                                copies and no CTA barrier in its loop.
 //
-// So a batch is one launch (DENSE) or two (HISA) per kernel variant present.
+// So a batch is one launch (DENSE) or two (HISA) per kernel variant present;
+// a HISA batch whose token items score their own blocks (GroupDesc::
+// tokens_score_blocks, select_plan.cc step 4c) is one launch of
+// TmaTokenKernel, which runs Bf16BlockScorer itself (ScoreOwnBlocks).
 // The token launch may start before the block launch ends (programmatic
 // dependent launch): token kernels read block-stage outputs only after
 // GridDependencyWait.

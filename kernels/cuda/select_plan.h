@@ -34,7 +34,9 @@
 // LaunchSelectPlan issues, on `stream`, block scoring (+ block choice) and
 // token refinement + top-k (+ merge of split work items), one launch per
 // kernel variant present in the batch: one launch for a DENSE batch, two for
-// HISA. When `events` is not null it records events[0] before the first
+// HISA, one again for a HISA batch whose token items score their own blocks
+// (GroupDesc::tokens_score_blocks: decode batches on spread clusters).
+// When `events` is not null it records events[0] before the first
 // launch, events[1] and events[2] after block scoring (block choice runs
 // inside it), events[3] and events[4] after token top-k (the merge runs
 // inside it).
