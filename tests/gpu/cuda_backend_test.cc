@@ -658,6 +658,14 @@ TEST(GpuExactTest, SplitSelectsOfSpreadClusters) {
   CheckSplitSelects(48, {0}, 24000, 9000);
 }
 
+// A few long rows: clusters of 8 items, each of which scores two tiles of
+// its row's 1055-1172 blocks itself, one after the other, before the
+// cluster chooses (GroupDesc::tokens_score_blocks, one launch).
+TEST(GpuExactTest, TokenItemsScoreTwoBlockTilesEach) {
+  SKIP_WITHOUT_GPU();
+  CheckSplitSelects(4, {0}, 150000, 135000);
+}
+
 // FP8 keys and queries with negative scales (stored sign-flipped on the
 // tensor-core path): same answers as the oracle.
 TEST(GpuEdgeTest, NegativeFp8Scales) {
