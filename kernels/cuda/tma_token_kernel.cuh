@@ -809,7 +809,8 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
       __syncthreads();
       Trace(b.trace, kTraceWaited);
     }
-    // The key stages before the last (which holds the page table) are free
+    // Own blocks: the scores are in this CTA's OwnBlocksLayout copy. Else
+    // the key stages before the last (which holds the page table) are free
     // until the first copy: they cache the scores.
     num_chosen =
         own_blocks
