@@ -817,17 +817,17 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     }
   }
   if (fuse && block_launch_items > 0) {
-    // The block launches and their items come first (step 4's order).
     for (LaunchSpec& l : plan->launches) {
       if (l.stage != LaunchSpec::kTokens) continue;
-      l.first_item -= block_launch_items;
       for (int64_t i = l.first_item; i < l.first_item + l.num_items; ++i) {
-        GroupDesc& gd = s.gdesc[s.items[i + block_launch_items].group];
-        if (!s.own_blocks[s.items[i + block_launch_items].group]) continue;
-        gd.tokens_score_blocks = 1;
-        gd.block_items = 0;
+        const int g = s.items[i].group;
+        if (!s.own_blocks[g]) continue;
+        s.gdesc[g].tokens_score_blocks = 1;
+        s.gdesc[g].block_items = 0;
         l.smem_bytes = kTmaSpreadSmemBytes;
       }
+      // The block launches and their items come first (step 4's order).
+      l.first_item -= block_launch_items;
     }
     plan->launches.erase(
         std::remove_if(plan->launches.begin(), plan->launches.end(),
