@@ -1020,9 +1020,10 @@ __device__ int ChooseBlocksForGroup(const SelectBuffers& b,
 #pragma unroll
     for (int g = 0; g < G; ++g) {
       if (g >= grp.num_rows) continue;
-      for (int64_t i = threadIdx.x; !cache_filled && i <= c[g];
-           i += kSelectThreads) {
-        dst[i] = __ldcg(J[g] + i);
+      if (!cache_filled) {
+        for (int64_t i = threadIdx.x; i <= c[g]; i += kSelectThreads) {
+          dst[i] = __ldcg(J[g] + i);
+        }
       }
       J[g] = dst;
       dst += c[g] + 1;
@@ -1278,22 +1279,6 @@ __device__ __forceinline__ bool LastOfGroup(const SelectBuffers& b,
   return last;
 }
 
-// A scored block tile (stage st's map in ts, the rows' scores in staging)
-// to the rows' block-score scratch: the blocks each row may choose.
-template <int G>
-__device__ __forceinline__ void StoreBlockScores(const SelectBuffers& b,
-                                                 const GroupDesc& grp,
-                                                 const TileShared& ts, int st,
-                                                 const float* staging) {
-  for (int i = threadIdx.x; i < G * kTileSlots; i += kSelectThreads) {
-    const int g = i / kTileSlots, s = i % kTileSlots;
-    if ((ts.rows[st][s] >> g) & 1u) {
-      b.block_scores[b.rows[grp.rows[g]].j_offset + ts.pos[st][s]] =
-          staging[g * kTileSlots + s];
-    }
-  }
-}
-
 // `keys`: the arena's tensor map, read only by bulk-copy scorers.
 template <class Scorer, int G>
 __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
@@ -1461,7 +1446,13 @@ __global__ void __launch_bounds__(kSelectThreads, Scorer::kMinBlocks)
     __syncthreads();  // staging is visible
 
     if constexpr (kBlocks) {
-      StoreBlockScores<G>(b, grp, ts, st, staging);
+      for (int i = threadIdx.x; i < G * kTileSlots; i += kSelectThreads) {
+        const int g = i / kTileSlots, s = i % kTileSlots;
+        if ((ts.rows[st][s] >> g) & 1u) {
+          b.block_scores[b.rows[grp.rows[g]].j_offset + ts.pos[st][s]] =
+              staging[g * kTileSlots + s];
+        }
+      }
     } else if (slot_scores) {
       // Slot-score group: every slot's score to the scratch (the final
       // select decides eligibility).
