@@ -498,6 +498,14 @@ PlanOptions TmaOptions(const std::vector<int>& resident) {
   return options;
 }
 
+// A decode batch's positions: `requests` rows at the ends of contexts of
+// `length` tokens (length - 1, length - 2, ...).
+std::vector<int64_t> DecodePositions(int requests, int64_t length) {
+  std::vector<int64_t> positions;
+  for (int i = 0; i < requests; ++i) positions.push_back(length - 1 - i);
+  return positions;
+}
+
 // The plan of HISA rows (k = 2048, m = 64) at `positions` of one store,
 // and its image.
 struct Planned {
@@ -755,9 +763,8 @@ TEST(SelectPlanTest, ClusteredLaunchesSpreadWhenTheyFitTwoPerSm) {
     for (int c = 2; c <= kMaxClusterItems; ++c) {
       options.clusters_resident_spread[c] = c == 4 ? spread_fit : 0;
     }
-    std::vector<int64_t> positions;
-    for (int i = 0; i < requests; ++i) positions.push_back(length - 1 - i);
-    const Planned planned = PlanHisaRows(&store, &config, positions, options);
+    const Planned planned = PlanHisaRows(
+        &store, &config, DecodePositions(requests, length), options);
     LaunchSpec clustered;
     int count = 0;
     for (const LaunchSpec& l : planned.plan.launches) {
@@ -847,37 +854,32 @@ TEST(SelectPlanTest, TokenItemsScoreTheirOwnBlocksWhenEveryRowCan) {
     }
     return seen;
   };
-  auto decode = [](int requests, int64_t length) {
-    std::vector<int64_t> positions;
-    for (int i = 0; i < requests; ++i) positions.push_back(length - 1 - i);
-    return positions;
-  };
   // 64 rows at 64K: 512 blocks over clusters of 4, one tile an item.
-  const Seen fused = plan_of(decode(64, 65536), true, false);
+  const Seen fused = plan_of(DecodePositions(64, 65536), true, false);
   EXPECT_EQ(fused.block_launches, 0);
   EXPECT_EQ(fused.token_launches, 1);
   EXPECT_EQ(fused.scoring, 64);
   EXPECT_EQ(fused.smem_bytes, kTmaSpreadSmemBytes);
   // Off: the block launch and the choice by counts, as before.
-  const Seen off = plan_of(decode(64, 65536), false, false);
+  const Seen off = plan_of(DecodePositions(64, 65536), false, false);
   EXPECT_EQ(off.block_launches, 1);
   EXPECT_EQ(off.scoring, 0);
   EXPECT_EQ(off.choosing, 64);
   // 8 rows at 128K (one CTA per SM, no spread smem of their own): fused,
   // with the spread launch's shared memory.
-  const Seen few = plan_of(decode(8, 131072), true, false);
+  const Seen few = plan_of(DecodePositions(8, 131072), true, false);
   EXPECT_EQ(few.block_launches, 0);
   EXPECT_EQ(few.scoring, 8);
   EXPECT_EQ(few.smem_bytes, kTmaSpreadSmemBytes);
   // Rows whose items would score more than kOwnBlockTiles tiles each.
   const int64_t too_long =
       (int64_t{kOwnBlockTiles} * kTileSlots * 8 + 8) * config.block_size;
-  const Seen long_rows = plan_of(decode(64, too_long), true, false);
+  const Seen long_rows = plan_of(DecodePositions(64, too_long), true, false);
   EXPECT_EQ(long_rows.block_launches, 1);
   EXPECT_EQ(long_rows.scoring, 0);
   // Rows of one request whose block stage is paired do not choose: the
   // block launch stays for every row.
-  const Seen paired = plan_of(decode(64, 65536), true, true);
+  const Seen paired = plan_of(DecodePositions(64, 65536), true, true);
   EXPECT_EQ(paired.block_launches, 1);
   EXPECT_EQ(paired.scoring, 0);
 }
