@@ -652,7 +652,8 @@ TEST(GpuExactTest, SplitSelectClustersInSeveralWaves) {
 // DENSE rows, past 8192 positions, take another kernel): one clustered
 // launch of 48 clusters of 4 CTAs, more than an H100 or H200 has SMs,
 // which fit at once at two CTAs per SM, so the planner spreads it
-// (LaunchSpec::balance_clusters, smem_bytes).
+// (LaunchSpec::balance_clusters, smem_bytes) and its token items score
+// their rows' blocks themselves (GroupDesc::tokens_score_blocks).
 TEST(GpuExactTest, SplitSelectsOfSpreadClusters) {
   SKIP_WITHOUT_GPU();
   CheckSplitSelects(48, {0}, 24000, 9000);
