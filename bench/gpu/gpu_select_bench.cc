@@ -281,7 +281,8 @@ void PrintTrace(const char* label, const std::vector<uint64_t>& trace) {
   static const char* kNames[] = {"start",    "waited",  "ready",
                                  "loop_end", "ticket",  "tail_in",
                                  "tail_rnd", "tail_th", "tail_end",
-                                 "choice_in", "chosen"};
+                                 "choice_in", "chosen",   "own_iss",
+                                 "own_land", "own_score", "counted"};
   static_assert(sizeof(kNames) / sizeof(kNames[0]) == cuda::kTraceSm);
   auto spread = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
@@ -339,6 +340,27 @@ void PrintTrace(const char* label, const std::vector<uint64_t>& trace) {
     for (const auto& [step, v] : steps) {
       std::printf("      %s -> %s %s\n", kNames[step.first],
                   kNames[step.second], spread(v).c_str());
+    }
+    // Steps inside phases that only some kernels record: the own block
+    // scoring of a one-launch decode batch, the split select's local count.
+    static constexpr std::pair<int, int> kSubSteps[] = {
+        {cuda::kTraceStart, cuda::kTraceOwnIssued},
+        {cuda::kTraceOwnIssued, cuda::kTraceOwnLanded},
+        {cuda::kTraceOwnLanded, cuda::kTraceOwnScored},
+        {cuda::kTraceOwnScored, cuda::kTraceWaited},
+        {cuda::kTraceTailIn, cuda::kTraceTailCounted},
+        {cuda::kTraceTailCounted, cuda::kTraceTailRound}};
+    for (const auto& [from, to] : kSubSteps) {
+      std::vector<double> v;
+      for (int c = 0; c < ctas; ++c) {
+        const uint64_t* x = t + c * cuda::kTraceSlots;
+        if (x[from] != 0 && x[to] != 0) {
+          v.push_back(static_cast<double>(x[to] - x[from]) * 1e-3);
+        }
+      }
+      if (v.empty()) continue;
+      std::printf("      %s -> %s %s\n", kNames[from], kNames[to],
+                  spread(v).c_str());
     }
     // Where a CTA's time goes: each phase's share of the summed lifetimes
     // (start -> its last point) of the CTAs that reached every point up to

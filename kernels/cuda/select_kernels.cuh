@@ -472,6 +472,7 @@ struct Bf16BlockScorer {
 
   int g;
   int sub;
+  bool hi_only;       // GroupDesc::means_hi_only
   const uint8_t* qs;  // this warp's row in shared memory
   // Set by TileKernel: the stages' transaction barriers (kSelectThreads
   // arrivals per phase).
@@ -483,6 +484,7 @@ struct Bf16BlockScorer {
     g = warp / kWarpsPerRow;
     sub = warp % kWarpsPerRow;
     const int qh = ic.group->q_heads;  // <= kMaxQHeads (planner)
+    hi_only = ic.group->means_hi_only != 0;
     // Every row's query into shared memory as bf16, converted here from the
     // fp8 copy (exact: e4m3 values are bf16 values), 16 values per step.
     constexpr int kChunksPerHead = kD / 16;
@@ -532,7 +534,7 @@ struct Bf16BlockScorer {
     const uint8_t* src = half == 0 ? hi : lo;
     uint8_t* dst = stage + half * kTileSlots * kStride + i * kStride;
     uint64_t* bar = full + st;
-    if (rows != 0) {
+    if (rows != 0 && (half == 0 || !ic.group->means_hi_only)) {
       MbarArriveExpectTx(bar, kD * 2);
       BulkLoad(dst, src, kD * 2, bar);
     } else {
@@ -599,7 +601,7 @@ struct Bf16BlockScorer {
 #pragma unroll
           for (int nt = 0; nt < kNT; ++nt) {
             MmaBf16(acc[mt][nt], af, bh[nt][0], bh[nt][1]);
-            MmaBf16(acc[mt][nt], af, bl[nt][0], bl[nt][1]);
+            if (!hi_only) MmaBf16(acc[mt][nt], af, bl[nt][0], bl[nt][1]);
           }
         }
       }

@@ -214,6 +214,10 @@ struct GroupDesc {
   // (tma_token_kernel.cuh, ScoreOwnBlocks), and the cluster waits at one
   // barrier before every item chooses. block_items is 0.
   int32_t tokens_score_blocks = 0;
+  // HISA groups: block scores from the bf16 hi part of the block means only
+  // (PlanOptions::block_means_lo false; SPEC 4.2 allows a lower-precision
+  // copy), else hi + lo (close to the fp32 means).
+  int32_t means_hi_only = 0;
 };
 
 // A split select (GroupDesc::split_select) runs in one thread-block cluster
@@ -300,9 +304,13 @@ enum TracePoint : int {
   kTraceChoiceIn = 9,  // tokens_choose: the row's block scores in shared
                        // memory
   kTraceChoiceChosen = 10,  // tokens_choose: its threshold found
-  kTraceSm = 11,
+  kTraceOwnIssued = 11,   // tokens_score_blocks: own block means requested
+  kTraceOwnLanded = 12,   // ... and landed
+  kTraceOwnScored = 13,   // ... scored, written to every cluster CTA
+  kTraceTailCounted = 14,  // split select: own counts and list ready
+  kTraceSm = 15,
 };
-inline constexpr int kTraceSlots = 12;
+inline constexpr int kTraceSlots = 16;
 inline constexpr int kTraceMaxCtas = 4096;
 inline constexpr int kTraceMaxLaunches = 4;
 

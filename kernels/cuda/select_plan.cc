@@ -434,6 +434,7 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     gd.q_heads = gb.shape.q_heads;
     gd.k = t0.row->k;
     gd.m = t0.row->m;
+    gd.means_hi_only = gb.hisa && !options.block_means_lo ? 1 : 0;
     gd.max_position = 0;
     int64_t cap = 0;
     const int block = t0.config->block_size;

@@ -125,6 +125,10 @@ struct PlanOptions {
   // can (GroupDesc::tokens_score_blocks; no block launch).
   // HISA_CUDA_TOKENS_SCORE_BLOCKS=0 turns it off.
   bool tokens_score_blocks = true;
+  // Block scores from the bf16 hi and lo parts of the block means (close to
+  // fp32); false: the hi part alone (GroupDesc::means_hi_only: half the
+  // bytes and MMAs). HISA_CUDA_BLOCK_MEANS_LO=0 turns lo off.
+  bool block_means_lo = true;
   // Clusters of c that the GPU holds at once with kTmaSpreadSmemBytes per
   // CTA and the load-balancing policy (ResidentClusters), when
   // clusters_known.

@@ -320,12 +320,17 @@ __device__ __forceinline__ void ClusterFindThresholdBin(const uint32_t* hist,
       all = __shfl_sync(0xFFFFFFFFu, suffix, 0);
       return suffix - count;
     };
+    // Unrolled to the cluster's largest size, so that every CTA's load is
+    // in flight at once (each is a round trip to another SM).
     uint32_t g0 = 0, g1 = 0;  // groups 2 lane and 2 lane + 1
-    for (int r = 0; r < splits; ++r) {
-      const uint2 v =
-          *reinterpret_cast<const uint2*>(InClusterCta(sums, r) + 2 * lane);
-      g0 += v.x;
-      g1 += v.y;
+#pragma unroll
+    for (int r = 0; r < kMaxClusterItems; ++r) {
+      if (r < splits) {
+        const uint2 v =
+            *reinterpret_cast<const uint2*>(InClusterCta(sums, r) + 2 * lane);
+        g0 += v.x;
+        g1 += v.y;
+      }
     }
     uint32_t all = 0;
     uint32_t above = above_of(g0 + g1, all);
@@ -344,8 +349,11 @@ __device__ __forceinline__ void ClusterFindThresholdBin(const uint32_t* hist,
       above = __shfl_sync(0xFFFFFFFFu, above, src);
       static_assert(kGroupBins == 32, "a lane per bin of the group");
       uint32_t count = 0;
-      for (int r = 0; r < splits; ++r) {
-        count += InClusterCta(hist, r)[kGroupBins * group + lane];
+#pragma unroll
+      for (int r = 0; r < kMaxClusterItems; ++r) {
+        if (r < splits) {
+          count += InClusterCta(hist, r)[kGroupBins * group + lane];
+        }
       }
       uint32_t unused;
       const uint32_t cum = above + above_of(count, unused);
@@ -509,6 +517,7 @@ __device__ __forceinline__ void SplitSelect(
     }
   }
   if (threadIdx.x == 0) counts[0] = make_int4(mine.x, mine.y, begin, n);
+  Trace(b.trace, kTraceTailCounted);
   ClusterWait();  // (the last histogram round's)
   ClusterArrive();  // every item's counts and own list
   ClusterWait();
@@ -518,15 +527,26 @@ __device__ __forceinline__ void SplitSelect(
   __syncthreads();
   if (listed) {
     // Item r's keys of the bin, counts[1 + r].y of them, packed into
-    // `list` in item order.
-    int packed = 0;
-    for (int r = 0; r < splits; ++r) {
-      const int m = counts[1 + r].y;
-      const uint2* src = InClusterCta(own_list, r);
-      for (int e = threadIdx.x; e < m; e += kSelectThreads) {
-        reinterpret_cast<uint2*>(list)[packed + e] = src[e];
+    // `list` in item order (`bucket` <= kSplitListCap in all): each thread
+    // first loads its entries, all in flight at once, then stores them.
+    constexpr int kPerThread = kSplitListCap / kSelectThreads;
+    static_assert(kPerThread * kSelectThreads == kSplitListCap, "whole");
+    uint2 entry[kPerThread];
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const int p = threadIdx.x + j * kSelectThreads;
+      if (p < bucket) {
+        int r = 0, first = 0;
+        while (r + 1 < splits && p >= first + counts[1 + r].y) {
+          first += counts[1 + r++].y;
+        }
+        entry[j] = InClusterCta(own_list, r)[p - first];
       }
-      packed += m;
+    }
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const int p = threadIdx.x + j * kSelectThreads;
+      if (p < bucket) reinterpret_cast<uint2*>(list)[p] = entry[j];
     }
   }
   ClusterArrive();  // done reading the others' shared memory
@@ -682,6 +702,7 @@ __device__ __forceinline__ void ScoreOwnBlocks(const SelectBuffers& b,
   const int64_t num_tiles =
       (ic.slot_end - ic.slot_begin + kTileSlots - 1) / kTileSlots;
   issue(0);  // in flight while the query is converted
+  Trace(b.trace, kTraceOwnIssued);
   for (int h = threadIdx.x; h < 128; h += kSelectThreads) {
     weights[h] = h < grp.q_heads ? b.w[row.w_offset + h] : 0.f;
   }
@@ -691,6 +712,7 @@ __device__ __forceinline__ void ScoreOwnBlocks(const SelectBuffers& b,
   for (int64_t it = 0; it < num_tiles; ++it) {
     MbarWait(bar, static_cast<uint32_t>(it) & 1u);
     __syncthreads();  // the tile and its map are visible
+    if (it == 0) Trace(b.trace, kTraceOwnLanded);
     scorer.Compute(stage, weights, staging, ic, ts, 0);
     if (it == 0) ClusterWait();  // every CTA of the cluster has started
     __syncthreads();  // staging is visible
@@ -705,6 +727,7 @@ __device__ __forceinline__ void ScoreOwnBlocks(const SelectBuffers& b,
     __syncthreads();  // stage, staging and map are free
     if (it + 1 < num_tiles) issue(it + 1);
   }
+  Trace(b.trace, kTraceOwnScored);
 }
 
 template <bool kPooled>
