@@ -282,7 +282,7 @@ void PrintTrace(const char* label, const std::vector<uint64_t>& trace) {
                                  "loop_end", "ticket",  "tail_in",
                                  "tail_rnd", "tail_th", "tail_end",
                                  "choice_in", "chosen",   "own_iss",
-                                 "own_land", "own_score", "counted"};
+                                 "own_land", "own_score", "own_comp"};
   static_assert(sizeof(kNames) / sizeof(kNames[0]) == cuda::kTraceSm);
   auto spread = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
@@ -341,15 +341,14 @@ void PrintTrace(const char* label, const std::vector<uint64_t>& trace) {
       std::printf("      %s -> %s %s\n", kNames[step.first],
                   kNames[step.second], spread(v).c_str());
     }
-    // Steps inside phases that only some kernels record: the own block
-    // scoring of a one-launch decode batch, the split select's local count.
+    // Steps inside a phase that only some kernels record: the own block
+    // scoring of a one-launch decode batch.
     static constexpr std::pair<int, int> kSubSteps[] = {
         {cuda::kTraceStart, cuda::kTraceOwnIssued},
         {cuda::kTraceOwnIssued, cuda::kTraceOwnLanded},
-        {cuda::kTraceOwnLanded, cuda::kTraceOwnScored},
-        {cuda::kTraceOwnScored, cuda::kTraceWaited},
-        {cuda::kTraceTailIn, cuda::kTraceTailCounted},
-        {cuda::kTraceTailCounted, cuda::kTraceTailRound}};
+        {cuda::kTraceOwnLanded, cuda::kTraceOwnComputed},
+        {cuda::kTraceOwnComputed, cuda::kTraceOwnScored},
+        {cuda::kTraceOwnScored, cuda::kTraceWaited}};
     for (const auto& [from, to] : kSubSteps) {
       std::vector<double> v;
       for (int c = 0; c < ctas; ++c) {
@@ -729,7 +728,10 @@ int main(int argc, char** argv) {
         extra, "}"));
   };
 
-  const double summary_bytes_per_block = kD * 4.0;  // bf16 hi + lo
+  // bf16 hi (+ lo with HISA_CUDA_BLOCK_MEANS_LO=1) means read per block.
+  const char* means_lo = std::getenv("HISA_CUDA_BLOCK_MEANS_LO");
+  const double summary_bytes_per_block =
+      kD * (means_lo != nullptr && std::string(means_lo) == "1" ? 4.0 : 2.0);
   for (int64_t L : args.lengths) {
     // Prefill shape: 1024 rows at the end of the prefix.
     if (args.Runs("prefill1024")) {

@@ -82,7 +82,7 @@ CudaBackend::CudaBackend(std::unique_ptr<cuda::DeviceState> device)
   plan_options_->balance_clusters = !env_is_0("HISA_CUDA_BALANCE_CLUSTERS");
   plan_options_->tokens_score_blocks =
       !env_is_0("HISA_CUDA_TOKENS_SCORE_BLOCKS");
-  plan_options_->block_means_lo = !env_is_0("HISA_CUDA_BLOCK_MEANS_LO");
+  plan_options_->block_means_lo = env_is_1("HISA_CUDA_BLOCK_MEANS_LO");
   plan_options_->use_tma =
       device_->key_tensor_map() != nullptr && !env_is_0("HISA_CUDA_TMA");
   // Unknown if the query fails: the planner then assumes that clusters

@@ -67,6 +67,15 @@
 
 namespace hisa::cuda {
 
+// Copies of a one-row group's layer and row descriptors in shared memory
+// (TmaTokenKernel reads them once, before its cluster barriers: after a
+// barrier's acquire, global reads would go to L2 again). Null: read
+// b.layers[grp.layer] and b.rows[grp.rows[g]].
+struct SharedDescs {
+  const LayerView* layer = nullptr;
+  const RowDesc* row = nullptr;  // row 0 (one-row groups only)
+};
+
 // Everything a work item needs about its group, in registers.
 template <int G>
 struct ItemContext {
@@ -92,13 +101,15 @@ struct ItemContext {
 // kBlocks, else token kernel). local_blocks >= 0: a HISA token item whose
 // union is the `local_blocks` blocks it chose itself (GroupDesc::
 // tokens_choose); ic.unions is then null and the caller maps its slots.
+// `desc`: copies of the group's descriptors in shared memory, read instead
+// of global memory (TmaTokenKernel).
 template <int G, bool kBlocks>
 __device__ __forceinline__ ItemContext<G> MakeItemContext(
     const SelectBuffers& b, const WorkItem& item, const GroupDesc& grp,
-    int local_blocks = -1) {
+    int local_blocks = -1, SharedDescs desc = {}) {
   ItemContext<G> ic;
   ic.group = &grp;
-  ic.layer = &b.layers[grp.layer];
+  ic.layer = desc.layer != nullptr ? desc.layer : &b.layers[grp.layer];
   ic.num_rows = grp.num_rows;
   const int log2b = ic.layer->geo.log2_block;
   ic.log2b = log2b;
@@ -113,7 +124,9 @@ __device__ __forceinline__ ItemContext<G> MakeItemContext(
   }
 #pragma unroll
   for (int g = 0; g < G; ++g) {
-    const int64_t t = g < ic.num_rows ? b.rows[grp.rows[g]].position : -1;
+    const RowDesc& row =
+        g == 0 && desc.row != nullptr ? *desc.row : b.rows[grp.rows[g]];
+    const int64_t t = g < ic.num_rows ? row.position : -1;
     ic.t[g] = t;
     ic.c[g] = t >= 0 ? (t >> log2b) : -1;
   }
@@ -984,14 +997,17 @@ static __device__ __noinline__ uint64_t CompactRow(uint32_t* keys,
 // for itself): the chosen blocks go there, ascending, instead of to the
 // union in global memory, and their number is returned (else 0).
 // cache_filled: the rows' scores are in `cache` already (GroupDesc::
-// tokens_score_blocks), and cache_floats holds them.
+// tokens_score_blocks), and cache_floats holds them. desc: as
+// MakeItemContext's.
 template <int G>
 __device__ int ChooseBlocksForGroup(const SelectBuffers& b,
                                     const GroupDesc& grp, float* cache,
                                     int cache_floats, RadixShared& rs,
                                     int32_t* local = nullptr,
-                                    bool cache_filled = false) {
-  const LayerView& lv = b.layers[grp.layer];
+                                    bool cache_filled = false,
+                                    SharedDescs desc = {}) {
+  const LayerView& lv =
+      desc.layer != nullptr ? *desc.layer : b.layers[grp.layer];
   const int log2b = lv.geo.log2_block;
   const int m = grp.m;
   int64_t c[G];
@@ -1006,7 +1022,8 @@ __device__ int ChooseBlocksForGroup(const SelectBuffers& b,
     all[g] = false;
     extra[g] = 0;
     if (g >= grp.num_rows) continue;
-    const RowDesc& row = b.rows[grp.rows[g]];
+    const RowDesc& row =
+        g == 0 && desc.row != nullptr ? *desc.row : b.rows[grp.rows[g]];
     c[g] = row.position >> log2b;
     J[g] = b.block_scores + row.j_offset;
     all[g] = c[g] + 1 <= m;

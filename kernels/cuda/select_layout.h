@@ -307,7 +307,7 @@ enum TracePoint : int {
   kTraceOwnIssued = 11,   // tokens_score_blocks: own block means requested
   kTraceOwnLanded = 12,   // ... and landed
   kTraceOwnScored = 13,   // ... scored, written to every cluster CTA
-  kTraceTailCounted = 14,  // split select: own counts and list ready
+  kTraceOwnComputed = 14,  // ... computed (thread 0's warp)
   kTraceSm = 15,
 };
 inline constexpr int kTraceSlots = 16;

@@ -126,9 +126,11 @@ struct PlanOptions {
   // HISA_CUDA_TOKENS_SCORE_BLOCKS=0 turns it off.
   bool tokens_score_blocks = true;
   // Block scores from the bf16 hi and lo parts of the block means (close to
-  // fp32); false: the hi part alone (GroupDesc::means_hi_only: half the
-  // bytes and MMAs). HISA_CUDA_BLOCK_MEANS_LO=0 turns lo off.
-  bool block_means_lo = true;
+  // the fp32 means); false: the hi part alone (GroupDesc::means_hi_only:
+  // half the bytes and MMAs; each mean rounded by at most 2^-8 of itself,
+  // finer than the fp8 keys it averages; SPEC 4.2 allows such a copy).
+  // HISA_CUDA_BLOCK_MEANS_LO=1 turns lo on.
+  bool block_means_lo = false;
   // Clusters of c that the GPU holds at once with kTmaSpreadSmemBytes per
   // CTA and the load-balancing policy (ResidentClusters), when
   // clusters_known.

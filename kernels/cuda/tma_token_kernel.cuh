@@ -320,17 +320,12 @@ __device__ __forceinline__ void ClusterFindThresholdBin(const uint32_t* hist,
       all = __shfl_sync(0xFFFFFFFFu, suffix, 0);
       return suffix - count;
     };
-    // Unrolled to the cluster's largest size, so that every CTA's load is
-    // in flight at once (each is a round trip to another SM).
     uint32_t g0 = 0, g1 = 0;  // groups 2 lane and 2 lane + 1
-#pragma unroll
-    for (int r = 0; r < kMaxClusterItems; ++r) {
-      if (r < splits) {
-        const uint2 v =
-            *reinterpret_cast<const uint2*>(InClusterCta(sums, r) + 2 * lane);
-        g0 += v.x;
-        g1 += v.y;
-      }
+    for (int r = 0; r < splits; ++r) {
+      const uint2 v =
+          *reinterpret_cast<const uint2*>(InClusterCta(sums, r) + 2 * lane);
+      g0 += v.x;
+      g1 += v.y;
     }
     uint32_t all = 0;
     uint32_t above = above_of(g0 + g1, all);
@@ -349,11 +344,8 @@ __device__ __forceinline__ void ClusterFindThresholdBin(const uint32_t* hist,
       above = __shfl_sync(0xFFFFFFFFu, above, src);
       static_assert(kGroupBins == 32, "a lane per bin of the group");
       uint32_t count = 0;
-#pragma unroll
-      for (int r = 0; r < kMaxClusterItems; ++r) {
-        if (r < splits) {
-          count += InClusterCta(hist, r)[kGroupBins * group + lane];
-        }
+      for (int r = 0; r < splits; ++r) {
+        count += InClusterCta(hist, r)[kGroupBins * group + lane];
       }
       uint32_t unused;
       const uint32_t cum = above + above_of(count, unused);
@@ -395,8 +387,8 @@ __device__ __forceinline__ void ClusterFindThresholdBin(const uint32_t* hist,
 // here the work per item is over its own keys and the bin's list.
 __device__ __forceinline__ void SplitSelect(
     const SelectBuffers& b, const GroupDesc& grp, const WorkItem& item,
-    const ItemContext<1>& ic, const uint32_t* out, int n, uint32_t* hist,
-    const int32_t* tile_pos, uint8_t* smem, RadixShared& rs) {
+    const ItemContext<1>& ic, const RowDesc& row, const uint32_t* out, int n,
+    uint32_t* hist, const int32_t* tile_pos, uint8_t* smem, RadixShared& rs) {
   using L = TmaTokenLayout;
   uint32_t* keys = reinterpret_cast<uint32_t*>(smem + L::kSelectKeysOff);
   int4* counts = reinterpret_cast<int4*>(smem + L::kSplitCountsOff);
@@ -405,7 +397,7 @@ __device__ __forceinline__ void SplitSelect(
   uint32_t* list = reinterpret_cast<uint32_t*>(smem + L::kSplitListOff);
   const int k = grp.k;
   const int splits = grp.num_splits;  // the cluster's CTAs
-  const int64_t out_offset = b.rows[grp.rows[0]].out_offset;
+  const int64_t out_offset = row.out_offset;
   const int begin = static_cast<int>(ic.slot_begin);
   // This item's keys back from the scratch (its own writes, in L2), while
   // the level-0 round runs.
@@ -517,7 +509,6 @@ __device__ __forceinline__ void SplitSelect(
     }
   }
   if (threadIdx.x == 0) counts[0] = make_int4(mine.x, mine.y, begin, n);
-  Trace(b.trace, kTraceTailCounted);
   ClusterWait();  // (the last histogram round's)
   ClusterArrive();  // every item's counts and own list
   ClusterWait();
@@ -527,26 +518,15 @@ __device__ __forceinline__ void SplitSelect(
   __syncthreads();
   if (listed) {
     // Item r's keys of the bin, counts[1 + r].y of them, packed into
-    // `list` in item order (`bucket` <= kSplitListCap in all): each thread
-    // first loads its entries, all in flight at once, then stores them.
-    constexpr int kPerThread = kSplitListCap / kSelectThreads;
-    static_assert(kPerThread * kSelectThreads == kSplitListCap, "whole");
-    uint2 entry[kPerThread];
-#pragma unroll
-    for (int j = 0; j < kPerThread; ++j) {
-      const int p = threadIdx.x + j * kSelectThreads;
-      if (p < bucket) {
-        int r = 0, first = 0;
-        while (r + 1 < splits && p >= first + counts[1 + r].y) {
-          first += counts[1 + r++].y;
-        }
-        entry[j] = InClusterCta(own_list, r)[p - first];
+    // `list` in item order.
+    int packed = 0;
+    for (int r = 0; r < splits; ++r) {
+      const int m = counts[1 + r].y;
+      const uint2* src = InClusterCta(own_list, r);
+      for (int e = threadIdx.x; e < m; e += kSelectThreads) {
+        reinterpret_cast<uint2*>(list)[packed + e] = src[e];
       }
-    }
-#pragma unroll
-    for (int j = 0; j < kPerThread; ++j) {
-      const int p = threadIdx.x + j * kSelectThreads;
-      if (p < bucket) reinterpret_cast<uint2*>(list)[p] = entry[j];
+      packed += m;
     }
   }
   ClusterArrive();  // done reading the others' shared memory
@@ -668,11 +648,11 @@ struct OwnBlocksLayout {
 __device__ __forceinline__ void ScoreOwnBlocks(const SelectBuffers& b,
                                                const WorkItem& item,
                                                const GroupDesc& grp,
+                                               SharedDescs desc,
                                                uint8_t* smem) {
   using L = OwnBlocksLayout;
-  const RowDesc& row = b.rows[grp.rows[0]];
-  const int64_t blocks =
-      (row.position >> b.layers[grp.layer].geo.log2_block) + 1;
+  const RowDesc& row = *desc.row;
+  const int64_t blocks = (row.position >> desc.layer->geo.log2_block) + 1;
   const int64_t per = (blocks + grp.num_splits - 1) / grp.num_splits;
   WorkItem own = item;
   own.slot_begin = min(blocks, int64_t{item.split} * per);
@@ -681,7 +661,7 @@ __device__ __forceinline__ void ScoreOwnBlocks(const SelectBuffers& b,
     ClusterWait();
     return;
   }
-  const ItemContext<1> ic = MakeItemContext<1, true>(b, own, grp);
+  const ItemContext<1> ic = MakeItemContext<1, true>(b, own, grp, -1, desc);
   uint8_t* stage = smem + L::kStageOff;
   float* weights = reinterpret_cast<float*>(smem + L::kWeightsOff);
   float* staging = reinterpret_cast<float*>(smem + L::kStagingOff);
@@ -714,6 +694,7 @@ __device__ __forceinline__ void ScoreOwnBlocks(const SelectBuffers& b,
     __syncthreads();  // the tile and its map are visible
     if (it == 0) Trace(b.trace, kTraceOwnLanded);
     scorer.Compute(stage, weights, staging, ic, ts, 0);
+    if (it + 1 == num_tiles) Trace(b.trace, kTraceOwnComputed);
     if (it == 0) ClusterWait();  // every CTA of the cluster has started
     __syncthreads();  // staging is visible
     float* scores = reinterpret_cast<float*>(smem + L::kScoresOff);
@@ -754,6 +735,9 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
   // instead of a global load, which after an acquiring barrier (cluster
   // barriers, the block count) would go to L2 again.
   __shared__ __align__(16) GroupDesc grp_shared;
+  // Its layer's and row's, read once after it.
+  __shared__ __align__(16) LayerView layer_shared;
+  __shared__ __align__(16) RowDesc row_shared;
 
   // Before the block stage completes (programmatic dependent launch): the
   // barriers, the query operand and the weights, from the uploaded plan.
@@ -769,13 +753,39 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
   if (threadIdx.x == 0) PrefetchTensorMap(&keys);
   __syncthreads();  // grp_shared
   const GroupDesc& grp = grp_shared;
+  static_assert(sizeof(LayerView) % 4 == 0 && sizeof(RowDesc) % 4 == 0 &&
+                    (sizeof(LayerView) + sizeof(RowDesc)) / 4 <=
+                        kSelectThreads,
+                "one word per thread");
+  constexpr int kLayerWords = sizeof(LayerView) / 4;
+  if (threadIdx.x < kLayerWords) {
+    reinterpret_cast<int32_t*>(&layer_shared)[threadIdx.x] =
+        reinterpret_cast<const int32_t*>(b.layers + grp.layer)[threadIdx.x];
+  } else if (threadIdx.x < kLayerWords + sizeof(RowDesc) / 4) {
+    reinterpret_cast<int32_t*>(&row_shared)[threadIdx.x - kLayerWords] =
+        reinterpret_cast<const int32_t*>(b.rows + grp.rows[0])
+            [threadIdx.x - kLayerWords];
+  }
+  __syncthreads();  // layer_shared, row_shared
+  const SharedDescs desc{&layer_shared, &row_shared};
+  const LayerView& layer = layer_shared;
+  const RowDesc& row = row_shared;
   // GroupDesc::tokens_score_blocks (no block launch): this item's share of
   // the row's block scores first; the cluster's barrier below (after this
   // prologue) makes every item's scores visible to every item.
   const bool own_blocks = !kPooled && grp.tokens_score_blocks != 0;
   if (own_blocks) {
+    // The row's key page table, read by the prologue below: into L2 now,
+    // so that those reads, after the block scoring, do not wait for memory.
+    const int num_pages = static_cast<int>(
+        min(row.position / layer.geo.tokens_per_page + 1,
+            int64_t{kTmaPrefetchPages}));
+    if (threadIdx.x <= num_pages / 32) {
+      PrefetchL2(b.tables + layer.key_table +
+                 min(32 * static_cast<int>(threadIdx.x), num_pages - 1));
+    }
     ClusterArrive();  // started: the others may write this CTA's scores
-    ScoreOwnBlocks(b, item, grp, smem);
+    ScoreOwnBlocks(b, item, grp, desc, smem);
     ClusterArrive();  // this item's block scores are written
   }
   if (threadIdx.x == 0) {
@@ -803,6 +813,9 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
       reinterpret_cast<uint32_t*>(key_stages + (kTmaStages - 1) * L::kKeyBytes);
   int num_pages;
   {
+    // From global memory (before the cluster's wait, so L1 may still hold
+    // them): read from the shared copies here, the kernel needs more
+    // registers than it has (ptxas spills).
     const LayerView& lv = b.layers[grp.layer];
     num_pages = static_cast<int>(
         min(b.rows[grp.rows[0]].position / lv.geo.tokens_per_page + 1,
@@ -841,11 +854,11 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
                   b, grp,
                   reinterpret_cast<float*>(smem + OwnBlocksLayout::kScoresOff),
                   OwnBlocksLayout::kScoresCap, rs, chosen,
-                  /*cache_filled=*/true)
+                  /*cache_filled=*/true, desc)
             : ChooseBlocksForGroup<1>(b, grp,
                                       reinterpret_cast<float*>(key_stages),
                                       (kTmaStages - 1) * L::kKeyBytes / 4, rs,
-                                      chosen);
+                                      chosen, /*cache_filled=*/false, desc);
     __syncthreads();    // `chosen` is complete
     FenceProxyAsync();  // the cache's writes before the stages' copies
   } else if (choose) {
@@ -855,7 +868,7 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
     Trace(b.trace, kTraceWaited);
   }
   const ItemContext<1> ic =
-      MakeItemContext<1, false>(b, item, grp, num_chosen);
+      MakeItemContext<1, false>(b, item, grp, num_chosen, desc);
   const int64_t span = ic.slot_end - ic.slot_begin;
   const int num_tiles =
       span > 0 ? static_cast<int>((span + kTileSlots - 1) / kTileSlots) : 0;
@@ -986,7 +999,7 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
   if constexpr (!kPooled) {
     __syncthreads();  // every tile scored: the stage area is free
     if (grp.split_select) {
-      SplitSelect(b, grp, item, ic, out,
+      SplitSelect(b, grp, item, ic, row, out,
                   max(slot_end - static_cast<int>(ic.slot_begin), 0), hist,
                   tile_pos, smem, rs);
       // An item that chose its blocks did not wait for the block launch
