@@ -67,15 +67,6 @@
 
 namespace hisa::cuda {
 
-// Copies of a one-row group's layer and row descriptors in shared memory
-// (TmaTokenKernel reads them once, before its cluster barriers: after a
-// barrier's acquire, global reads would go to L2 again). Null: read
-// b.layers[grp.layer] and b.rows[grp.rows[g]].
-struct SharedDescs {
-  const LayerView* layer = nullptr;
-  const RowDesc* row = nullptr;  // row 0 (one-row groups only)
-};
-
 // Everything a work item needs about its group, in registers.
 template <int G>
 struct ItemContext {
@@ -101,15 +92,13 @@ struct ItemContext {
 // kBlocks, else token kernel). local_blocks >= 0: a HISA token item whose
 // union is the `local_blocks` blocks it chose itself (GroupDesc::
 // tokens_choose); ic.unions is then null and the caller maps its slots.
-// `desc`: copies of the group's descriptors in shared memory, read instead
-// of global memory (TmaTokenKernel).
 template <int G, bool kBlocks>
 __device__ __forceinline__ ItemContext<G> MakeItemContext(
     const SelectBuffers& b, const WorkItem& item, const GroupDesc& grp,
-    int local_blocks = -1, SharedDescs desc = {}) {
+    int local_blocks = -1) {
   ItemContext<G> ic;
   ic.group = &grp;
-  ic.layer = desc.layer != nullptr ? desc.layer : &b.layers[grp.layer];
+  ic.layer = &b.layers[grp.layer];
   ic.num_rows = grp.num_rows;
   const int log2b = ic.layer->geo.log2_block;
   ic.log2b = log2b;
@@ -124,9 +113,7 @@ __device__ __forceinline__ ItemContext<G> MakeItemContext(
   }
 #pragma unroll
   for (int g = 0; g < G; ++g) {
-    const RowDesc& row =
-        g == 0 && desc.row != nullptr ? *desc.row : b.rows[grp.rows[g]];
-    const int64_t t = g < ic.num_rows ? row.position : -1;
+    const int64_t t = g < ic.num_rows ? b.rows[grp.rows[g]].position : -1;
     ic.t[g] = t;
     ic.c[g] = t >= 0 ? (t >> log2b) : -1;
   }
@@ -456,7 +443,9 @@ struct Fp8TokenScorer {
 
 // MT: 16-head tiles of the query (1, 2, 4; 8 = 128 heads, scored as two
 // head groups of 4 tiles), so that the query area holds exactly q_heads.
-template <int MT, int KS, int G>
+// kHiOnly: the hi means alone whatever GroupDesc::means_hi_only says (the
+// token kernel's own block scoring, which the planner uses only then).
+template <int MT, int KS, int G, bool kHiOnly = false>
 struct Bf16BlockScorer {
   static constexpr int kD = KS * 16;
   static constexpr int kStride = 2 * kD + 16;  // bytes per block row
@@ -497,7 +486,7 @@ struct Bf16BlockScorer {
     g = warp / kWarpsPerRow;
     sub = warp % kWarpsPerRow;
     const int qh = ic.group->q_heads;  // <= kMaxQHeads (planner)
-    hi_only = ic.group->means_hi_only != 0;
+    hi_only = kHiOnly || ic.group->means_hi_only != 0;
     // Every row's query into shared memory as bf16, converted here from the
     // fp8 copy (exact: e4m3 values are bf16 values), 16 values per step.
     constexpr int kChunksPerHead = kD / 16;
@@ -547,7 +536,7 @@ struct Bf16BlockScorer {
     const uint8_t* src = half == 0 ? hi : lo;
     uint8_t* dst = stage + half * kTileSlots * kStride + i * kStride;
     uint64_t* bar = full + st;
-    if (rows != 0 && (half == 0 || !ic.group->means_hi_only)) {
+    if (rows != 0 && (half == 0 || !(kHiOnly || ic.group->means_hi_only))) {
       MbarArriveExpectTx(bar, kD * 2);
       BulkLoad(dst, src, kD * 2, bar);
     } else {
@@ -585,7 +574,7 @@ struct Bf16BlockScorer {
       }
 #pragma unroll
       for (int ks = 0; ks < KS; ++ks) {
-        uint32_t bh[kNT][2], bl[kNT][2];
+        uint32_t bh[kNT][2], bl[kNT][2] = {};
 #pragma unroll
         for (int nt = 0; nt < kNT; ++nt) {
           // lanes 0-7: hi k 0-7, 8-15: hi k 8-15, 16-23: lo k 0-7,
@@ -594,12 +583,16 @@ struct Bf16BlockScorer {
           const uint8_t* addr = base +
                                 (slot0 + nt * 8 + (lane & 7)) * kStride +
                                 ks * 32 + ((lane >> 3) & 1) * 16;
-          uint32_t r[4];
-          LdMatrixX4(r, addr);
-          bh[nt][0] = r[0];
-          bh[nt][1] = r[1];
-          bl[nt][0] = r[2];
-          bl[nt][1] = r[3];
+          if constexpr (kHiOnly) {  // lanes 0-15's addresses: hi
+            LdMatrixX2(bh[nt], addr);
+          } else {
+            uint32_t r[4];
+            LdMatrixX4(r, addr);
+            bh[nt][0] = r[0];
+            bh[nt][1] = r[1];
+            bl[nt][0] = r[2];
+            bl[nt][1] = r[3];
+          }
         }
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt) {
@@ -997,17 +990,14 @@ static __device__ __noinline__ uint64_t CompactRow(uint32_t* keys,
 // for itself): the chosen blocks go there, ascending, instead of to the
 // union in global memory, and their number is returned (else 0).
 // cache_filled: the rows' scores are in `cache` already (GroupDesc::
-// tokens_score_blocks), and cache_floats holds them. desc: as
-// MakeItemContext's.
+// tokens_score_blocks), and cache_floats holds them.
 template <int G>
 __device__ int ChooseBlocksForGroup(const SelectBuffers& b,
                                     const GroupDesc& grp, float* cache,
                                     int cache_floats, RadixShared& rs,
                                     int32_t* local = nullptr,
-                                    bool cache_filled = false,
-                                    SharedDescs desc = {}) {
-  const LayerView& lv =
-      desc.layer != nullptr ? *desc.layer : b.layers[grp.layer];
+                                    bool cache_filled = false) {
+  const LayerView& lv = b.layers[grp.layer];
   const int log2b = lv.geo.log2_block;
   const int m = grp.m;
   int64_t c[G];
@@ -1022,8 +1012,7 @@ __device__ int ChooseBlocksForGroup(const SelectBuffers& b,
     all[g] = false;
     extra[g] = 0;
     if (g >= grp.num_rows) continue;
-    const RowDesc& row =
-        g == 0 && desc.row != nullptr ? *desc.row : b.rows[grp.rows[g]];
+    const RowDesc& row = b.rows[grp.rows[g]];
     c[g] = row.position >> log2b;
     J[g] = b.block_scores + row.j_offset;
     all[g] = c[g] + 1 <= m;

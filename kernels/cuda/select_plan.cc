@@ -785,12 +785,14 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     l.smem_bytes =
         l.balance_clusters && l.num_items > num_sms ? kTmaSpreadSmemBytes : 0;
     // Step 4c's candidates: spread rows that choose their own blocks, of
-    // which each item would score at most kOwnBlockTiles tiles.
+    // which each item would score at most kOwnBlockTiles tiles, from the
+    // hi means alone (the token kernel's block scorer reads no lo means).
     for (const int g : s.launch_groups) {
       const GroupDesc& gd = s.gdesc[g];
       const int64_t blocks =
           (gd.max_position >> s.layers[gd.layer].geo.log2_block) + 1;
       s.own_blocks[g] = options.tokens_score_blocks && l.balance_clusters &&
+                        gd.means_hi_only &&
                         gd.tokens_choose &&
                         CeilDiv(CeilDiv(blocks, c), kTileSlots) <=
                             kOwnBlockTiles;

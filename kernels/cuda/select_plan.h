@@ -129,7 +129,8 @@ struct PlanOptions {
   // the fp32 means); false: the hi part alone (GroupDesc::means_hi_only:
   // half the bytes and MMAs; each mean rounded by at most 2^-8 of itself,
   // finer than the fp8 keys it averages; SPEC 4.2 allows such a copy).
-  // HISA_CUDA_BLOCK_MEANS_LO=1 turns lo on.
+  // HISA_CUDA_BLOCK_MEANS_LO=1 turns lo on (and with it, decode batches
+  // keep their block launch: tokens_score_blocks needs the hi means alone).
   bool block_means_lo = false;
   // Clusters of c that the GPU holds at once with kTmaSpreadSmemBytes per
   // CTA and the load-balancing policy (ResidentClusters), when

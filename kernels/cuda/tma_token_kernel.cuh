@@ -387,8 +387,8 @@ __device__ __forceinline__ void ClusterFindThresholdBin(const uint32_t* hist,
 // here the work per item is over its own keys and the bin's list.
 __device__ __forceinline__ void SplitSelect(
     const SelectBuffers& b, const GroupDesc& grp, const WorkItem& item,
-    const ItemContext<1>& ic, const RowDesc& row, const uint32_t* out, int n,
-    uint32_t* hist, const int32_t* tile_pos, uint8_t* smem, RadixShared& rs) {
+    const ItemContext<1>& ic, const uint32_t* out, int n, uint32_t* hist,
+    const int32_t* tile_pos, uint8_t* smem, RadixShared& rs) {
   using L = TmaTokenLayout;
   uint32_t* keys = reinterpret_cast<uint32_t*>(smem + L::kSelectKeysOff);
   int4* counts = reinterpret_cast<int4*>(smem + L::kSplitCountsOff);
@@ -397,7 +397,7 @@ __device__ __forceinline__ void SplitSelect(
   uint32_t* list = reinterpret_cast<uint32_t*>(smem + L::kSplitListOff);
   const int k = grp.k;
   const int splits = grp.num_splits;  // the cluster's CTAs
-  const int64_t out_offset = row.out_offset;
+  const int64_t out_offset = b.rows[grp.rows[0]].out_offset;
   const int begin = static_cast<int>(ic.slot_begin);
   // This item's keys back from the scratch (its own writes, in L2), while
   // the level-0 round runs.
@@ -616,7 +616,9 @@ __device__ __forceinline__ void SplitSelect(
 // block scores, which every item of the cluster writes into every item's
 // copy (distributed shared memory) for the choice.
 struct OwnBlocksLayout {
-  using Scorer = Bf16BlockScorer<4, 8, 1>;  // 64 heads, D = 128, one row
+  // 64 heads, D = 128, one row; hi means only (select_plan.cc fuses the
+  // block scoring into the token launch only then).
+  using Scorer = Bf16BlockScorer<4, 8, 1, true>;
   static constexpr int kStageOff = 0;
   static constexpr int kPersistOff = kStageOff + Scorer::kStageBytes;
   static constexpr int kWeightsOff = kPersistOff + Scorer::kPersistBytes;
@@ -648,11 +650,11 @@ struct OwnBlocksLayout {
 __device__ __forceinline__ void ScoreOwnBlocks(const SelectBuffers& b,
                                                const WorkItem& item,
                                                const GroupDesc& grp,
-                                               SharedDescs desc,
                                                uint8_t* smem) {
   using L = OwnBlocksLayout;
-  const RowDesc& row = *desc.row;
-  const int64_t blocks = (row.position >> desc.layer->geo.log2_block) + 1;
+  const RowDesc& row = b.rows[grp.rows[0]];
+  const int64_t blocks =
+      (row.position >> b.layers[grp.layer].geo.log2_block) + 1;
   const int64_t per = (blocks + grp.num_splits - 1) / grp.num_splits;
   WorkItem own = item;
   own.slot_begin = min(blocks, int64_t{item.split} * per);
@@ -661,7 +663,7 @@ __device__ __forceinline__ void ScoreOwnBlocks(const SelectBuffers& b,
     ClusterWait();
     return;
   }
-  const ItemContext<1> ic = MakeItemContext<1, true>(b, own, grp, -1, desc);
+  const ItemContext<1> ic = MakeItemContext<1, true>(b, own, grp);
   uint8_t* stage = smem + L::kStageOff;
   float* weights = reinterpret_cast<float*>(smem + L::kWeightsOff);
   float* staging = reinterpret_cast<float*>(smem + L::kStagingOff);
@@ -682,7 +684,19 @@ __device__ __forceinline__ void ScoreOwnBlocks(const SelectBuffers& b,
   const int64_t num_tiles =
       (ic.slot_end - ic.slot_begin + kTileSlots - 1) / kTileSlots;
   issue(0);  // in flight while the query is converted
-  Trace(b.trace, kTraceOwnIssued);
+  {
+    // The row's key page table, which the token prologue reads after this
+    // scoring: into L2 now, so that those reads do not wait for memory.
+    Trace(b.trace, kTraceOwnIssued);
+    const LayerView& layer = b.layers[grp.layer];
+    const int pages = static_cast<int>(
+        min(row.position / layer.geo.tokens_per_page + 1,
+            int64_t{kTmaPrefetchPages}));
+    if (threadIdx.x <= pages / 32) {
+      PrefetchL2(b.tables + layer.key_table +
+                 min(32 * static_cast<int>(threadIdx.x), pages - 1));
+    }
+  }
   for (int h = threadIdx.x; h < 128; h += kSelectThreads) {
     weights[h] = h < grp.q_heads ? b.w[row.w_offset + h] : 0.f;
   }
@@ -735,9 +749,6 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
   // instead of a global load, which after an acquiring barrier (cluster
   // barriers, the block count) would go to L2 again.
   __shared__ __align__(16) GroupDesc grp_shared;
-  // Its layer's and row's, read once after it.
-  __shared__ __align__(16) LayerView layer_shared;
-  __shared__ __align__(16) RowDesc row_shared;
 
   // Before the block stage completes (programmatic dependent launch): the
   // barriers, the query operand and the weights, from the uploaded plan.
@@ -753,39 +764,13 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
   if (threadIdx.x == 0) PrefetchTensorMap(&keys);
   __syncthreads();  // grp_shared
   const GroupDesc& grp = grp_shared;
-  static_assert(sizeof(LayerView) % 4 == 0 && sizeof(RowDesc) % 4 == 0 &&
-                    (sizeof(LayerView) + sizeof(RowDesc)) / 4 <=
-                        kSelectThreads,
-                "one word per thread");
-  constexpr int kLayerWords = sizeof(LayerView) / 4;
-  if (threadIdx.x < kLayerWords) {
-    reinterpret_cast<int32_t*>(&layer_shared)[threadIdx.x] =
-        reinterpret_cast<const int32_t*>(b.layers + grp.layer)[threadIdx.x];
-  } else if (threadIdx.x < kLayerWords + sizeof(RowDesc) / 4) {
-    reinterpret_cast<int32_t*>(&row_shared)[threadIdx.x - kLayerWords] =
-        reinterpret_cast<const int32_t*>(b.rows + grp.rows[0])
-            [threadIdx.x - kLayerWords];
-  }
-  __syncthreads();  // layer_shared, row_shared
-  const SharedDescs desc{&layer_shared, &row_shared};
-  const LayerView& layer = layer_shared;
-  const RowDesc& row = row_shared;
   // GroupDesc::tokens_score_blocks (no block launch): this item's share of
   // the row's block scores first; the cluster's barrier below (after this
   // prologue) makes every item's scores visible to every item.
   const bool own_blocks = !kPooled && grp.tokens_score_blocks != 0;
   if (own_blocks) {
-    // The row's key page table, read by the prologue below: into L2 now,
-    // so that those reads, after the block scoring, do not wait for memory.
-    const int num_pages = static_cast<int>(
-        min(row.position / layer.geo.tokens_per_page + 1,
-            int64_t{kTmaPrefetchPages}));
-    if (threadIdx.x <= num_pages / 32) {
-      PrefetchL2(b.tables + layer.key_table +
-                 min(32 * static_cast<int>(threadIdx.x), num_pages - 1));
-    }
     ClusterArrive();  // started: the others may write this CTA's scores
-    ScoreOwnBlocks(b, item, grp, desc, smem);
+    ScoreOwnBlocks(b, item, grp, smem);
     ClusterArrive();  // this item's block scores are written
   }
   if (threadIdx.x == 0) {
@@ -813,9 +798,6 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
       reinterpret_cast<uint32_t*>(key_stages + (kTmaStages - 1) * L::kKeyBytes);
   int num_pages;
   {
-    // From global memory (before the cluster's wait, so L1 may still hold
-    // them): read from the shared copies here, the kernel needs more
-    // registers than it has (ptxas spills).
     const LayerView& lv = b.layers[grp.layer];
     num_pages = static_cast<int>(
         min(b.rows[grp.rows[0]].position / lv.geo.tokens_per_page + 1,
@@ -854,11 +836,11 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
                   b, grp,
                   reinterpret_cast<float*>(smem + OwnBlocksLayout::kScoresOff),
                   OwnBlocksLayout::kScoresCap, rs, chosen,
-                  /*cache_filled=*/true, desc)
+                  /*cache_filled=*/true)
             : ChooseBlocksForGroup<1>(b, grp,
                                       reinterpret_cast<float*>(key_stages),
                                       (kTmaStages - 1) * L::kKeyBytes / 4, rs,
-                                      chosen, /*cache_filled=*/false, desc);
+                                      chosen);
     __syncthreads();    // `chosen` is complete
     FenceProxyAsync();  // the cache's writes before the stages' copies
   } else if (choose) {
@@ -868,7 +850,7 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
     Trace(b.trace, kTraceWaited);
   }
   const ItemContext<1> ic =
-      MakeItemContext<1, false>(b, item, grp, num_chosen, desc);
+      MakeItemContext<1, false>(b, item, grp, num_chosen);
   const int64_t span = ic.slot_end - ic.slot_begin;
   const int num_tiles =
       span > 0 ? static_cast<int>((span + kTileSlots - 1) / kTileSlots) : 0;
@@ -999,7 +981,7 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
   if constexpr (!kPooled) {
     __syncthreads();  // every tile scored: the stage area is free
     if (grp.split_select) {
-      SplitSelect(b, grp, item, ic, row, out,
+      SplitSelect(b, grp, item, ic, out,
                   max(slot_end - static_cast<int>(ic.slot_begin), 0), hist,
                   tile_pos, smem, rs);
       // An item that chose its blocks did not wait for the block launch

@@ -802,7 +802,9 @@ TEST(SelectPlanTest, ClusteredLaunchesSpreadWhenTheyFitTwoPerSm) {
 // every HISA row of the batch chooses its own blocks on a spread clustered
 // launch and an item's share is at most kOwnBlockTiles tiles: the block
 // launch and its items go, the token launch takes the spread launch's
-// shared memory. One row that cannot keeps the block launch for all.
+// shared memory. One row that cannot keeps the block launch for all, and so
+// do block scores from hi + lo means (PlanOptions::block_means_lo: the
+// token kernel's scorer reads hi alone).
 TEST(SelectPlanTest, TokenItemsScoreTheirOwnBlocksWhenEveryRowCan) {
   const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
                              BlockPooling::kMean};
@@ -813,15 +815,17 @@ TEST(SelectPlanTest, TokenItemsScoreTheirOwnBlocksWhenEveryRowCan) {
     int32_t smem_bytes = -1;  // of the clustered launch
     int scoring = 0;          // groups with tokens_score_blocks
     int choosing = 0;         // groups with tokens_choose
+    int hi_only = 0;          // groups with means_hi_only
   };
   auto plan_of = [&](const std::vector<int64_t>& positions, bool option,
-                     bool pair_blocks) {
+                     bool pair_blocks, bool means_lo = false) {
     PlanOptions options = TmaOptions(kH200Clusters);
     for (int c = 2; c <= kMaxClusterItems; ++c) {
       options.clusters_resident_spread[c] = 64;
     }
     options.pair_hisa_blocks = pair_blocks;  // false: as rows of many requests
     options.tokens_score_blocks = option;
+    options.block_means_lo = means_lo;
     const Planned planned = PlanHisaRows(&store, &config, positions, options);
     const SelectPlan& plan = planned.plan;
     const PlanImage& image = planned.image;
@@ -846,6 +850,7 @@ TEST(SelectPlanTest, TokenItemsScoreTheirOwnBlocksWhenEveryRowCan) {
     for (int64_t g = 0; g < plan.num_descriptors; ++g) {
       const GroupDesc& gd = image.groups[g];
       seen.choosing += gd.tokens_choose;
+      seen.hi_only += gd.means_hi_only;
       if (!gd.tokens_score_blocks) continue;
       ++seen.scoring;
       EXPECT_EQ(gd.tokens_choose, 1);
@@ -860,6 +865,13 @@ TEST(SelectPlanTest, TokenItemsScoreTheirOwnBlocksWhenEveryRowCan) {
   EXPECT_EQ(fused.token_launches, 1);
   EXPECT_EQ(fused.scoring, 64);
   EXPECT_EQ(fused.smem_bytes, kTmaSpreadSmemBytes);
+  EXPECT_EQ(fused.hi_only, 64);
+  // Block scores from hi + lo: the block launch stays.
+  const Seen lo = plan_of(DecodePositions(64, 65536), true, false, true);
+  EXPECT_EQ(lo.block_launches, 1);
+  EXPECT_EQ(lo.scoring, 0);
+  EXPECT_EQ(lo.hi_only, 0);
+  EXPECT_EQ(lo.choosing, 64);
   // Off: the block launch and the choice by counts, as before.
   const Seen off = plan_of(DecodePositions(64, 65536), false, false);
   EXPECT_EQ(off.block_launches, 1);
