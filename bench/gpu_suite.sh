@@ -101,7 +101,7 @@ if has test2; then
     note "correctness: FP8 cases with $VARIANT"
     start=$(date +%s)
     echo "==== $VARIANT --gtest_filter=$FP8" >> "$OUT/gpu_test.log"
-    timeout $(limit 150) bash -c "$VARIANT LD_LIBRARY_PATH='${LIBS}:${LD_LIBRARY_PATH:-}' '$BIN/hisa_gpu_test' --gtest_filter='$FP8'" > "$OUT/gpu_test_variant.tmp" 2>&1
+    timeout $(limit 200) bash -c "$VARIANT LD_LIBRARY_PATH='${LIBS}:${LD_LIBRARY_PATH:-}' '$BIN/hisa_gpu_test' --gtest_filter='$FP8'" > "$OUT/gpu_test_variant.tmp" 2>&1
     rc=$?
     grep -E "\[  (PASSED|FAILED) " "$OUT/gpu_test_variant.tmp" | tail -12
     grep -B3 -A12 -m 4 "Failure" "$OUT/gpu_test_variant.tmp" | head -60

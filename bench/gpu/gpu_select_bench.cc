@@ -281,8 +281,7 @@ void PrintTrace(const char* label, const std::vector<uint64_t>& trace) {
   static const char* kNames[] = {"start",    "waited",  "ready",
                                  "loop_end", "ticket",  "tail_in",
                                  "tail_rnd", "tail_th", "tail_end",
-                                 "choice_in", "chosen",   "own_iss",
-                                 "own_land", "own_score", "own_comp"};
+                                 "choice_in", "chosen"};
   static_assert(sizeof(kNames) / sizeof(kNames[0]) == cuda::kTraceSm);
   auto spread = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
@@ -340,26 +339,6 @@ void PrintTrace(const char* label, const std::vector<uint64_t>& trace) {
     for (const auto& [step, v] : steps) {
       std::printf("      %s -> %s %s\n", kNames[step.first],
                   kNames[step.second], spread(v).c_str());
-    }
-    // Steps inside a phase that only some kernels record: the own block
-    // scoring of a one-launch decode batch.
-    static constexpr std::pair<int, int> kSubSteps[] = {
-        {cuda::kTraceStart, cuda::kTraceOwnIssued},
-        {cuda::kTraceOwnIssued, cuda::kTraceOwnLanded},
-        {cuda::kTraceOwnLanded, cuda::kTraceOwnComputed},
-        {cuda::kTraceOwnComputed, cuda::kTraceOwnScored},
-        {cuda::kTraceOwnScored, cuda::kTraceWaited}};
-    for (const auto& [from, to] : kSubSteps) {
-      std::vector<double> v;
-      for (int c = 0; c < ctas; ++c) {
-        const uint64_t* x = t + c * cuda::kTraceSlots;
-        if (x[from] != 0 && x[to] != 0) {
-          v.push_back(static_cast<double>(x[to] - x[from]) * 1e-3);
-        }
-      }
-      if (v.empty()) continue;
-      std::printf("      %s -> %s %s\n", kNames[from], kNames[to],
-                  spread(v).c_str());
     }
     // Where a CTA's time goes: each phase's share of the summed lifetimes
     // (start -> its last point) of the CTAs that reached every point up to

@@ -16,8 +16,9 @@
 // Numerics (SPEC 4.4): FP8 keys with FP8 queries and D in {64, 128} are
 // scored on tensor cores (FP8 products exact, tensor-core fp32
 // accumulation: Hopper wgmma for D = 128 and 33..64 heads, mma.sync
-// otherwise; block scores on bf16 hi + lo means, about 16 significant
-// bits); every other combination runs an fp32 FMA path on dequantized
+// otherwise; block scores on the block means' bf16 copy, or bf16 hi + lo,
+// about 16 significant bits, with HISA_CUDA_BLOCK_MEANS_LO=1); every other
+// combination runs an fp32 FMA path on dequantized
 // values. A/B switches read at creation: HISA_CUDA_MMA_SYNC=1 (no wgmma),
 // HISA_CUDA_PAIR_HISA=1 (pair HISA rows), HISA_CUDA_SLOT_SCORES=0,
 // HISA_CUDA_PAIR_BLOCKS=0, HISA_CUDA_TMA=0 (token tiles by per-thread
@@ -28,7 +29,9 @@
 // need several waves), HISA_CUDA_TOKEN_CHOICE=0 (split-select rows read
 // the union that the block stage chose), HISA_CUDA_BALANCE_CLUSTERS=0
 // (no spread cluster launches: the default scheduling policy and shared
-// memory size; LaunchSpec::balance_clusters); select_plan.h PlanOptions.
+// memory size; LaunchSpec::balance_clusters), HISA_CUDA_TOKENS_SCORE_BLOCKS=0
+// (decode batches keep their block launch), HISA_CUDA_BLOCK_MEANS_LO=1
+// (block scores from hi + lo means); select_plan.h PlanOptions.
 // Stage times (SelectStageTimes): `prepare` on every batch; the GPU stages
 // on one batch in 16 of each select context (the others leave them 0),
 // since timing them costs the kernels their overlap.

@@ -53,8 +53,9 @@
 //   Fp8TokenScorer<MT, KS, G>   FP8 x FP8, D in {64, 128}, any H: mma.sync
 //                               m16n8k32 e4m3, query heads in registers.
 //   Bf16BlockScorer<MT, KS, G>  the same queries (bf16, exact) x block means
-//                               as bf16 hi + lo on mma.sync m16n8k16; rows
-//                               copied by bulk copies (kBulkRows).
+//                               as bf16 hi (GroupDesc::means_hi_only) or
+//                               hi + lo on mma.sync m16n8k16; rows copied by
+//                               bulk copies (kBulkRows).
 //   GenericScorer<G, kBlocks>   any formats, any D: one thread per (row,
 //                               slot), fp32 FMA on dequantized values.
 #ifndef HISA_KERNELS_CUDA_SELECT_KERNELS_CUH_
@@ -474,7 +475,6 @@ struct Bf16BlockScorer {
 
   int g;
   int sub;
-  bool hi_only;       // GroupDesc::means_hi_only
   const uint8_t* qs;  // this warp's row in shared memory
   // Set by TileKernel: the stages' transaction barriers (kSelectThreads
   // arrivals per phase).
@@ -486,7 +486,6 @@ struct Bf16BlockScorer {
     g = warp / kWarpsPerRow;
     sub = warp % kWarpsPerRow;
     const int qh = ic.group->q_heads;  // <= kMaxQHeads (planner)
-    hi_only = kHiOnly || ic.group->means_hi_only != 0;
     // Every row's query into shared memory as bf16, converted here from the
     // fp8 copy (exact: e4m3 values are bf16 values), 16 values per step.
     constexpr int kChunksPerHead = kD / 16;
@@ -552,6 +551,7 @@ struct Bf16BlockScorer {
                           float* staging, const ItemContext<G>& ic,
                           const TileShared& /*ts*/, int /*st*/) {
     if (g >= ic.num_rows) return;
+    const bool hi_only = kHiOnly || ic.group->means_hi_only != 0;
     const int lane = threadIdx.x & 31;
     const int gid = lane >> 2, tid4 = lane & 3;
     const int slot0 = sub * kSlotsPerWarp;

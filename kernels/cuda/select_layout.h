@@ -304,13 +304,9 @@ enum TracePoint : int {
   kTraceChoiceIn = 9,  // tokens_choose: the row's block scores in shared
                        // memory
   kTraceChoiceChosen = 10,  // tokens_choose: its threshold found
-  kTraceOwnIssued = 11,   // tokens_score_blocks: own block means requested
-  kTraceOwnLanded = 12,   // ... and landed
-  kTraceOwnScored = 13,   // ... scored, written to every cluster CTA
-  kTraceOwnComputed = 14,  // ... computed (thread 0's warp)
-  kTraceSm = 15,
+  kTraceSm = 11,
 };
-inline constexpr int kTraceSlots = 16;
+inline constexpr int kTraceSlots = 12;
 inline constexpr int kTraceMaxCtas = 4096;
 inline constexpr int kTraceMaxLaunches = 4;
 

@@ -240,10 +240,6 @@ __device__ __forceinline__ void PrefetchTensorMap(const void* tensor_map) {
                    reinterpret_cast<uint64_t>(tensor_map))
                : "memory");
 }
-// Brings the 128-byte line of global memory at `p` into L2 (no wait).
-__device__ __forceinline__ void PrefetchL2(const void* p) {
-  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(reinterpret_cast<uint64_t>(p)));
-}
 // Contiguous bulk copy global -> shared (16-byte aligned, bytes % 16 == 0),
 // completing on bar.
 __device__ __forceinline__ void BulkLoad(void* smem, const void* gmem,

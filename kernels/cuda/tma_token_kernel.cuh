@@ -684,19 +684,6 @@ __device__ __forceinline__ void ScoreOwnBlocks(const SelectBuffers& b,
   const int64_t num_tiles =
       (ic.slot_end - ic.slot_begin + kTileSlots - 1) / kTileSlots;
   issue(0);  // in flight while the query is converted
-  {
-    // The row's key page table, which the token prologue reads after this
-    // scoring: into L2 now, so that those reads do not wait for memory.
-    Trace(b.trace, kTraceOwnIssued);
-    const LayerView& layer = b.layers[grp.layer];
-    const int pages = static_cast<int>(
-        min(row.position / layer.geo.tokens_per_page + 1,
-            int64_t{kTmaPrefetchPages}));
-    if (threadIdx.x <= pages / 32) {
-      PrefetchL2(b.tables + layer.key_table +
-                 min(32 * static_cast<int>(threadIdx.x), pages - 1));
-    }
-  }
   for (int h = threadIdx.x; h < 128; h += kSelectThreads) {
     weights[h] = h < grp.q_heads ? b.w[row.w_offset + h] : 0.f;
   }
@@ -706,9 +693,7 @@ __device__ __forceinline__ void ScoreOwnBlocks(const SelectBuffers& b,
   for (int64_t it = 0; it < num_tiles; ++it) {
     MbarWait(bar, static_cast<uint32_t>(it) & 1u);
     __syncthreads();  // the tile and its map are visible
-    if (it == 0) Trace(b.trace, kTraceOwnLanded);
     scorer.Compute(stage, weights, staging, ic, ts, 0);
-    if (it + 1 == num_tiles) Trace(b.trace, kTraceOwnComputed);
     if (it == 0) ClusterWait();  // every CTA of the cluster has started
     __syncthreads();  // staging is visible
     float* scores = reinterpret_cast<float*>(smem + L::kScoresOff);
@@ -722,7 +707,6 @@ __device__ __forceinline__ void ScoreOwnBlocks(const SelectBuffers& b,
     __syncthreads();  // stage, staging and map are free
     if (it + 1 < num_tiles) issue(it + 1);
   }
-  Trace(b.trace, kTraceOwnScored);
 }
 
 template <bool kPooled>
