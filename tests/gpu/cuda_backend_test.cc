@@ -9,10 +9,11 @@
 // Tolerances (documented per path): FP8 keys with FP8 queries and D in
 // {64, 128} run on tensor cores: products are exact, accumulation is the
 // tensor core's (token_rel 5e-4 of the largest candidate magnitude), block
-// scores use the bf16 hi part of the block means, whose rounding is at most
-// 2^-8 of each mean (block_rel 5e-3; with HISA_CUDA_BLOCK_MEANS_LO=1 hi + lo,
-// close to fp32: block_rel 1e-4). Every other format combination runs fp32
-// FMA: ref::Fp32Tolerance.
+// scores use the bf16 hi part of the block means (round to nearest: each
+// element within 2^-8 of the mean's, so block_copy_rel 2^-8 of the means'
+// own magnitude) with the tensor core's accumulation (block_rel 1e-4); with
+// HISA_CUDA_BLOCK_MEANS_LO=1, hi + lo, close to fp32: block_rel 1e-4 alone.
+// Every other format combination runs fp32 FMA: ref::Fp32Tolerance.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -76,9 +77,11 @@ bool TensorCorePath(KeyFormat keys, KeyFormat q, int head_dim) {
 }
 
 // The tensor-core path's block-score tolerance (see the top of the file).
-double TensorCoreBlockRel() {
+void SetTensorCoreBlockTolerance(ref::Tolerance& tol) {
   const char* lo = std::getenv("HISA_CUDA_BLOCK_MEANS_LO");
-  return lo != nullptr && std::string(lo) == "1" ? 1e-4 : 5e-3;
+  const bool hi_only = lo == nullptr || std::string(lo) != "1";
+  tol.block_rel = std::max(tol.block_rel, 1e-4);
+  tol.block_copy_rel = hi_only ? std::ldexp(1.0, -8) : 0.0;
 }
 
 ref::Tolerance GpuTolerance(KeyFormat keys, KeyFormat q, int head_dim,
@@ -86,7 +89,7 @@ ref::Tolerance GpuTolerance(KeyFormat keys, KeyFormat q, int head_dim,
   ref::Tolerance tol = ref::Fp32Tolerance(head_dim, num_heads, block_size);
   if (TensorCorePath(keys, q, head_dim)) {
     tol.token_rel = std::max(tol.token_rel, 5e-4);
-    tol.block_rel = std::max(tol.block_rel, TensorCoreBlockRel());
+    SetTensorCoreBlockTolerance(tol);
   }
   return tol;
 }
@@ -545,7 +548,7 @@ TEST(GpuExactTest, DuplicatedKeysTieToTheLowerPosition) {
     tol.exact_ties = true;
     for (KeyFormat q_format : {KeyFormat::kFp32, KeyFormat::kFp8E4M3}) {
       if (TensorCorePath(format, q_format, kD)) {
-        tol.block_rel = TensorCoreBlockRel();
+        SetTensorCoreBlockTolerance(tol);
       }
       for (int trial = 0; trial < 4; ++trial) {
         const EncodedQuery q = RandomQuery(rng, q_format, kH, kD);

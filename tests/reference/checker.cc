@@ -223,11 +223,16 @@ testing::AssertionResult CheckRow(const RowOracle& oracle,
     });
     forced = {0, c};
     if (free_places > 0) {
-      double max_magnitude = 0;
+      double max_magnitude = 0, max_copy_magnitude = 0;
       for (int64_t b : others) {
         max_magnitude = std::max(max_magnitude, oracle.block_magnitudes[b]);
+        if (!oracle.block_copy_magnitudes.empty()) {
+          max_copy_magnitude =
+              std::max(max_copy_magnitude, oracle.block_copy_magnitudes[b]);
+        }
       }
-      const double tol_j = tol.block_rel * max_magnitude;
+      const double tol_j = tol.block_rel * max_magnitude +
+                           tol.block_copy_rel * max_copy_magnitude;
       const double jm = oracle.block_scores[others[free_places - 1]];
       if (tol_j == 0) {
         // Exactly computed scores: exact ties follow the lower-index rule.

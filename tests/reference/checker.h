@@ -33,8 +33,9 @@
 // the relative bound). The block mean adds an fp32 sum of up to B keys:
 // |J_fp32 - J| <= (B + D + H + 8) u * sum_h |w_h| sum_d |q_hd| mean_s|k_sd|.
 // Fp32Tolerance returns these (about 1.2e-5 and 1.9e-5 for D = 128, H = 64,
-// B = 128). Backends that use reduced precision (bf16 summaries, tensor
-// cores) pass larger relative tolerances explicitly.
+// B = 128). Backends that use reduced precision (tensor cores) pass larger
+// relative tolerances explicitly; one that scores a bf16 copy of the block
+// means adds block_copy_rel = 2^-8 of their own magnitude (below).
 #ifndef HISA_TESTS_REFERENCE_CHECKER_H_
 #define HISA_TESTS_REFERENCE_CHECKER_H_
 
@@ -50,8 +51,12 @@ struct Tolerance {
   // tol_I = token_rel * max over candidates s of token_magnitudes[s].
   double token_rel = 0;
   // tol_J = block_rel * max over non-forced eligible blocks of
-  // block_magnitudes[b].
+  // block_magnitudes[b], plus block_copy_rel * the same max of
+  // block_copy_magnitudes[b] (a backend that scores a lower-precision copy of
+  // the block representatives, each element within a relative
+  // block_copy_rel of the exact one: bf16 copies, 2^-8).
   double block_rel = 0;
+  double block_copy_rel = 0;
   // When true the result must be exactly the oracle's top-k of the candidate
   // set (ties to the lower position), not merely equal up to tol_I. For
   // inputs whose scores fp32 computes exactly (small integers).

@@ -175,6 +175,25 @@ TEST(CheckerTest, AmbiguousBlockChoiceIsAcceptedOnlyWithinTolJ) {
   EXPECT_FALSE(CheckRow(a.oracle, ResultOf(dense), Tol(0, 1e-8), ""));
 }
 
+// tol_J's second term scales block_copy_rel by the representatives' own
+// magnitudes (a backend scoring a lower-precision copy of them).
+TEST(CheckerTest, CopyToleranceScalesWithTheRepresentativesMagnitude) {
+  AmbiguousBlocks a;
+  const std::vector<int32_t> via_block1 = TopKOf(a.oracle, {0, 1, 3});
+  auto copy_tol = [](double rel) {
+    Tolerance tol;
+    tol.block_copy_rel = rel;
+    return tol;
+  };
+  // No copy magnitudes: the term is zero.
+  EXPECT_FALSE(CheckRow(a.oracle, ResultOf(via_block1), copy_tol(1e-3), ""));
+  a.oracle.block_copy_magnitudes.assign(a.oracle.block_scores.size(), 100.0);
+  EXPECT_TRUE(CheckRow(a.oracle, ResultOf(via_block1), copy_tol(1e-10), ""));
+  EXPECT_FALSE(CheckRow(a.oracle, ResultOf(via_block1), copy_tol(1e-12), ""));
+  EXPECT_TRUE(CheckRow(a.oracle, ResultOf(a.oracle.positions), copy_tol(1e-12),
+                       ""));
+}
+
 TEST(CheckerTest, ResultFromAnUnchosenBlockIsRejected) {
   std::vector<double> scores(64, 0.0);
   scores[20] = 50;

@@ -263,9 +263,12 @@ absl::StatusOr<RowOracle> LayerOracle::Select(const QueryRow& row) const {
   } else {
     out.block_scores.resize(c + 1);
     out.block_magnitudes.resize(c + 1);
+    out.block_copy_magnitudes.resize(c + 1);
     for (int64_t b = 0; b <= c; ++b) {
-      out.block_scores[b] = score(Representative(b).data());
+      const std::vector<double> r = Representative(b);
+      out.block_scores[b] = score(r.data());
       out.block_magnitudes[b] = magnitude(AbsPooled(b).data());
+      out.block_copy_magnitudes[b] = magnitude(r.data());
     }
     out.chosen_blocks = ChooseBlocks(out.block_scores, row.m);
   }

@@ -68,6 +68,10 @@ struct RowOracle {
   // Filled for kHisa only.
   std::vector<double> block_scores;
   std::vector<double> block_magnitudes;
+  // sum_h |w_h| sum_d |q_hd| |r_bd|, r_b the block's representative: the
+  // scale of the error of scoring a lower-precision copy of r_b (SPEC 4.2),
+  // whose every element is within a relative eps of r_bd. Filled for kHisa.
+  std::vector<double> block_copy_magnitudes;
   // Chosen blocks, ascending (every block 0..c for kDense).
   std::vector<int64_t> chosen_blocks;
   // Exactly k entries: selected positions ascending, then -1.

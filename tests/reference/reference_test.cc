@@ -210,6 +210,29 @@ TEST(LayerOracleTest, ReluAndSignedWeights) {
   EXPECT_EQ(o->positions, (std::vector<int32_t>{0, 1, 2}));
 }
 
+TEST(LayerOracleTest, BlockMagnitudesOfThePooledKeysAndOfTheMean) {
+  // One block of two tokens, v = 2 and -3 on dim 0: the mean is -0.5.
+  LayerOracle oracle(16, 16, BlockPooling::kMean);
+  std::vector<float> keys(2 * 16, 0.0f);
+  keys[0] = 2;
+  keys[16] = -3;
+  EncodedKeys enc = EncodeKeys(KeyFormat::kBf16, 16, keys);
+  ASSERT_TRUE(oracle.Append(enc.Chunk("r", 0, 0, 2)).ok());
+  std::vector<float> q(32, 0.0f);
+  q[0] = 1;
+  q[16] = -1;
+  EncodedQuery query =
+      EncodeQuery(KeyFormat::kFp8E4M3, 2, 16, q, std::vector<float>{1, 2},
+                  /*scales=*/std::vector<float>{1, 1});
+  auto o = oracle.Select(query.Row("r", 0, 1, SelectMode::kHisa, 2, 1));
+  ASSERT_TRUE(o.ok()) << o.status();
+  // J = ReLU(-0.5) + 2 ReLU(0.5); magnitudes (1 + 2) * mean |v| = 3 * 2.5
+  // and, of the mean itself, (1 + 2) * |-0.5|.
+  EXPECT_EQ(o->block_scores, (std::vector<double>{1.0}));
+  EXPECT_EQ(o->block_magnitudes, (std::vector<double>{7.5}));
+  EXPECT_EQ(o->block_copy_magnitudes, (std::vector<double>{1.5}));
+}
+
 TEST(LayerOracleTest, RejectsRowsThatDoNotFit) {
   ScalarLayer layer(NeedleLayer(), 16, BlockPooling::kMean);
   EXPECT_FALSE(layer.oracle.Select(layer.query.Row("r", 0, 64, SelectMode::kDense, 1, 1)).ok());
