@@ -187,22 +187,31 @@ TEST(LayerOracleTest, OwnBlockCountsOnlyTokensUpToT) {
   EXPECT_EQ(o.positions, want);
 }
 
+// A layer of head_dim 16 whose token s is v[s] on dim 0, queried by two
+// heads, q0 = e0 (w = 1) and q1 = -e0 (w = 2): I = ReLU(v) + 2 ReLU(-v).
+struct Dim0Layer {
+  explicit Dim0Layer(const std::vector<float>& v)
+      : oracle(16, 16, BlockPooling::kMean) {
+    std::vector<float> keys(v.size() * 16, 0.0f);
+    for (size_t s = 0; s < v.size(); ++s) keys[s * 16] = v[s];
+    EncodedKeys enc = EncodeKeys(KeyFormat::kBf16, 16, keys);
+    appended = oracle.Append(enc.Chunk("r", 0, 0, v.size())).ok();
+    std::vector<float> q(32, 0.0f);
+    q[0] = 1;
+    q[16] = -1;
+    query = EncodeQuery(KeyFormat::kFp8E4M3, 2, 16, q, std::vector<float>{1, 2},
+                        /*scales=*/std::vector<float>{1, 1});
+  }
+  LayerOracle oracle;
+  EncodedQuery query;
+  bool appended = false;
+};
+
 TEST(LayerOracleTest, ReluAndSignedWeights) {
-  // Two heads: q0 = e0 (w = 1), q1 = -e0 (w = 2): I = ReLU(v) + 2 ReLU(-v).
-  LayerOracle oracle(16, 16, BlockPooling::kMean);
-  std::vector<float> keys(3 * 16, 0.0f);
-  keys[0] = 2;
-  keys[16] = -3;
-  keys[32] = 0.5;
-  EncodedKeys enc = EncodeKeys(KeyFormat::kBf16, 16, keys);
-  ASSERT_TRUE(oracle.Append(enc.Chunk("r", 0, 0, 3)).ok());
-  std::vector<float> q(32, 0.0f);
-  q[0] = 1;
-  q[16] = -1;
-  EncodedQuery query =
-      EncodeQuery(KeyFormat::kFp8E4M3, 2, 16, q, std::vector<float>{1, 2},
-                  /*scales=*/std::vector<float>{1, 1});
-  auto o = oracle.Select(query.Row("r", 0, 2, SelectMode::kDense, 3, 1));
+  Dim0Layer layer({2, -3, 0.5});
+  ASSERT_TRUE(layer.appended);
+  auto o = layer.oracle.Select(
+      layer.query.Row("r", 0, 2, SelectMode::kDense, 3, 1));
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(o->token_scores, (std::vector<double>{2, 6, 0.5}));
   // Magnitude: sum_h |w_h| sum_d |q_hd k_sd| = (1 + 2) |v|.
@@ -211,20 +220,11 @@ TEST(LayerOracleTest, ReluAndSignedWeights) {
 }
 
 TEST(LayerOracleTest, BlockMagnitudesOfThePooledKeysAndOfTheMean) {
-  // One block of two tokens, v = 2 and -3 on dim 0: the mean is -0.5.
-  LayerOracle oracle(16, 16, BlockPooling::kMean);
-  std::vector<float> keys(2 * 16, 0.0f);
-  keys[0] = 2;
-  keys[16] = -3;
-  EncodedKeys enc = EncodeKeys(KeyFormat::kBf16, 16, keys);
-  ASSERT_TRUE(oracle.Append(enc.Chunk("r", 0, 0, 2)).ok());
-  std::vector<float> q(32, 0.0f);
-  q[0] = 1;
-  q[16] = -1;
-  EncodedQuery query =
-      EncodeQuery(KeyFormat::kFp8E4M3, 2, 16, q, std::vector<float>{1, 2},
-                  /*scales=*/std::vector<float>{1, 1});
-  auto o = oracle.Select(query.Row("r", 0, 1, SelectMode::kHisa, 2, 1));
+  // One block of two tokens, v = 2 and -3: the mean is -0.5.
+  Dim0Layer layer({2, -3});
+  ASSERT_TRUE(layer.appended);
+  auto o = layer.oracle.Select(
+      layer.query.Row("r", 0, 1, SelectMode::kHisa, 2, 1));
   ASSERT_TRUE(o.ok()) << o.status();
   // J = ReLU(-0.5) + 2 ReLU(0.5); magnitudes (1 + 2) * mean |v| = 3 * 2.5
   // and, of the mean itself, (1 + 2) * |-0.5|.
