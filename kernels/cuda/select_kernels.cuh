@@ -515,6 +515,11 @@ struct Bf16BlockScorer {
 
   static constexpr bool kSlotAhead = true;
 
+  // Whether the tile's lo means are neither copied nor scored.
+  static __device__ bool HiOnly(const ItemContext<G>& ic) {
+    return kHiOnly || ic.group->means_hi_only != 0;
+  }
+
   __device__ void Issue(const SelectBuffers& b, const ItemContext<G>& ic,
                         uint8_t* stage, TileShared& ts, int st,
                         const SlotRef& r) const {
@@ -535,7 +540,7 @@ struct Bf16BlockScorer {
     const uint8_t* src = half == 0 ? hi : lo;
     uint8_t* dst = stage + half * kTileSlots * kStride + i * kStride;
     uint64_t* bar = full + st;
-    if (rows != 0 && (half == 0 || !(kHiOnly || ic.group->means_hi_only))) {
+    if (rows != 0 && (half == 0 || !HiOnly(ic))) {
       MbarArriveExpectTx(bar, kD * 2);
       BulkLoad(dst, src, kD * 2, bar);
     } else {
@@ -551,7 +556,7 @@ struct Bf16BlockScorer {
                           float* staging, const ItemContext<G>& ic,
                           const TileShared& /*ts*/, int /*st*/) {
     if (g >= ic.num_rows) return;
-    const bool hi_only = kHiOnly || ic.group->means_hi_only != 0;
+    const bool hi_only = HiOnly(ic);
     const int lane = threadIdx.x & 31;
     const int gid = lane >> 2, tid4 = lane & 3;
     const int slot0 = sub * kSlotsPerWarp;

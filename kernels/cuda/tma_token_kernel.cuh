@@ -610,7 +610,8 @@ __device__ __forceinline__ void SplitSelect(
 // GroupDesc::tokens_score_blocks: a token item's share of its row's block
 // scores, computed before anything of TmaTokenLayout is set up, in shared
 // memory from the CTA's aligned base: the block scorer's one stage (a tile
-// of 128 block means, hi and lo), its bf16 query, the head weights, the
+// of 128 block means; sized for hi and lo, of which this scorer fills hi
+// alone), its bf16 query, the head weights, the
 // tile's scores and map; then, past every byte that TmaTokenLayout uses, a
 // transaction barrier (never reused, so never invalidated) and the row's
 // block scores, which every item of the cluster writes into every item's
