@@ -82,6 +82,8 @@ CudaBackend::CudaBackend(std::unique_ptr<cuda::DeviceState> device)
   plan_options_->balance_clusters = !env_is_0("HISA_CUDA_BALANCE_CLUSTERS");
   plan_options_->tokens_score_blocks =
       !env_is_0("HISA_CUDA_TOKENS_SCORE_BLOCKS");
+  plan_options_->pooled_rows_score_blocks =
+      !env_is_0("HISA_CUDA_POOLED_OWN_BLOCKS");
   plan_options_->block_means_lo = env_is_1("HISA_CUDA_BLOCK_MEANS_LO");
   plan_options_->use_tma =
       device_->key_tensor_map() != nullptr && !env_is_0("HISA_CUDA_TMA");

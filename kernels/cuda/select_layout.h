@@ -60,6 +60,8 @@ inline constexpr int kTmaSpreadSmemBytes = 110 * 1024;
 // Most tiles of 128 blocks that a token item scores itself
 // (GroupDesc::tokens_score_blocks; one after another, one stage).
 inline constexpr int kOwnBlockTiles = 2;
+// The same for a pooled row (one work item, every block of its row).
+inline constexpr int kPooledOwnBlockTiles = 8;
 inline constexpr int kWgmmaTokenCtasPerSm = 2;
 // Rows that share one work item (neighbouring prefill rows).
 inline constexpr int kMaxGroupRows = 2;
@@ -287,7 +289,8 @@ struct SelectBuffers {
 enum TracePoint : int {
   kTraceStart = 0,     // kernel entry
   kTraceWaited = 1,    // previous kernel complete (GridDependencyWait);
-                       // tokens_choose: the row's block items done
+                       // tokens_choose: the row's block items done (a
+                       // pooled row: its own blocks scored)
   kTraceReady = 2,     // prologue done, first tile requested
   kTraceLoopEnd = 3,   // last tile scored
   kTraceTicket = 4,    // group ticket taken (the last CTA runs the tail);

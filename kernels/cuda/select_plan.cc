@@ -799,17 +799,45 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
     }
   }
   s.items.swap(s.clustered);
+  // Step 4c's other candidates: pooled HISA rows (one item per row) of at
+  // most kPooledOwnBlockTiles tiles of blocks, from the hi means alone; a
+  // block-stage pair (step 3b) when both of its rows are.
+  for (const LaunchSpec& l : plan->launches) {
+    if (l.stage != LaunchSpec::kTokens ||
+        l.scorer != LaunchSpec::kWgmmaTmaPool) {
+      continue;
+    }
+    for (int64_t i = l.first_item; i < l.first_item + l.num_items; ++i) {
+      const int g = s.items[i].group;
+      const GroupDesc& gd = s.gdesc[g];
+      const int64_t blocks =
+          (gd.max_position >> s.layers[gd.layer].geo.log2_block) + 1;
+      s.own_blocks[g] = options.pooled_rows_score_blocks &&
+                        gd.mode == kModeHisa && gd.num_rows == 1 &&
+                        gd.means_hi_only &&
+                        CeilDiv(blocks, kTileSlots) <= kPooledOwnBlockTiles;
+    }
+  }
+  for (size_t g = num_groups; g < s.gdesc.size(); ++g) {
+    const GroupDesc& bg = s.gdesc[g];
+    if (bg.split_unions) {
+      s.own_blocks[g] = s.own_blocks[bg.union_groups[0]] &&
+                        s.own_blocks[bg.union_groups[1]];
+    }
+  }
 
   // 4c. Token items that score their own blocks (GroupDesc::
   // tokens_score_blocks): when every block item belongs to a candidate row
-  // of step 4b, the block launch goes. Each of a row's token items (its
-  // cluster) scores an even share of the row's blocks, the cluster meets at
-  // one barrier, and every item chooses: one launch, whose prologue and
-  // block loads start at once, instead of token CTAs that start as the
-  // block CTAs leave their SMs and wait for a count in global memory. Their
-  // launches take the spread launch's shared memory (the block scorer's
-  // tile and query need it).
-  bool fuse = options.tokens_score_blocks;
+  // of step 4b or a pooled one (above), the block launch goes. Each of a
+  // split row's token items (its cluster) scores an even share of the
+  // row's blocks, the cluster meets at one barrier, and every item chooses:
+  // one launch, whose prologue and block loads start at once, instead of
+  // token CTAs that start as the block CTAs leave their SMs and wait for a
+  // count in global memory. Their launches take the spread launch's shared
+  // memory (the block scorer's tile and query need it). A pooled row's one
+  // item scores all of its blocks, then chooses (its own shared memory
+  // suffices).
+  bool fuse = true;
   int64_t block_launch_items = 0;
   for (const LaunchSpec& l : plan->launches) {
     if (l.stage != LaunchSpec::kBlockScores) continue;
@@ -827,7 +855,11 @@ void Layout(absl::Span<const SelectTask> tasks, const PlanOptions& options,
         if (!s.own_blocks[g]) continue;
         s.gdesc[g].tokens_score_blocks = 1;
         s.gdesc[g].block_items = 0;
-        l.smem_bytes = kTmaSpreadSmemBytes;
+        if (l.scorer == LaunchSpec::kWgmmaTmaPool) {
+          s.gdesc[g].tokens_choose = 1;
+        } else {
+          l.smem_bytes = kTmaSpreadSmemBytes;
+        }
       }
       // The block launches and their items come first (step 4's order).
       l.first_item -= block_launch_items;

@@ -125,6 +125,12 @@ struct PlanOptions {
   // can (GroupDesc::tokens_score_blocks; no block launch).
   // HISA_CUDA_TOKENS_SCORE_BLOCKS=0 turns it off.
   bool tokens_score_blocks = true;
+  // Pooled HISA rows (kWgmmaTmaPool: a causal prefill's rows) score and
+  // choose their own blocks in their token item too, when every HISA row of
+  // the batch can (a row scores at most kPooledOwnBlockTiles tiles of
+  // blocks, from the hi means alone). HISA_CUDA_POOLED_OWN_BLOCKS=0 turns
+  // it off.
+  bool pooled_rows_score_blocks = true;
   // Block scores from the bf16 hi and lo parts of the block means (close to
   // the fp32 means); false: the hi part alone (GroupDesc::means_hi_only:
   // half the bytes and MMAs; each mean rounded by at most 2^-8 of itself,

@@ -198,6 +198,12 @@ __device__ __forceinline__ void MbarInit(uint64_t* bar, int count) {
 __device__ __forceinline__ void MbarFenceInit() {
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 }
+// Ends `bar` as a barrier (one thread, once no thread waits on it any more)
+// so that its memory may hold other data.
+__device__ __forceinline__ void MbarInval(uint64_t* bar) {
+  asm volatile("mbarrier.inval.shared::cta.b64 [%0];\n" ::"r"(SmemAddr(bar))
+               : "memory");
+}
 __device__ __forceinline__ void MbarArrive(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(SmemAddr(bar))
                : "memory");

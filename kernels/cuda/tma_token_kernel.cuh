@@ -185,13 +185,16 @@ __device__ __forceinline__ int SlotKeyCount(const ItemContext<1>& ic) {
 // (slot i's key, 0: no candidate) are loaded from `src` (the group's
 // scratch or the CTA's pool slice) into `keys`, and the histogram of the
 // nonzero keys from the group's global one into `hist`, unless `hist`
-// already holds it (the pooled form's one CTA counted every slot). Once
+// already holds it (the pooled form's one CTA counted every slot). The
+// union's blocks are `chosen` (shared memory) when the item chose them
+// itself (GroupDesc::tokens_choose), else the group's union. Once
 // `keys` is loaded, thread 0 gives back pool slice `slice` (>= 0). Output
 // as WriteSlotSelection. `hist_local` is the kernel's compile-time kPooled
 // (slice >= 0 says the same at run time only).
 __device__ __forceinline__ void SelectFromSlotKeys(
     const SelectBuffers& b, const GroupDesc& grp, const ItemContext<1>& ic,
-    const uint32_t* src, uint32_t* keys, int32_t* blocks, uint32_t* hist,
+    const uint32_t* src, const int32_t* chosen, uint32_t* keys,
+    int32_t* blocks, uint32_t* hist,
     bool hist_local, int slice, uint32_t* list, int list_cap,
     RadixShared& rs) {
   const int log2b = ic.log2b;
@@ -200,7 +203,9 @@ __device__ __forceinline__ void SelectFromSlotKeys(
   const int n = SlotKeyCount(ic);  // <= kSlotSelectCap
   const int num_blocks = (n + (1 << log2b) - 1) >> log2b;
   for (int u = threadIdx.x; u < num_blocks; u += kSelectThreads) {
-    blocks[u] = ic.union_slots ? __ldcg(ic.unions + 2 * u) : u;
+    blocks[u] = chosen != nullptr  ? chosen[u]
+                : ic.union_slots ? __ldcg(ic.unions + 2 * u)
+                                 : u;
   }
 #pragma unroll 8
   for (int i = threadIdx.x; i < n / 4; i += kSelectThreads) {
@@ -613,9 +618,9 @@ __device__ __forceinline__ void SplitSelect(
 // of 128 block means; sized for hi and lo, of which this scorer fills hi
 // alone), its bf16 query, the head weights, the
 // tile's scores and map; then, past every byte that TmaTokenLayout uses, a
-// transaction barrier (never reused, so never invalidated) and the row's
-// block scores, which every item of the cluster writes into every item's
-// copy (distributed shared memory) for the choice.
+// transaction barrier and the row's block scores, which every item of the
+// cluster writes into every item's copy (distributed shared memory) for the
+// choice.
 struct OwnBlocksLayout {
   // 64 heads, D = 128, one row; hi means only (select_plan.cc fuses the
   // block scoring into the token launch only then).
@@ -640,30 +645,21 @@ struct OwnBlocksLayout {
                 "launched with the spread launch's shared memory");
 };
 
-// Scores blocks [split * per, (split + 1) * per) of the item's row (per =
-// its c + 1 blocks over the group's num_splits items), one tile of 128
-// blocks at a time as the block kernel (TileKernel<Bf16BlockScorer>) does,
-// into OwnBlocksLayout's scores of every item of the cluster. Every thread
-// calls it after a ClusterArrive (the others may then write to this CTA);
-// it waits at the cluster barrier once, before its first write to another
-// CTA, and ends with a CTA barrier: the shared memory below the scores is
-// free again.
-__device__ __forceinline__ void ScoreOwnBlocks(const SelectBuffers& b,
-                                               const WorkItem& item,
-                                               const GroupDesc& grp,
-                                               uint8_t* smem) {
-  using L = OwnBlocksLayout;
+// Scores blocks [own.slot_begin, own.slot_end) of the group's row, one
+// tile of 128 block means at a time as the block kernel
+// (TileKernel<Bf16BlockScorer>) does, with layout L's areas of `smem` (one
+// stage, of which the hi means fill the first half). After each tile,
+// every thread calls publish(ts, staging, it) between two CTA barriers;
+// it stores the tile's scores (staging[s] is block ts.pos[0][s]'s, where
+// ts.rows[0][s] & 1). Ends with a CTA barrier and the stage's barrier
+// invalidated: L's shared memory is free again.
+template <class L, class Publish>
+__device__ __forceinline__ void ScoreBlocksOfRow(const SelectBuffers& b,
+                                                 const WorkItem& own,
+                                                 const GroupDesc& grp,
+                                                 uint8_t* smem,
+                                                 Publish publish) {
   const RowDesc& row = b.rows[grp.rows[0]];
-  const int64_t blocks =
-      (row.position >> b.layers[grp.layer].geo.log2_block) + 1;
-  const int64_t per = (blocks + grp.num_splits - 1) / grp.num_splits;
-  WorkItem own = item;
-  own.slot_begin = min(blocks, int64_t{item.split} * per);
-  own.slot_end = min(blocks, own.slot_begin + per);
-  if (own.slot_begin >= own.slot_end) {
-    ClusterWait();
-    return;
-  }
   const ItemContext<1> ic = MakeItemContext<1, true>(b, own, grp);
   uint8_t* stage = smem + L::kStageOff;
   float* weights = reinterpret_cast<float*>(smem + L::kWeightsOff);
@@ -675,7 +671,7 @@ __device__ __forceinline__ void ScoreOwnBlocks(const SelectBuffers& b,
     MbarFenceInit();
   }
   __syncthreads();  // the barrier is initialized
-  L::Scorer scorer;
+  typename L::Scorer scorer;
   scorer.full = bar;
   auto issue = [&](int64_t it) {  // tile it's block means, every thread
     const int64_t slot = ic.slot_begin + it * kTileSlots + (threadIdx.x >> 1);
@@ -695,19 +691,92 @@ __device__ __forceinline__ void ScoreOwnBlocks(const SelectBuffers& b,
     MbarWait(bar, static_cast<uint32_t>(it) & 1u);
     __syncthreads();  // the tile and its map are visible
     scorer.Compute(stage, weights, staging, ic, ts, 0);
-    if (it == 0) ClusterWait();  // every CTA of the cluster has started
     __syncthreads();  // staging is visible
-    float* scores = reinterpret_cast<float*>(smem + L::kScoresOff);
-    for (int i = threadIdx.x; i < grp.num_splits * kTileSlots;
-         i += kSelectThreads) {
-      const int s = i % kTileSlots;
-      if (ts.rows[0][s] & 1u) {
-        InClusterCta(scores, i / kTileSlots)[ts.pos[0][s]] = staging[s];
-      }
-    }
+    publish(ts, staging, it);
     __syncthreads();  // stage, staging and map are free
     if (it + 1 < num_tiles) issue(it + 1);
   }
+  if (threadIdx.x == 0) MbarInval(bar);
+  __syncthreads();  // before any thread reuses the barrier's bytes
+}
+
+// GroupDesc::tokens_score_blocks on the decode form: blocks
+// [split * per, (split + 1) * per) of the item's row (per = its c + 1
+// blocks over the group's num_splits items), into OwnBlocksLayout's scores
+// of every item of the cluster. Every thread calls it after a
+// ClusterArrive (the others may then write to this CTA); it waits at the
+// cluster barrier once, before its first write to another CTA.
+__device__ __forceinline__ void ScoreOwnBlocks(const SelectBuffers& b,
+                                               const WorkItem& item,
+                                               const GroupDesc& grp,
+                                               uint8_t* smem) {
+  using L = OwnBlocksLayout;
+  const RowDesc& row = b.rows[grp.rows[0]];
+  const int64_t blocks =
+      (row.position >> b.layers[grp.layer].geo.log2_block) + 1;
+  const int64_t per = (blocks + grp.num_splits - 1) / grp.num_splits;
+  WorkItem own = item;
+  own.slot_begin = min(blocks, int64_t{item.split} * per);
+  own.slot_end = min(blocks, own.slot_begin + per);
+  if (own.slot_begin >= own.slot_end) {
+    ClusterWait();
+    return;
+  }
+  float* scores = reinterpret_cast<float*>(smem + L::kScoresOff);
+  ScoreBlocksOfRow<L>(
+      b, own, grp, smem,
+      [&](const TileShared& ts, const float* staging, int64_t it) {
+        if (it == 0) ClusterWait();  // every CTA of the cluster has started
+        for (int i = threadIdx.x; i < grp.num_splits * kTileSlots;
+             i += kSelectThreads) {
+          const int s = i % kTileSlots;
+          if (ts.rows[0][s] & 1u) {
+            InClusterCta(scores, i / kTileSlots)[ts.pos[0][s]] = staging[s];
+          }
+        }
+      });
+}
+
+// GroupDesc::tokens_score_blocks on the pooled form (one item per row, no
+// cluster): every block of the row, into its block scores in global memory
+// (RowDesc::j_offset, where the block kernel would write them), which the
+// item's choice reads back (ChooseBlocksForGroup). The layout is
+// OwnBlocksLayout's with the stage's hi half alone and no scores, so that
+// it fits the pooled kernel's shared memory. (Copying a tile's means as
+// one bulk copy per summary page instead of one per block was measured
+// slower: causal 64K 15.1-15.2 ms against 14.5.)
+struct PooledBlocksLayout {
+  using Scorer = OwnBlocksLayout::Scorer;
+  static constexpr int kStageOff = 0;  // the hi half of the scorer's stage
+  static constexpr int kPersistOff = kStageOff + kTileSlots * Scorer::kStride;
+  static constexpr int kWeightsOff = kPersistOff + Scorer::kPersistBytes;
+  static constexpr int kStagingOff = kWeightsOff + 128 * 4;
+  static constexpr int kTileOff = kStagingOff + kTileSlots * 4;
+  static constexpr int kBarOff =
+      (kTileOff + static_cast<int>(sizeof(TileShared)) + 7) / 8 * 8;
+  // + 1024: the base is aligned up to 1024 bytes at run time.
+  static constexpr int kBytes = kBarOff + 8 + 1024;
+  static_assert(kPersistOff % 16 == 0, "query rows are 16-byte aligned");
+  static_assert(kBytes <= TmaTokenLayout::kBytes,
+                "the pooled kernel's own shared memory");
+};
+
+__device__ __forceinline__ void ScorePooledRowBlocks(const SelectBuffers& b,
+                                                     const WorkItem& item,
+                                                     const GroupDesc& grp,
+                                                     uint8_t* smem) {
+  const RowDesc& row = b.rows[grp.rows[0]];
+  WorkItem own = item;
+  own.slot_begin = 0;
+  own.slot_end = (row.position >> b.layers[grp.layer].geo.log2_block) + 1;
+  float* J = b.block_scores + row.j_offset;
+  ScoreBlocksOfRow<PooledBlocksLayout>(
+      b, own, grp, smem,
+      [&](const TileShared& ts, const float* staging, int64_t) {
+        if (threadIdx.x < kTileSlots && (ts.rows[0][threadIdx.x] & 1u)) {
+          J[ts.pos[0][threadIdx.x]] = staging[threadIdx.x];
+        }
+      });
 }
 
 template <bool kPooled>
@@ -749,14 +818,20 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
   if (threadIdx.x == 0) PrefetchTensorMap(&keys);
   __syncthreads();  // grp_shared
   const GroupDesc& grp = grp_shared;
-  // GroupDesc::tokens_score_blocks (no block launch): this item's share of
-  // the row's block scores first; the cluster's barrier below (after this
-  // prologue) makes every item's scores visible to every item.
-  const bool own_blocks = !kPooled && grp.tokens_score_blocks != 0;
+  // GroupDesc::tokens_score_blocks (no block launch): the row's block
+  // scores first. A pooled row scores all of them into global memory; a
+  // decode item scores its share, and the cluster's barrier below (after
+  // this prologue) makes every item's scores visible to every item.
+  const bool own_blocks = grp.tokens_score_blocks != 0;
   if (own_blocks) {
-    ClusterArrive();  // started: the others may write this CTA's scores
-    ScoreOwnBlocks(b, item, grp, smem);
-    ClusterArrive();  // this item's block scores are written
+    if constexpr (kPooled) {
+      ScorePooledRowBlocks(b, item, grp, smem);
+      Trace(b.trace, kTraceWaited);
+    } else {
+      ClusterArrive();  // started: the others may write this CTA's scores
+      ScoreOwnBlocks(b, item, grp, smem);
+      ClusterArrive();  // this item's block scores are written
+    }
   }
   if (threadIdx.x == 0) {
     for (int s = 0; s < kTmaStages; ++s) {
@@ -797,10 +872,13 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
   // The row's blocks: chosen here once the group's block items are done
   // (GroupDesc::tokens_choose; an empty item of a padded cluster has no
   // tiles and skips it), or the union that the block stage wrote.
+  // A pooled row chooses only after scoring its own blocks (select_plan.cc),
+  // which the barriers since have made visible to every thread.
   int32_t* chosen = reinterpret_cast<int32_t*>(smem + L::kChosenOff);
-  const bool choose = !kPooled && grp.tokens_choose != 0;
+  const bool choose = grp.tokens_choose != 0;
+  const bool cluster_scores = !kPooled && own_blocks;
   int num_chosen = -1;
-  if (own_blocks) {
+  if (cluster_scores) {
     ClusterWait();  // every item's block scores (an empty item's too)
     Trace(b.trace, kTraceWaited);
   }
@@ -812,11 +890,12 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
       __syncthreads();
       Trace(b.trace, kTraceWaited);
     }
-    // Own blocks: the scores are in this CTA's OwnBlocksLayout copy. Else
-    // the key stages before the last (which holds the page table) are free
-    // until the first copy: they cache the scores.
+    // Decode items' own blocks: the scores are in this CTA's
+    // OwnBlocksLayout copy. Else the key stages before the last (which
+    // holds the page table) are free until the first copy: they cache the
+    // scores.
     num_chosen =
-        own_blocks
+        cluster_scores
             ? ChooseBlocksForGroup<1>(
                   b, grp,
                   reinterpret_cast<float*>(smem + OwnBlocksLayout::kScoresOff),
@@ -996,13 +1075,17 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
   if (last) {
     // Every tile was waited for: the stage area is free for the select.
     SelectFromSlotKeys(
-        b, grp, ic, out, reinterpret_cast<uint32_t*>(smem + L::kSelectKeysOff),
+        b, grp, ic, out, grp.tokens_choose ? chosen : nullptr,
+        reinterpret_cast<uint32_t*>(smem + L::kSelectKeysOff),
         reinterpret_cast<int32_t*>(smem + L::kSelectUnionsOff), hist, kPooled,
         slice, reinterpret_cast<uint32_t*>(smem + L::kSelectListOff),
         L::kSelectListCap, rs);
     if (threadIdx.x == 0) b.counters[2 * item.group + 1] = 0;
     Trace(b.trace, kTraceTailEnd);
   }
+  // An item that chose its blocks did not wait for an earlier launch: the
+  // launch completes after it.
+  if (grp.tokens_choose) GridDependencyWait();
 }
 
 }  // namespace hisa::cuda

@@ -832,8 +832,10 @@ TEST(GpuEdgeTest, BudgetAndConflictingAppends) {
 // keys there and frees it after the select), and every output must still
 // be, bit for bit, what the row gets alone (a single row splits over many
 // CTAs and takes the group-scratch form). HISA rows past m blocks and short
-// DENSE rows (slot i is position i) both. Every row asks for scores, so
-// that the scores are compared too (without, the kernels write none).
+// DENSE rows (slot i is position i) both. The pooled HISA rows score and
+// choose their own blocks, and must also match the same batch with a block
+// launch. Every row asks for scores, so that the scores are compared too
+// (without, the kernels write none).
 TEST(GpuPoolTest, ManyRowsTakingTurnsOnThreeSlicesMatchRowsAlone) {
   SKIP_WITHOUT_GPU();
   const uint64_t seed = ref::TestSeed() + 77;
@@ -930,6 +932,19 @@ TEST(GpuPoolTest, ManyRowsTakingTurnsOnThreeSlicesMatchRowsAlone) {
   const auto batch = run(tasks, pooled, &pool);
   EXPECT_EQ(pool, 1);
   ASSERT_EQ(batch.size(), tasks.size());
+  // The pooled HISA rows score and choose their own blocks by default
+  // (PlanOptions::pooled_rows_score_blocks); with a block launch instead,
+  // the same answers.
+  cuda::PlanOptions with_block_launch = pooled;
+  with_block_launch.pooled_rows_score_blocks =
+      !pooled.pooled_rows_score_blocks;
+  int other_pool = -1;
+  const auto other = run(tasks, with_block_launch, &other_pool);
+  EXPECT_EQ(other_pool, 1);
+  ASSERT_EQ(other.size(), tasks.size());
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    EXPECT_EQ(batch[i], other[i]) << "row " << i << " t=" << rows[i].position;
+  }
   int scratch_rows = 0;
   for (size_t i = 0; i < tasks.size(); ++i) {
     int alone_pool = -1;

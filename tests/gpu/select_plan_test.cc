@@ -896,6 +896,80 @@ TEST(SelectPlanTest, TokenItemsScoreTheirOwnBlocksWhenEveryRowCan) {
   EXPECT_EQ(paired.scoring, 0);
 }
 
+// Pooled HISA rows (one work item per row: a prefill's many rows of one
+// request) score and choose their own blocks (PlanOptions::
+// pooled_rows_score_blocks): no block launch, the pooled launch keeps its
+// own shared memory, every HISA row's group scores and chooses. Rows past
+// kPooledOwnBlockTiles tiles of blocks, hi + lo means, or the option off
+// keep the block launch for all.
+TEST(SelectPlanTest, PooledRowsScoreTheirOwnBlocksWhenEveryRowCan) {
+  const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
+                             BlockPooling::kMean};
+  CudaRequestStore store(nullptr, config);
+  struct Seen {
+    int block_launches = 0;
+    int pooled_launches = 0;
+    int32_t pooled_smem_bytes = -1;
+    int scoring = 0;   // groups with tokens_score_blocks
+    int choosing = 0;  // groups with tokens_choose
+  };
+  // `rows` rows ending at position `last`, consecutive (a causal prefill's
+  // last rows).
+  auto plan_of = [&](int rows, int64_t last, bool option, bool means_lo) {
+    PlanOptions options = TmaOptions(kH200Clusters);
+    options.pooled_rows_score_blocks = option;
+    options.block_means_lo = means_lo;
+    std::vector<int64_t> positions;
+    for (int i = 0; i < rows; ++i) positions.push_back(last - i);
+    const Planned planned = PlanHisaRows(&store, &config, positions, options);
+    Seen seen;
+    int64_t items = 0;
+    for (const LaunchSpec& l : planned.plan.launches) {
+      EXPECT_EQ(l.first_item, items) << "launches cover the items in order";
+      items += l.num_items;
+      if (l.stage == LaunchSpec::kBlockScores) ++seen.block_launches;
+      if (l.scorer == LaunchSpec::kWgmmaTmaPool) {
+        ++seen.pooled_launches;
+        seen.pooled_smem_bytes = l.smem_bytes;
+        EXPECT_EQ(l.num_items, rows) << "one item per row";
+      }
+    }
+    for (int64_t g = 0; g < planned.plan.num_groups; ++g) {
+      const GroupDesc& gd = planned.image.groups[g];
+      seen.choosing += gd.tokens_choose;
+      if (!gd.tokens_score_blocks) continue;
+      ++seen.scoring;
+      EXPECT_EQ(gd.block_items, 0);
+      EXPECT_EQ(gd.num_splits, 1);
+    }
+    return seen;
+  };
+  const int rows = 2048;  // too many to split: pooled
+  const Seen fused = plan_of(rows, 65535, true, false);
+  EXPECT_EQ(fused.pooled_launches, 1);
+  EXPECT_EQ(fused.block_launches, 0);
+  EXPECT_EQ(fused.scoring, rows);
+  EXPECT_EQ(fused.choosing, rows);
+  EXPECT_EQ(fused.pooled_smem_bytes, 0) << "the pooled kernel's own";
+  // Off, or from hi + lo means: the (paired) block launch stays.
+  for (const Seen& kept : {plan_of(rows, 65535, false, false),
+                           plan_of(rows, 65535, true, true)}) {
+    EXPECT_EQ(kept.pooled_launches, 1);
+    EXPECT_EQ(kept.block_launches, 1);
+    EXPECT_EQ(kept.scoring, 0);
+    EXPECT_EQ(kept.choosing, 0);
+  }
+  // The longest rows a pooled item scores itself, and one block more.
+  const int64_t most = int64_t{kPooledOwnBlockTiles} * kTileSlots;  // blocks
+  const Seen longest = plan_of(rows, most * config.block_size - 1, true, false);
+  EXPECT_EQ(longest.block_launches, 0);
+  EXPECT_EQ(longest.scoring, rows);
+  const Seen too_long = plan_of(rows, most * config.block_size, true, false);
+  EXPECT_EQ(too_long.pooled_launches, 1);
+  EXPECT_EQ(too_long.block_launches, 1);
+  EXPECT_EQ(too_long.scoring, 0);
+}
+
 // The request path plans straight into pinned staging (BuildSelectPlanInto);
 // it must produce exactly BuildSelectPlan's image and layout, whatever the
 // destination held before, and write nothing when the image does not fit.
