@@ -64,6 +64,8 @@ if [[ "${1:-}" == "--prepare" ]]; then
            bench/gpu/hisa_gpu_bench; do
     strip -o "$DEST/$(basename "$b")" "$BUILD/$b"
   done
+  # With its symbols, for perf (bench/gpu/host_profile.sh).
+  cp "$BUILD/server/hisa_server" "$DEST/hisa_server_syms"
   [[ -n "$before" ]] && mv "$before" "$DEST/hisa_gpu_bench_before" &&
     chmod +x "$DEST/hisa_gpu_bench_before"
   for lib in $(ldd "$DEST"/hisa_* | awk '/=> \// {print $3}' | sort -u); do

@@ -56,16 +56,19 @@ class RequestStore {
 // Per-stage wall time of one Select batch, in seconds, summed over the batch.
 // Stages a backend does not separate stay 0.
 struct SelectStageTimes {
+  double validate = 0;       // the engine: rows looked up and checked
   double prepare = 0;        // query decode, upload
   double block_scoring = 0;  // J(t, b) over eligible blocks
   double block_choice = 0;   // top-m with forced first/last blocks
   double token_scoring = 0;  // I(t, s) over candidates
   double topk = 0;           // top-k, sort, output
+  double finish = 0;         // outputs copied into the rows' results
 };
 // The stages' names, in field order (the service's metric labels).
-inline constexpr int kNumSelectStages = 5;
+inline constexpr int kNumSelectStages = 7;
 inline constexpr const char* kSelectStageNames[kNumSelectStages] = {
-    "prepare", "block_scoring", "block_choice", "token_scoring", "topk"};
+    "validate", "prepare",  "block_scoring", "block_choice",
+    "token_scoring", "topk", "finish"};
 
 // A validated query row handed to Backend::Select.
 //   mode is kDense or kHisa (the engine resolved kAuto).

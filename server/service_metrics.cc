@@ -215,8 +215,9 @@ void ServiceMetrics::ObserveSelectBatch(int64_t rows,
   batch_rows_->Observe(static_cast<double>(rows));
   batch_duration_->Observe(absl::ToDoubleSeconds(engine_time));
   const double values[kNumSelectStages] = {
-      stages.prepare, stages.block_scoring, stages.block_choice,
-      stages.token_scoring, stages.topk};
+      stages.validate,      stages.prepare, stages.block_scoring,
+      stages.block_choice,  stages.token_scoring, stages.topk,
+      stages.finish};
   for (int s = 0; s < kNumSelectStages; ++s) {
     // A backend leaves stages it does not time at 0; observing those would
     // claim they took no time.

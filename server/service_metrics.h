@@ -20,8 +20,10 @@
 //   hisa_select_queue_wait_seconds             histogram: time a Select
 //       message waited in the batcher before its batch started
 //   hisa_select_stage_duration_seconds{stage}  histogram: SelectStageTimes
-//       per batch (prepare, block_scoring, block_choice, token_scoring,
-//       topk); stages a backend does not separate are not observed, nor
+//       per batch (validate: the engine's row checks; prepare,
+//       block_scoring, block_choice, token_scoring, topk; finish: outputs
+//       copied into the rows); stages a backend does not separate are not
+//       observed, nor
 //       the CUDA backend's GPU stages outside the one batch in 16 it times
 //       (cuda_backend.h)
 //   hisa_selected_rows_total{mode}             counter: rows answered OK, by

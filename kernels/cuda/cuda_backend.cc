@@ -215,6 +215,7 @@ void CudaBackend::RunBatch(absl::Span<const SelectTask> tasks, void* context,
   }
   if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
   if (err != cudaSuccess) return fail(cuda::CudaError(err, "select kernels"));
+  const absl::Time downloaded = absl::Now();
 
   const int32_t* out_pos = reinterpret_cast<const int32_t*>(ctx->host);
   const float* out_scores =
@@ -235,6 +236,7 @@ void CudaBackend::RunBatch(absl::Span<const SelectTask> tasks, void* context,
   }
   if (times != nullptr) {
     times->prepare += absl::ToDoubleSeconds(prepared - start);
+    times->finish += absl::ToDoubleSeconds(absl::Now() - downloaded);
   }
   if (timed) {
     float ms[5] = {0, 0, 0, 0, 0};

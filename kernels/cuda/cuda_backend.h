@@ -32,7 +32,9 @@
 // memory size; LaunchSpec::balance_clusters), HISA_CUDA_TOKENS_SCORE_BLOCKS=0
 // (decode batches keep their block launch), HISA_CUDA_BLOCK_MEANS_LO=1
 // (block scores from hi + lo means); select_plan.h PlanOptions.
-// Stage times (SelectStageTimes): `prepare` on every batch; the GPU stages
+// Stage times (SelectStageTimes): `prepare` (planning into pinned staging)
+// and `finish` (the downloaded outputs copied into the rows' results) on
+// every batch; the GPU stages
 // on one batch in 16 of each select context (the others leave them 0),
 // since timing them costs the kernels their overlap.
 //

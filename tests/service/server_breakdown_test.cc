@@ -29,15 +29,16 @@ std::string Metrics(double messages, const double (&stage_sum)[kNumSelectStages]
   return text;
 }
 
-// 32 messages, each timing `prepare` (10 us), 2 of them the GPU stages
-// (block scoring 20 us, token scoring 40 us, top-k 5 us), block choice
-// never: the stages are means over the batches that timed them, not over
-// every message.
+// 32 messages, each timing `validate` (3 us), `prepare` (10 us) and
+// `finish` (7 us), 2 of them the GPU stages (block scoring 20 us, token
+// scoring 40 us, top-k 5 us), block choice never: the stages are means over
+// the batches that timed them, not over every message.
 TEST(ServerBreakdownTest, StagesAreMeansOverTheBatchesThatTimedThem) {
   const double zero[kNumSelectStages] = {};
-  const double sums[kNumSelectStages] = {32 * 10e-6, 2 * 20e-6, 0, 2 * 40e-6,
-                                         2 * 5e-6};
-  const double counts[kNumSelectStages] = {32, 2, 0, 2, 2};
+  static_assert(kNumSelectStages == 7, "validate .. finish");
+  const double sums[kNumSelectStages] = {32 * 3e-6, 32 * 10e-6, 2 * 20e-6, 0,
+                                         2 * 40e-6, 2 * 5e-6,   32 * 7e-6};
+  const double counts[kNumSelectStages] = {32, 32, 2, 0, 2, 2, 32};
   absl::StatusOr<ServerCounters> a = ParseServerCounters(Metrics(0, zero, zero));
   absl::StatusOr<ServerCounters> b = ParseServerCounters(Metrics(32, sums, counts));
   ASSERT_TRUE(a.ok()) << a.status();
@@ -46,11 +47,13 @@ TEST(ServerBreakdownTest, StagesAreMeansOverTheBatchesThatTimedThem) {
   EXPECT_NE(line.find("rpc 1.00 ms"), std::string::npos) << line;
   EXPECT_NE(line.find("engine 600.0 us"), std::string::npos) << line;
   EXPECT_NE(line.find("other 300.0 us"), std::string::npos) << line;
+  EXPECT_NE(line.find("validate 3.0 us"), std::string::npos) << line;
   EXPECT_NE(line.find("prepare 10.0 us"), std::string::npos) << line;
   EXPECT_NE(line.find("block_scoring 20.0 us"), std::string::npos) << line;
   EXPECT_NE(line.find("block_choice -"), std::string::npos) << line;
   EXPECT_NE(line.find("token_scoring 40.0 us"), std::string::npos) << line;
   EXPECT_NE(line.find("topk 5.0 us"), std::string::npos) << line;
+  EXPECT_NE(line.find("finish 7.0 us"), std::string::npos) << line;
   // No message between two scrapes: nothing to say.
   EXPECT_EQ(ServerBreakdown(*b, *b), "");
 }
