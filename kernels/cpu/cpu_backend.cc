@@ -48,10 +48,14 @@ constexpr int64_t kMinBlockUnit = 64;
 constexpr int64_t kMaxBlockUnit = 4096;
 // Largest head_dim (types.h): sizes the per-thread decode tile.
 constexpr int kMaxHeadDim = 256;
-// Packed queries a thread keeps between calls (about 250 rows of H = 64,
-// D = 128); a bigger batch's buffer is released when its call ends, so
-// host memory outside the byte budget stays bounded.
-constexpr int64_t kRetainedPackedBytes = int64_t{8} << 20;
+// Packed queries a thread keeps between calls: a batch of the server's
+// default --batch_max_rows (1024 rows of H = 64, D = 128: 32 MiB). Past
+// it, a batch's buffer is released when its call ends, so host memory
+// outside the byte budget stays bounded (this much per calling thread).
+// Released after every call, a 1024-row prefill's buffer was mapped and
+// faulted in afresh each time: its `prepare` took 62-68 ms instead of 18
+// on a 2-core VM (bench/RESULTS.md section 20).
+constexpr int64_t kRetainedPackedBytes = int64_t{33} << 20;
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
