@@ -707,10 +707,9 @@ int main(int argc, char** argv) {
         extra, "}"));
   };
 
-  // bf16 hi (+ lo with HISA_CUDA_BLOCK_MEANS_LO=1) means read per block.
-  const char* means_lo = std::getenv("HISA_CUDA_BLOCK_MEANS_LO");
+  // bf16 hi (+ lo: PlanOptions::block_means_lo) means read per block.
   const double summary_bytes_per_block =
-      kD * (means_lo != nullptr && std::string(means_lo) == "1" ? 4.0 : 2.0);
+      kD * (backend.plan_options().block_means_lo ? 4.0 : 2.0);
   for (int64_t L : args.lengths) {
     // Prefill shape: 1024 rows at the end of the prefix.
     if (args.Runs("prefill1024")) {

@@ -612,35 +612,45 @@ __device__ __forceinline__ void SplitSelect(
   ClusterWait();  // the others are done reading this CTA's shared memory
 }
 
-// GroupDesc::tokens_score_blocks: a token item's share of its row's block
-// scores, computed before anything of TmaTokenLayout is set up, in shared
-// memory from the CTA's aligned base: the block scorer's one stage (a tile
-// of 128 block means; sized for hi and lo, of which this scorer fills hi
-// alone), its bf16 query, the head weights, the
-// tile's scores and map; then, past every byte that TmaTokenLayout uses, a
-// transaction barrier and the row's block scores, which every item of the
-// cluster writes into every item's copy (distributed shared memory) for the
-// choice.
-struct OwnBlocksLayout {
-  // 64 heads, D = 128, one row; hi means only (select_plan.cc fuses the
-  // block scoring into the token launch only then).
-  using Scorer = Bf16BlockScorer<4, 8, 1, true>;
+// The block scorer of a token item's own block phase
+// (GroupDesc::tokens_score_blocks): 64 heads, D = 128, one row, hi means
+// only (select_plan.cc fuses the block scoring into the token launch only
+// then).
+using OwnBlocksScorer = Bf16BlockScorer<4, 8, 1, true>;
+
+// The own block phase's shared memory, from the CTA's aligned base, used
+// before anything of TmaTokenLayout is set up: the scorer's one stage of
+// kStageBytesT (a tile of 128 block means), its bf16 query, the head
+// weights, the tile's scores and map, and the stage's transaction barrier
+// (invalidated when the phase ends).
+template <int kStageBytesT>
+struct BlockPhaseLayout {
+  using Scorer = OwnBlocksScorer;
   static constexpr int kStageOff = 0;
-  static constexpr int kPersistOff = kStageOff + Scorer::kStageBytes;
+  static constexpr int kPersistOff = kStageOff + kStageBytesT;
   static constexpr int kWeightsOff = kPersistOff + Scorer::kPersistBytes;
   static constexpr int kStagingOff = kWeightsOff + 128 * 4;
   static constexpr int kTileOff = kStagingOff + kTileSlots * 4;
   static constexpr int kBarOff =
       (kTileOff + static_cast<int>(sizeof(TileShared)) + 7) / 8 * 8;
+  static_assert(Scorer::kStages == 1, "one stage");
+  static_assert(kPersistOff % 16 == 0, "query rows are 16-byte aligned");
+};
+
+// A decode item's phase (a share of its row's blocks; clustered): the
+// stage sized for hi and lo, of which this scorer fills hi alone; then,
+// past every byte that TmaTokenLayout uses, the row's block scores, which
+// every item of the cluster writes into every item's copy (distributed
+// shared memory) for the choice after the token prologue.
+struct OwnBlocksLayout : BlockPhaseLayout<OwnBlocksScorer::kStageBytes> {
   static constexpr int kScoresOff = kBarOff + 16;
   // A row's blocks: at most kOwnBlockTiles tiles per item (select_plan.cc).
   static constexpr int kScoresCap =
       kOwnBlockTiles * kTileSlots * kMaxClusterItems;
   // + 1024: the base is aligned up to 1024 bytes at run time.
   static constexpr int kBytes = kScoresOff + kScoresCap * 4 + 1024;
-  static_assert(Scorer::kStages == 1, "one stage");
-  static_assert(kBarOff >= TmaTokenLayout::kBytes - 1024,
-                "the token layout must not reuse the barrier");
+  static_assert(kScoresOff >= TmaTokenLayout::kBytes - 1024,
+                "the token prologue must not overwrite the scores");
   static_assert(kBytes <= kTmaSpreadSmemBytes,
                 "launched with the spread launch's shared memory");
 };
@@ -740,23 +750,14 @@ __device__ __forceinline__ void ScoreOwnBlocks(const SelectBuffers& b,
 // GroupDesc::tokens_score_blocks on the pooled form (one item per row, no
 // cluster): every block of the row, into its block scores in global memory
 // (RowDesc::j_offset, where the block kernel would write them), which the
-// item's choice reads back (ChooseBlocksForGroup). The layout is
-// OwnBlocksLayout's with the stage's hi half alone and no scores, so that
-// it fits the pooled kernel's shared memory. (Copying a tile's means as
-// one bulk copy per summary page instead of one per block was measured
-// slower: causal 64K 15.1-15.2 ms against 14.5.)
-struct PooledBlocksLayout {
-  using Scorer = OwnBlocksLayout::Scorer;
-  static constexpr int kStageOff = 0;  // the hi half of the scorer's stage
-  static constexpr int kPersistOff = kStageOff + kTileSlots * Scorer::kStride;
-  static constexpr int kWeightsOff = kPersistOff + Scorer::kPersistBytes;
-  static constexpr int kStagingOff = kWeightsOff + 128 * 4;
-  static constexpr int kTileOff = kStagingOff + kTileSlots * 4;
-  static constexpr int kBarOff =
-      (kTileOff + static_cast<int>(sizeof(TileShared)) + 7) / 8 * 8;
+// item's choice reads back (ChooseBlocksForGroup). Its stage holds the hi
+// half alone, so that the phase fits the pooled kernel's shared memory.
+// (Copying a tile's means as one bulk copy per summary page instead of one
+// per block was measured slower: causal 64K 15.1-15.2 ms against 14.5.)
+struct PooledBlocksLayout
+    : BlockPhaseLayout<kTileSlots * OwnBlocksScorer::kStride> {
   // + 1024: the base is aligned up to 1024 bytes at run time.
   static constexpr int kBytes = kBarOff + 8 + 1024;
-  static_assert(kPersistOff % 16 == 0, "query rows are 16-byte aligned");
   static_assert(kBytes <= TmaTokenLayout::kBytes,
                 "the pooled kernel's own shared memory");
 };
