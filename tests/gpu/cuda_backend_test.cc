@@ -762,7 +762,8 @@ TEST(GpuEdgeTest, OneTokenAndTinyLayers) {
   }
 }
 
-// Stage times (cuda_backend.h): every batch reports `prepare`, and only
+// Stage times (cuda_backend.h): every batch reports `validate` (the
+// engine), `prepare` and `finish`, and only
 // about one in 16 the GPU stages, since the events between the kernels cost
 // them their overlap. Bounds that hold for any number of select contexts
 // the batches rotate over (each times its first batch and every 16th).
@@ -784,7 +785,9 @@ TEST(GpuStageTimesTest, GpuStagesAreTimedOnOneBatchInSixteen) {
     h.engine().Select(absl::MakeConstSpan(&row, 1), absl::MakeSpan(rs),
                       &times);
     ASSERT_TRUE(rs[0].status.ok()) << rs[0].status;
+    EXPECT_GT(times.validate, 0.0) << "batch " << i;
     EXPECT_GT(times.prepare, 0.0) << "batch " << i;
+    EXPECT_GT(times.finish, 0.0) << "batch " << i;
     if (times.block_scoring > 0 || times.token_scoring > 0) ++timed;
   }
   EXPECT_GE(timed, kBatches / 16);

@@ -152,6 +152,7 @@ TEST(CpuBackendTest, MatchesOracleEveryFormatPoolingIsaAndThreadCount) {
           std::vector<RowResult> results(rows.size());
           SelectStageTimes times;
           engine->Select(rows, absl::MakeSpan(results), &times);
+          EXPECT_GT(times.validate, 0.0);  // the engine's row checks
           EXPECT_GT(times.token_scoring, 0.0);
           EXPECT_GE(times.block_scoring, 0.0);
           const ref::Tolerance tol = ref::Fp32Tolerance(dim, 64, block);
