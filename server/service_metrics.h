@@ -23,9 +23,8 @@
 //       per batch (validate: the engine's row checks; prepare,
 //       block_scoring, block_choice, token_scoring, topk; finish: outputs
 //       copied into the rows); stages a backend does not separate are not
-//       observed, nor
-//       the CUDA backend's GPU stages outside the one batch in 16 it times
-//       (cuda_backend.h)
+//       observed, nor the CUDA backend's GPU stages outside the one batch
+//       in 16 it times (cuda_backend.h)
 //   hisa_selected_rows_total{mode}             counter: rows answered OK, by
 //       the code path used (dense, hisa)
 //   hisa_append_tokens_total, hisa_append_bytes_total   counters: tokens and
