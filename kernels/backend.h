@@ -22,6 +22,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "kernels/host_parallel.h"
 #include "kernels/types.h"
 
 namespace hisa {
@@ -98,10 +99,10 @@ class Backend {
 
   // Runs every task and fills its result: status OK, positions (exactly
   // row.k entries, ascending, -1 padded), scores when row.return_scores, and
-  // mode_used. Tasks may span many stores, layers and modes. `times` may be
-  // null.
+  // mode_used. Tasks may span many stores, layers and modes. `times` and
+  // `parallel` (threads for host-side loops over the tasks) may be null.
   virtual void Select(absl::Span<const SelectTask> tasks,
-                      SelectStageTimes* times) = 0;
+                      SelectStageTimes* times, HostParallel* parallel) = 0;
 };
 
 }  // namespace hisa

@@ -36,6 +36,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "kernels/backend.h"
+#include "kernels/host_parallel.h"
 #include "kernels/types.h"
 
 namespace hisa {
@@ -101,8 +102,12 @@ class Engine {
   // results.size() must equal rows.size(); each result gets its own status
   // (one bad row fails only itself). `times` may be null; stage times are
   // ADDED to it, so one struct can accumulate over several calls.
+  // `parallel` (may be null) lends threads to the host-side loops over the
+  // rows (host_parallel.h): their checks here, and the backend's packing
+  // and copying of queries and outputs.
   void Select(absl::Span<const QueryRow> rows, absl::Span<RowResult> results,
-              SelectStageTimes* times = nullptr);
+              SelectStageTimes* times = nullptr,
+              HostParallel* parallel = nullptr);
 
   // Removes a request. Idempotent: returns true if it existed.
   bool Release(absl::string_view id);

@@ -43,9 +43,7 @@ void Executor::ParallelFor(int64_t n, int64_t grain,
   const int64_t chunks = (n + grain - 1) / grain;
   const int64_t helpers = std::min<int64_t>(chunks - 1, num_threads() - 1);
   if (helpers <= 0) {
-    for (int64_t begin = 0; begin < n; begin += grain) {
-      fn(begin, std::min(n, begin + grain));
-    }
+    hisa::ParallelFor(/*parallel=*/nullptr, n, grain, fn);
     return;
   }
   // Shared with the helper tasks, which may outlive this call (a late one

@@ -44,21 +44,23 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/functional/function_ref.h"
 #include "absl/time/time.h"
+#include "kernels/host_parallel.h"
 
 namespace hisa {
 
-class Executor {
+// Its ParallelFor is also the engine's HostParallel (kernels/host_parallel.h).
+class Executor final : public HostParallel {
  public:
   explicit Executor(int num_threads,
                     absl::Duration idle_spin = absl::ZeroDuration());
-  ~Executor();
+  ~Executor() override;
 
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
 
   bool Schedule(absl::AnyInvocable<void() &&>&& task);
   void ParallelFor(int64_t n, int64_t grain,
-                   absl::FunctionRef<void(int64_t, int64_t)> fn);
+                   absl::FunctionRef<void(int64_t, int64_t)> fn) override;
   void Stop();
 
   int num_threads() const { return static_cast<int>(threads_.size()); }

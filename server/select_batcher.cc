@@ -126,7 +126,7 @@ void SelectBatcher::RunBatch(Batch batch) {
   if (live.size() == 1) {
     // One job: the engine writes straight into its results.
     SelectJob& job = batch[live[0]].job;
-    engine_->Select(job.rows, job.results, &times);
+    engine_->Select(job.rows, job.results, &times, executor_);
   } else if (!live.empty()) {
     rows.reserve(total_rows);
     for (size_t j : live) {
@@ -134,7 +134,7 @@ void SelectBatcher::RunBatch(Batch batch) {
       rows.insert(rows.end(), job.rows.begin(), job.rows.end());
     }
     results.resize(total_rows);
-    engine_->Select(rows, absl::MakeSpan(results), &times);
+    engine_->Select(rows, absl::MakeSpan(results), &times, executor_);
     size_t next = 0;
     for (size_t j : live) {
       for (RowResult& result : batch[j].job.results) {

@@ -871,7 +871,7 @@ int main(int argc, char** argv) {
         std::vector<double> t;
         for (int rep = 0; rep < 2 + decode_reps; ++rep) {
           const absl::Time s = absl::Now();
-          backend.Select(tasks, nullptr);
+          backend.Select(tasks, nullptr, nullptr);
           if (rep >= 2) t.push_back(absl::ToDoubleMilliseconds(absl::Now() - s));
         }
         std::printf("decode64 L=65536 HISA end-to-end Backend::Select %.4f ms\n",

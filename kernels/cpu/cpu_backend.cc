@@ -221,8 +221,9 @@ class CpuBackend final : public Backend {
         std::make_unique<CpuRequestStore>(config, isa_));
   }
 
-  void Select(absl::Span<const SelectTask> tasks,
-              SelectStageTimes* times) override;
+  // `parallel` goes unused: the backend's own pool runs its loops.
+  void Select(absl::Span<const SelectTask> tasks, SelectStageTimes* times,
+              HostParallel* parallel) override;
 
  private:
   void PrepareRow(RowPlan& row) const;
@@ -408,7 +409,7 @@ void CpuBackend::WriteRow(const RowPlan& row, const Segment* segments,
 }
 
 void CpuBackend::Select(absl::Span<const SelectTask> tasks,
-                        SelectStageTimes* times) {
+                        SelectStageTimes* times, HostParallel* /*parallel*/) {
   if (tasks.empty()) return;
   const Clock::time_point t0 = Clock::now();
   const int64_t threads = pool_.num_threads();

@@ -22,6 +22,8 @@ namespace {
 // Batches of a select context whose GPU stages are timed, when the caller
 // asks for stage times (RunBatch says why not every one).
 constexpr int64_t kStageSampleEvery = 16;
+// Rows per chunk of the outputs' copy into the results: ~32 x 8 KB.
+constexpr int64_t kRowsPerCopyChunk = 32;
 }  // namespace
 
 bool CudaDeviceAvailable() {
@@ -120,7 +122,7 @@ absl::StatusOr<std::unique_ptr<RequestStore>> CudaBackend::CreateStore(
 }
 
 void CudaBackend::Select(absl::Span<const SelectTask> tasks,
-                         SelectStageTimes* times) {
+                         SelectStageTimes* times, HostParallel* parallel) {
   if (tasks.empty()) return;
   cuda::SelectContext* ctx = device_->AcquireContext();
   // Batches larger than one context's scratch run in consecutive parts.
@@ -135,7 +137,7 @@ void CudaBackend::Select(absl::Span<const SelectTask> tasks,
       bytes += e;
       ++j;
     }
-    RunBatch(tasks.subspan(i, j - i), ctx, times);
+    RunBatch(tasks.subspan(i, j - i), ctx, times, parallel);
     i = j;
   }
   device_->ReleaseContext(ctx);
@@ -149,7 +151,7 @@ void CudaBackend::Select(absl::Span<const SelectTask> tasks,
 // so a batch no bigger than the thread's earlier ones allocates nothing
 // here; only the results' own vectors grow.
 void CudaBackend::RunBatch(absl::Span<const SelectTask> tasks, void* context,
-                           SelectStageTimes* times) {
+                           SelectStageTimes* times, HostParallel* parallel) {
   auto* ctx = static_cast<cuda::SelectContext*>(context);
   auto fail = [&](const absl::Status& status) {
     for (const SelectTask& t : tasks) {
@@ -165,7 +167,7 @@ void CudaBackend::RunBatch(absl::Span<const SelectTask> tasks, void* context,
   // into it, after which this call no longer reads it.
   thread_local cuda::SelectPlan plan;
   const absl::Status planned = cuda::BuildSelectPlanInto(
-      tasks, *plan_options_, ctx->host, ctx->host_bytes, &plan);
+      tasks, *plan_options_, ctx->host, ctx->host_bytes, &plan, parallel);
   if (!planned.ok()) return fail(planned);
   // Positions and scores are adjacent in the device region (scores at
   // out_scores_off, after positions' alignment padding): one download.
@@ -177,8 +179,8 @@ void CudaBackend::RunBatch(absl::Span<const SelectTask> tasks, void* context,
       plan.image_bytes > ctx->host_bytes || download > ctx->host_bytes) {
     if (tasks.size() > 1) {  // the estimate was optimistic: halve
       const size_t half = tasks.size() / 2;
-      RunBatch(tasks.subspan(0, half), context, times);
-      RunBatch(tasks.subspan(half), context, times);
+      RunBatch(tasks.subspan(0, half), context, times, parallel);
+      RunBatch(tasks.subspan(half), context, times, parallel);
       return;
     }
     return fail(absl::ResourceExhaustedError(absl::StrCat(
@@ -221,20 +223,23 @@ void CudaBackend::RunBatch(absl::Span<const SelectTask> tasks, void* context,
   const int32_t* out_pos = reinterpret_cast<const int32_t*>(ctx->host);
   const float* out_scores =
       reinterpret_cast<const float*>(ctx->host + scores_at);
-  for (size_t i = 0; i < tasks.size(); ++i) {
-    const SelectTask& t = tasks[i];
-    RowResult& r = *t.result;
-    const int64_t off = plan.task_out_offset[i];
-    const int k = t.row->k;
-    r.status = absl::OkStatus();
-    r.mode_used = t.mode;
-    r.positions.assign(out_pos + off, out_pos + off + k);
-    if (t.row->return_scores) {
-      r.scores.assign(out_scores + off, out_scores + off + k);
-    } else {
-      r.scores.clear();
-    }
-  }
+  ParallelFor(parallel, static_cast<int64_t>(tasks.size()), kRowsPerCopyChunk,
+              [&](int64_t begin, int64_t end) {
+                for (int64_t i = begin; i < end; ++i) {
+                  const SelectTask& t = tasks[i];
+                  RowResult& r = *t.result;
+                  const int64_t off = plan.task_out_offset[i];
+                  const int k = t.row->k;
+                  r.status = absl::OkStatus();
+                  r.mode_used = t.mode;
+                  r.positions.assign(out_pos + off, out_pos + off + k);
+                  if (t.row->return_scores) {
+                    r.scores.assign(out_scores + off, out_scores + off + k);
+                  } else {
+                    r.scores.clear();
+                  }
+                }
+              });
   if (times != nullptr) {
     times->prepare += absl::ToDoubleSeconds(prepared - start);
     times->finish += absl::ToDoubleSeconds(absl::Now() - downloaded);

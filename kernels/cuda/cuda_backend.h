@@ -75,8 +75,8 @@ class CudaBackend final : public Backend {
   std::string device_description() const override;
   absl::StatusOr<std::unique_ptr<RequestStore>> CreateStore(
       const RequestConfig& config) override;
-  void Select(absl::Span<const SelectTask> tasks,
-              SelectStageTimes* times) override;
+  void Select(absl::Span<const SelectTask> tasks, SelectStageTimes* times,
+              HostParallel* parallel) override;
 
   // The device resources (benchmarks and tests).
   cuda::DeviceState& device() { return *device_; }
@@ -86,7 +86,7 @@ class CudaBackend final : public Backend {
  private:
   CudaBackend(std::unique_ptr<cuda::DeviceState> device);
   void RunBatch(absl::Span<const SelectTask> tasks, void* context,
-                SelectStageTimes* times);
+                SelectStageTimes* times, HostParallel* parallel);
 
   std::unique_ptr<cuda::DeviceState> device_;
   std::unique_ptr<cuda::PlanOptions> plan_options_;

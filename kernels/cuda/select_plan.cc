@@ -919,11 +919,16 @@ void PutRegion(uint8_t* dst, int64_t at, int64_t end, const std::vector<T>& v) {
   std::memset(dst + at + bytes, 0, end - at - bytes);
 }
 
+// Rows per chunk of WriteImage's query packing: ~32 x 8 KB (64 fp8 heads).
+constexpr int64_t kRowsPerPackChunk = 32;
+
 // Writes the plan's upload image (plan.image_bytes bytes) to `dst`: every
 // byte is written once (descriptors, packed queries, zero padding and
-// counters), so `dst` may hold anything before.
+// counters), so `dst` may hold anything before. The queries are packed in
+// chunks of rows, on `parallel`'s threads when it is not null (each row
+// also zeroes the alignment gap before it).
 void WriteImage(absl::Span<const SelectTask> tasks, const PlanScratch& s,
-                const SelectPlan& plan, uint8_t* dst) {
+                const SelectPlan& plan, uint8_t* dst, HostParallel* parallel) {
   PutRegion(dst, plan.layers_off, plan.groups_off, s.layers);
   PutRegion(dst, plan.groups_off, plan.rows_off, s.gdesc);
   PutRegion(dst, plan.rows_off, plan.items_off, s.rows);
@@ -931,15 +936,21 @@ void WriteImage(absl::Span<const SelectTask> tasks, const PlanScratch& s,
   PutRegion(dst, plan.tables_off, plan.q_off, s.tables);
   uint8_t* q = dst + plan.q_off;
   float* w = reinterpret_cast<float*>(dst + plan.w_off);
-  int64_t q_end = 0;
-  for (size_t i = 0; i < s.rows.size(); ++i) {
-    const RowDesc& r = s.rows[i];
-    const GroupBuild& gb = s.groups[s.row_group[i]];
-    std::memset(q + q_end, 0, r.q_offset - q_end);  // alignment gap
-    PackQuery(tasks[s.row_task[i]], gb.shape, q + r.q_offset,
-              w + r.w_offset);
-    q_end = r.q_offset + gb.shape.q_bytes;
-  }
+  auto row_end = [&](size_t i) {
+    return s.rows[i].q_offset + s.groups[s.row_group[i]].shape.q_bytes;
+  };
+  ParallelFor(parallel, static_cast<int64_t>(s.rows.size()), kRowsPerPackChunk,
+              [&](int64_t begin, int64_t end) {
+                for (int64_t i = begin; i < end; ++i) {
+                  const RowDesc& r = s.rows[i];
+                  const int64_t gap_at = i == 0 ? 0 : row_end(i - 1);
+                  std::memset(q + gap_at, 0, r.q_offset - gap_at);
+                  PackQuery(tasks[s.row_task[i]],
+                            s.groups[s.row_group[i]].shape, q + r.q_offset,
+                            w + r.w_offset);
+                }
+              });
+  const int64_t q_end = s.rows.empty() ? 0 : row_end(s.rows.size() - 1);
   std::memset(q + q_end, 0, plan.w_off - plan.q_off - q_end);
   const int64_t w_bytes = s.w_count * static_cast<int64_t>(sizeof(float));
   std::memset(dst + plan.w_off + w_bytes, 0,
@@ -976,19 +987,20 @@ absl::StatusOr<SelectPlan> BuildSelectPlan(absl::Span<const SelectTask> tasks,
   SelectPlan plan;
   Layout(tasks, options, scratch, &plan);
   plan.image.resize(plan.image_bytes);
-  WriteImage(tasks, scratch, plan, plan.image.data());
+  WriteImage(tasks, scratch, plan, plan.image.data(), /*parallel=*/nullptr);
   return plan;
 }
 
 absl::Status BuildSelectPlanInto(absl::Span<const SelectTask> tasks,
                                  const PlanOptions& options, uint8_t* image,
-                                 int64_t capacity, SelectPlan* plan) {
+                                 int64_t capacity, SelectPlan* plan,
+                                 HostParallel* parallel) {
   // One scratch per thread: the server's executor threads reuse theirs, so
   // planning a batch no bigger than an earlier one allocates nothing.
   thread_local PlanScratch scratch;
   Layout(tasks, options, scratch, plan);
   if (plan->image_bytes <= capacity) {
-    WriteImage(tasks, scratch, *plan, image);
+    WriteImage(tasks, scratch, *plan, image, parallel);
   }
   return absl::OkStatus();
 }

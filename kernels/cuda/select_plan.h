@@ -230,10 +230,12 @@ absl::StatusOr<SelectPlan> BuildSelectPlan(absl::Span<const SelectTask> tasks,
 // The same plan into *plan (its previous contents replaced). The image is
 // written to image[0, plan->image_bytes) only when plan->image_bytes <=
 // capacity; otherwise nothing is written and the caller splits the batch.
+// The queries are packed on `parallel`'s threads when it is not null.
 // Same preconditions and errors as BuildSelectPlan.
 absl::Status BuildSelectPlanInto(absl::Span<const SelectTask> tasks,
                                  const PlanOptions& options, uint8_t* image,
-                                 int64_t capacity, SelectPlan* plan);
+                                 int64_t capacity, SelectPlan* plan,
+                                 HostParallel* parallel = nullptr);
 
 // `key_map` is the arena's tensor map (DeviceState::key_tensor_map); it may
 // be null only when the plan has no kWgmmaTma launch. `trace` (device

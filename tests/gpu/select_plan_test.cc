@@ -18,6 +18,7 @@
 #include "kernels/cuda/select_layout.h"
 #include "kernels/cuda/select_plan.h"
 #include "kernels/types.h"
+#include "tests/kernels/thread_per_chunk.h"
 #include "tests/reference/test_seed.h"
 
 namespace hisa::cuda {
@@ -987,7 +988,9 @@ TEST(SelectPlanTest, PlanIntoEqualsBuildSelectPlan) {
     b.scales.assign(64, 0.25f);
     b.weights.resize(64);
     for (float& w : b.weights) w = static_cast<float>(rng() % 200) / 100 - 1;
-    const int num_rows = 1 + static_cast<int>(rng() % 12);
+    // Every fourth batch has enough rows for several packing chunks.
+    const int num_rows =
+        1 + static_cast<int>(rng() % (trial % 4 == 0 ? 100 : 12));
     for (int r = 0; r < num_rows; ++r) {
       const int m = 1 + static_cast<int>(rng() % 40);
       const int k = 1 + static_cast<int>(rng() % std::min(2048, m * 128));
@@ -1026,6 +1029,21 @@ TEST(SelectPlanTest, PlanIntoEqualsBuildSelectPlan) {
     EXPECT_EQ(reused.task_out_offset, want->task_out_offset);
     EXPECT_EQ(reused.launches.size(), want->launches.size());
     EXPECT_EQ(reused.num_groups, want->num_groups);
+
+    // The queries packed in chunks on several threads: the same image.
+    for (uint8_t& v : image) v = static_cast<uint8_t>(rng());
+    testing_support::ThreadPerChunk parallel;
+    ASSERT_TRUE(BuildSelectPlanInto(b.tasks, options, image.data(),
+                                    static_cast<int64_t>(image.size()),
+                                    &reused, &parallel)
+                    .ok());
+    EXPECT_GE(parallel.chunks, 1);
+    EXPECT_TRUE(std::equal(want->image.begin(), want->image.end(),
+                           image.begin()))
+        << "threaded packing; seed " << seed << " trial " << trial;
+    if (num_rows > 64) {
+      EXPECT_GE(parallel.chunks, 2);
+    }
   }
 }
 

@@ -15,6 +15,7 @@
 #include "kernels/engine.h"
 #include "kernels/types.h"
 #include "tests/kernels/engine_harness.h"
+#include "tests/kernels/thread_per_chunk.h"
 #include "tests/reference/checker.h"
 #include "tests/reference/reference.h"
 #include "tests/reference/test_seed.h"
@@ -27,6 +28,7 @@ using testing_support::EdgePositions;
 using testing_support::ExpectSameResult;
 using testing_support::Shape;
 using testing_support::ShapeName;
+using testing_support::ThreadPerChunk;
 
 using ref::EncodedKeys;
 using ref::EncodedQuery;
@@ -390,17 +392,24 @@ TEST(EngineBatchTest, RowsSpanRequestsAndLayers) {
                                   specs[i].mode, specs[i].k, specs[i].m,
                                   i % 2 == 0));
   }
-  // Three bad rows in the middle: position not yet appended, unknown
-  // request, k out of range.
+  // Four bad rows in the middle: position not yet appended, unknown
+  // request, k out of range, a NaN weight.
   QueryRow beyond = rows[0];
   beyond.position = h.oracle(specs[0].id, specs[0].layer).length();
   QueryRow unknown = rows[1];
   unknown.request_id = "no-such-request";
   QueryRow bad_k = rows[2];
   bad_k.k = 0;
+  std::vector<float> nan_weights(rows[3].weights.begin(),
+                                 rows[3].weights.end());
+  nan_weights.back() = std::nanf("");
+  QueryRow nan_weight = rows[3];
+  nan_weight.weights = nan_weights;
   rows.insert(rows.begin() + 10, beyond);
   rows.insert(rows.begin() + 20, unknown);
   rows.insert(rows.begin() + 30, bad_k);
+  rows.insert(rows.begin() + 33, nan_weight);
+  const std::vector<size_t> bad = {10, 20, 30, 33};
 
   std::vector<RowResult> results(rows.size());
   h.engine().Select(rows, absl::MakeSpan(results));
@@ -410,8 +419,24 @@ TEST(EngineBatchTest, RowsSpanRequestsAndLayers) {
       << results[20].status;
   EXPECT_EQ(results[30].status.code(), absl::StatusCode::kInvalidArgument)
       << results[30].status;
+  EXPECT_EQ(results[33].status.code(), absl::StatusCode::kInvalidArgument)
+      << results[33].status;
+  // The rows' checks in chunks on several threads (HostParallel): the same
+  // answers and errors, row by row.
+  ThreadPerChunk parallel;
+  std::vector<RowResult> threaded(rows.size());
+  h.engine().Select(rows, absl::MakeSpan(threaded), nullptr, &parallel);
+  EXPECT_GE(parallel.chunks, 2);
   for (size_t i = 0; i < rows.size(); ++i) {
-    if (i == 10 || i == 20 || i == 30) continue;
+    if (std::find(bad.begin(), bad.end(), i) != bad.end()) {
+      EXPECT_EQ(threaded[i].status, results[i].status) << "row " << i;
+    } else {
+      ExpectSameResult(threaded[i], results[i],
+                       absl::StrCat("row ", i, " threaded checks vs serial"));
+    }
+  }
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (std::find(bad.begin(), bad.end(), i) != bad.end()) continue;
     const QueryRow& row = rows[i];
     const std::string where =
         absl::StrCat("row ", i, " request ", row.request_id, " layer ",

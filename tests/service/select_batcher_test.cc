@@ -60,8 +60,8 @@ class GateBackend : public Backend {
       const RequestConfig& config) override {
     return std::make_unique<FakeStore>(config.num_layers);
   }
-  void Select(absl::Span<const SelectTask> tasks,
-              SelectStageTimes* times) override {
+  void Select(absl::Span<const SelectTask> tasks, SelectStageTimes* times,
+              HostParallel* /*parallel*/) override {
     std::unique_lock<std::mutex> lock(mu_);
     calls_.push_back(static_cast<int>(tasks.size()));
     ++entered_;
