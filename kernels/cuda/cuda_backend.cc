@@ -223,12 +223,15 @@ void CudaBackend::RunBatch(absl::Span<const SelectTask> tasks, void* context,
   const int32_t* out_pos = reinterpret_cast<const int32_t*>(ctx->host);
   const float* out_scores =
       reinterpret_cast<const float*>(ctx->host + scores_at);
+  // Named here: inside the loop's body, which may run on other threads,
+  // `plan` would be that thread's own thread_local plan.
+  const std::vector<int64_t>& task_out_offset = plan.task_out_offset;
   ParallelFor(parallel, static_cast<int64_t>(tasks.size()), kRowsPerCopyChunk,
               [&](int64_t begin, int64_t end) {
                 for (int64_t i = begin; i < end; ++i) {
                   const SelectTask& t = tasks[i];
                   RowResult& r = *t.result;
-                  const int64_t off = plan.task_out_offset[i];
+                  const int64_t off = task_out_offset[i];
                   const int k = t.row->k;
                   r.status = absl::OkStatus();
                   r.mode_used = t.mode;

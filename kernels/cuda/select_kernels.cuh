@@ -906,8 +906,8 @@ struct WgmmaTokenScorer {
     // Not zeroed: the first wgmma of the chain runs with scale-d = 0 and
     // never reads d (zeroing cost 32-64 moves per tile).
     float d[kN / 2];
-    const uint64_t da = WgmmaDescSw128(stage + slot0 * 128);
-    const uint64_t db = WgmmaDescSw128(qs);
+    const uint32_t da = WgmmaDescSw128Lo(stage + slot0 * 128);
+    const uint32_t db = WgmmaDescSw128Lo(qs);
     WgmmaFenceOperands(d);
     WgmmaFence();
 #pragma unroll

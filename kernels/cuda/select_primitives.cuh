@@ -89,14 +89,23 @@ __device__ __forceinline__ void MmaBf16(float (&d)[4], const uint32_t (&a)[4],
 // ---- Hopper warpgroup MMA (sm_90a). Operands in shared memory, K-major,
 // 128-byte swizzle: row r of a tile (128 bytes of K) at r * 128, its 16-byte
 // chunk c at chunk position c ^ (r % 8); tiles 1024-byte aligned.
-__device__ __forceinline__ uint64_t WgmmaDescSw128(const void* smem_tile) {
+// An operand descriptor is two 32-bit words: the low word (start address in
+// 16-byte units, leading byte offset), which WgmmaDescSw128Lo returns and
+// the MMAs below take, and the high word, the same for every such tile
+// (stride 8 rows x 128 B, 128-byte swizzle), which they add themselves. A
+// k-step of 32 fp8 values is +2 on the low word (its address field stays
+// inside shared memory). Keeping only the low word in the caller's loops
+// lets them step descriptors with 32-bit adds: with 64-bit descriptors the
+// token loop spent ~40 of its ~200 instructions per warp and tile moving
+// them into uniform registers (H200 SASS, session 17).
+__device__ __forceinline__ uint32_t WgmmaDescSw128Lo(const void* smem_tile) {
   const uint32_t addr = SmemAddr(smem_tile);
-  uint64_t desc = (addr & 0x3FFFFu) >> 4;          // start address
-  desc |= uint64_t{16 >> 4} << 16;                 // leading byte offset
-  desc |= uint64_t{1024 >> 4} << 32;               // stride: 8 rows x 128 B
-  desc |= uint64_t{1} << 62;                       // 128-byte swizzle
-  return desc;
+  return ((addr & 0x3FFFFu) >> 4)      // start address
+         | (uint32_t{16 >> 4} << 16);  // leading byte offset
 }
+inline constexpr uint32_t kWgmmaDescSw128Hi =
+    (1024 >> 4)     // stride: 8 rows x 128 B
+    | (1u << 30);   // 128-byte swizzle
 __device__ __forceinline__ void WgmmaFence() {
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 }
@@ -123,34 +132,38 @@ __device__ __forceinline__ void WgmmaFenceOperands(float (&d)[N]) {
   "+f"(d[i + 0]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]),          \
       "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
 
-// D (64 x 64 fp32, 32 per thread) (+)= A (64 x 32 e4m3) * B (64 x 32 e4m3)^T.
-__device__ __forceinline__ void WgmmaM64N64K32(float (&d)[32], uint64_t a,
-                                               uint64_t b, int accumulate) {
+// D (64 x 64 fp32, 32 per thread) (+)= A (64 x 32 e4m3) * B (64 x 32 e4m3)^T;
+// a, b: the operands' descriptor low words (WgmmaDescSw128Lo).
+__device__ __forceinline__ void WgmmaM64N64K32(float (&d)[32], uint32_t a,
+                                               uint32_t b, int accumulate) {
   asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "{\n.reg .pred p;\n.reg .b64 da, db;\nsetp.ne.b32 p, %35, 0;\n"
+      "mov.b64 da, {%32, %34};\nmov.b64 db, {%33, %34};\n"
       "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
       "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
       "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31},"
-      " %32, %33, p, 1, 1;\n}\n"
+      " da, db, p, 1, 1;\n}\n"
       : HISA_WGMMA_ACC8(0), HISA_WGMMA_ACC8(8), HISA_WGMMA_ACC8(16),
         HISA_WGMMA_ACC8(24)
-      : "l"(a), "l"(b), "r"(accumulate));
+      : "r"(a), "r"(b), "r"(kWgmmaDescSw128Hi), "r"(accumulate));
 }
-// D (64 x 128 fp32, 64 per thread) (+)= A (64 x 32 e4m3) * B (128 x 32)^T.
-__device__ __forceinline__ void WgmmaM64N128K32(float (&d)[64], uint64_t a,
-                                                uint64_t b, int accumulate) {
+// D (64 x 128 fp32, 64 per thread) (+)= A (64 x 32 e4m3) * B (128 x 32)^T;
+// a, b as for WgmmaM64N64K32.
+__device__ __forceinline__ void WgmmaM64N128K32(float (&d)[64], uint32_t a,
+                                                uint32_t b, int accumulate) {
   asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "{\n.reg .pred p;\n.reg .b64 da, db;\nsetp.ne.b32 p, %67, 0;\n"
+      "mov.b64 da, {%64, %66};\nmov.b64 db, {%65, %66};\n"
       "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
       "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
       "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
       "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
       "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63},"
-      " %64, %65, p, 1, 1;\n}\n"
+      " da, db, p, 1, 1;\n}\n"
       : HISA_WGMMA_ACC8(0), HISA_WGMMA_ACC8(8), HISA_WGMMA_ACC8(16),
         HISA_WGMMA_ACC8(24), HISA_WGMMA_ACC8(32), HISA_WGMMA_ACC8(40),
         HISA_WGMMA_ACC8(48), HISA_WGMMA_ACC8(56)
-      : "l"(a), "l"(b), "r"(accumulate));
+      : "r"(a), "r"(b), "r"(kWgmmaDescSw128Hi), "r"(accumulate));
 }
 #undef HISA_WGMMA_ACC8
 

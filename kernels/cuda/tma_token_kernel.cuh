@@ -987,14 +987,14 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
   for (int j = 0; j < 8; ++j) {
     wr[j] = *reinterpret_cast<const float2*>(weights + 8 * j + 2 * tid4);
   }
-  // Operand descriptors from CTA-uniform values only (no warpgroup index),
-  // so that they can live in uniform registers: the warpgroup's 64 slots
-  // are selected by a warp-uniform branch around the MMA (see `mma`).
-  const uint64_t db = WgmmaDescSw128(qs);
-  const uint64_t da0 = WgmmaDescSw128(key_stages);
-  // Issues the 4 k-steps of a stage's slots [64 wg, 64 wg + 64) x 64 heads
-  // into d as one commit group; da: the stage's descriptor.
-  auto mma = [&](float (&d)[32], uint64_t da) {
+  // Descriptor low words (WgmmaDescSw128Lo): the query, and this
+  // warpgroup's slots [64 wg, 64 wg + 64) of stage 0 (64 rows x 128 B = 512
+  // descriptor units per warpgroup).
+  const uint32_t db = WgmmaDescSw128Lo(qs);
+  const uint32_t da0 = WgmmaDescSw128Lo(key_stages) + (slot0 * 128 >> 4);
+  // Issues the 4 k-steps of a stage's slots of this warpgroup x 64 heads
+  // into d as one commit group; da: their descriptor's low word.
+  auto mma = [&](float (&d)[32], uint32_t da) {
     WgmmaFenceOperands(d);
     WgmmaFence();
 #pragma unroll
@@ -1025,14 +1025,8 @@ __global__ void __launch_bounds__(kSelectThreads, kTmaTokenCtasPerSm)
     __syncwarp();  // converged for the .aligned wgmma instructions
     // Not zeroed: the first wgmma runs with scale-d = 0.
     float d[32];
-    // A stage is kKeyBytes = 1024 descriptor units of 16 bytes further,
-    // warpgroup 1's slots 64 rows x 128 B = 512 units.
-    const uint64_t da = da0 + static_cast<uint64_t>(s) * (L::kKeyBytes >> 4);
-    if (slot0 == 0) {
-      mma(d, da);
-    } else {
-      mma(d, da + (64 * 128 >> 4));
-    }
+    // A stage is kKeyBytes = 1024 descriptor units of 16 bytes further.
+    mma(d, da0 + static_cast<uint32_t>(s) * (L::kKeyBytes >> 4));
     // While this tile's MMA runs: refill the previous tile's stage once
     // every warp released it (they did so after their own MMA of that tile,
     // so this rarely waits), a whole MMA earlier than after the wait below.
