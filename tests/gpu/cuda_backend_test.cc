@@ -34,6 +34,7 @@
 #include "kernels/engine.h"
 #include "kernels/types.h"
 #include "tests/kernels/engine_harness.h"
+#include "tests/kernels/thread_per_chunk.h"
 #include "tests/reference/checker.h"
 #include "tests/reference/reference.h"
 #include "tests/reference/test_seed.h"
@@ -964,6 +965,61 @@ TEST(GpuPoolTest, ManyRowsTakingTurnsOnThreeSlicesMatchRowsAlone) {
     EXPECT_GT(scratch_rows, 250);
   } else {
     EXPECT_EQ(scratch_rows, 0);
+  }
+}
+
+// The backend's host-side loops (query packing, the outputs' copy into the
+// results) in chunks on several threads, as the server's executor runs
+// them: bit for bit the serial answers (positions and scores), HISA and
+// DENSE rows, several chunks.
+TEST(GpuHostParallelTest, ThreadedPackingAndCopiesGiveSerialAnswers) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = ref::TestSeed() + 79;
+  std::mt19937_64 rng(seed);
+  SCOPED_TRACE(ref::SeedNote());
+  cuda::DeviceOptions o;
+  o.memory_budget_bytes = int64_t{256} << 20;
+  absl::StatusOr<std::unique_ptr<CudaBackend>> backend = CudaBackend::Create(o);
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
+                             BlockPooling::kMean};
+  absl::StatusOr<std::unique_ptr<RequestStore>> store =
+      (*backend)->CreateStore(config);
+  ASSERT_TRUE(store.ok()) << store.status();
+  constexpr int64_t kLength = 12000;
+  const ref::EncodedKeys keys =
+      RandomKeys(rng, KeyFormat::kFp8E4M3, kLength, 128, 128);
+  ASSERT_TRUE((*store)->Append(keys.Chunk("p", 0, 0, kLength)).ok());
+  std::vector<EncodedQuery> queries;
+  for (int i = 0; i < 8; ++i) {
+    queries.push_back(RandomQuery(rng, KeyFormat::kFp8E4M3, 64, 128));
+  }
+  std::vector<QueryRow> rows;
+  for (int i = 0; i < 150; ++i) {
+    const bool hisa = i % 3 != 0;
+    rows.push_back(queries[i % 8].Row(
+        "p", 0, Uniform(rng, 0, kLength - 1),
+        hisa ? SelectMode::kHisa : SelectMode::kDense, 2048, 64, i % 2 == 0));
+  }
+  auto select = [&](HostParallel* parallel) {
+    std::vector<RowResult> results(rows.size());
+    std::vector<SelectTask> tasks;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      tasks.push_back(SelectTask{store->get(), &config, &rows[i],
+                                 rows[i].mode, &results[i]});
+    }
+    (*backend)->Select(tasks, nullptr, parallel);
+    return results;
+  };
+  const std::vector<RowResult> serial = select(nullptr);
+  testing_support::ThreadPerChunk parallel;
+  const std::vector<RowResult> threaded = select(&parallel);
+  EXPECT_GE(parallel.chunks, 4);  // packing and copies, 150 rows each
+  for (size_t i = 0; i < rows.size(); ++i) {
+    ExpectSameResult(threaded[i], serial[i],
+                     absl::StrCat("row ", i, " t=", rows[i].position));
+    EXPECT_EQ(threaded[i].scores.size(),
+              rows[i].return_scores ? size_t{2048} : size_t{0});
   }
 }
 
