@@ -830,6 +830,31 @@ TEST(GpuEdgeTest, BudgetAndConflictingAppends) {
   EXPECT_EQ(h.engine().Stats().bytes_in_use, 0);
 }
 
+// A CUDA backend (256 MiB budget) with one fp8 request of kLength random
+// keys (D = 128, B = 128): id "p", layer 0. Fill ASSERTs each step.
+struct FilledBackend {
+  static constexpr int64_t kLength = 12000;
+  const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
+                             BlockPooling::kMean};
+  std::unique_ptr<CudaBackend> backend;
+  std::unique_ptr<RequestStore> store;
+};
+void Fill(std::mt19937_64& rng, FilledBackend& f) {
+  cuda::DeviceOptions o;
+  o.memory_budget_bytes = int64_t{256} << 20;
+  absl::StatusOr<std::unique_ptr<CudaBackend>> backend = CudaBackend::Create(o);
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  f.backend = *std::move(backend);
+  absl::StatusOr<std::unique_ptr<RequestStore>> store =
+      f.backend->CreateStore(f.config);
+  ASSERT_TRUE(store.ok()) << store.status();
+  f.store = *std::move(store);
+  const ref::EncodedKeys keys =
+      RandomKeys(rng, KeyFormat::kFp8E4M3, FilledBackend::kLength, 128, 128);
+  ASSERT_TRUE(f.store->Append(keys.Chunk("p", 0, 0, FilledBackend::kLength))
+                  .ok());
+}
+
 // The bulk-copy kernel's pooled form (an unsplit row's scores in one of 3
 // slices per SM) under contention: with the pool cut to one SM's 3 slices,
 // 300 rows take turns on them (each CTA waits for a free slice, writes its
@@ -845,22 +870,14 @@ TEST(GpuPoolTest, ManyRowsTakingTurnsOnThreeSlicesMatchRowsAlone) {
   const uint64_t seed = ref::TestSeed() + 77;
   std::mt19937_64 rng(seed);
   SCOPED_TRACE(ref::SeedNote());
-  cuda::DeviceOptions o;
-  o.memory_budget_bytes = int64_t{256} << 20;
-  absl::StatusOr<std::unique_ptr<CudaBackend>> backend = CudaBackend::Create(o);
-  ASSERT_TRUE(backend.ok()) << backend.status();
-  if (!(*backend)->plan_options().use_tma) {
+  FilledBackend f;
+  ASSERT_NO_FATAL_FAILURE(Fill(rng, f));
+  if (!f.backend->plan_options().use_tma) {
     GTEST_SKIP() << "no bulk tensor copies on this device";
   }
-  const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
-                             BlockPooling::kMean};
-  absl::StatusOr<std::unique_ptr<RequestStore>> store =
-      (*backend)->CreateStore(config);
-  ASSERT_TRUE(store.ok()) << store.status();
-  constexpr int64_t kLength = 12000;
-  const ref::EncodedKeys keys =
-      RandomKeys(rng, KeyFormat::kFp8E4M3, kLength, 128, 128);
-  ASSERT_TRUE((*store)->Append(keys.Chunk("p", 0, 0, kLength)).ok());
+  CudaBackend* const backend = f.backend.get();
+  const RequestConfig& config = f.config;
+  constexpr int64_t kLength = FilledBackend::kLength;
   std::vector<EncodedQuery> queries;
   for (int i = 0; i < 16; ++i) {
     queries.push_back(RandomQuery(rng, KeyFormat::kFp8E4M3, 64, 128));
@@ -877,7 +894,7 @@ TEST(GpuPoolTest, ManyRowsTakingTurnsOnThreeSlicesMatchRowsAlone) {
   std::vector<RowResult> results(rows.size());
   std::vector<SelectTask> tasks;
   for (size_t i = 0; i < rows.size(); ++i) {
-    tasks.push_back(SelectTask{store->get(), &config, &rows[i], rows[i].mode,
+    tasks.push_back(SelectTask{f.store.get(), &config, &rows[i], rows[i].mode,
                                &results[i]});
   }
   // Positions then scores of each task's k outputs; *pooled_sms: the
@@ -900,8 +917,8 @@ TEST(GpuPoolTest, ManyRowsTakingTurnsOnThreeSlicesMatchRowsAlone) {
     // Twice: every slice must be free again after a launch.
     for (int r = 0; r < 2; ++r) {
       EXPECT_EQ(cuda::LaunchSelectPlan(*plan, base,
-                                       (*backend)->device().arena(),
-                                       (*backend)->device().key_tensor_map(),
+                                       backend->device().arena(),
+                                       backend->device().key_tensor_map(),
                                        nullptr, nullptr),
                 cudaSuccess);
     }
@@ -930,7 +947,7 @@ TEST(GpuPoolTest, ManyRowsTakingTurnsOnThreeSlicesMatchRowsAlone) {
     }
     return by_task;
   };
-  cuda::PlanOptions pooled = (*backend)->plan_options();
+  cuda::PlanOptions pooled = backend->plan_options();
   pooled.num_sms = 1;  // one SM's 3 slices for every row
   int pool = -1;
   const auto batch = run(tasks, pooled, &pool);
@@ -953,7 +970,7 @@ TEST(GpuPoolTest, ManyRowsTakingTurnsOnThreeSlicesMatchRowsAlone) {
   for (size_t i = 0; i < tasks.size(); ++i) {
     int alone_pool = -1;
     const auto alone = run(absl::MakeConstSpan(&tasks[i], 1),
-                           (*backend)->plan_options(), &alone_pool);
+                           backend->plan_options(), &alone_pool);
     ASSERT_EQ(alone.size(), 1u);
     scratch_rows += alone_pool == 0 ? 1 : 0;
     EXPECT_EQ(batch[i], alone[0]) << "row " << i << " t=" << rows[i].position;
@@ -961,7 +978,7 @@ TEST(GpuPoolTest, ManyRowsTakingTurnsOnThreeSlicesMatchRowsAlone) {
   }
   // Most rows alone split: scratch form (unless the scratch is switched
   // off, HISA_CUDA_SLOT_SCORE_SCRATCH=0, when every row is pooled).
-  if ((*backend)->plan_options().slot_score_budget_bytes > 0) {
+  if (backend->plan_options().slot_score_budget_bytes > 0) {
     EXPECT_GT(scratch_rows, 250);
   } else {
     EXPECT_EQ(scratch_rows, 0);
@@ -977,19 +994,10 @@ TEST(GpuHostParallelTest, ThreadedPackingAndCopiesGiveSerialAnswers) {
   const uint64_t seed = ref::TestSeed() + 79;
   std::mt19937_64 rng(seed);
   SCOPED_TRACE(ref::SeedNote());
-  cuda::DeviceOptions o;
-  o.memory_budget_bytes = int64_t{256} << 20;
-  absl::StatusOr<std::unique_ptr<CudaBackend>> backend = CudaBackend::Create(o);
-  ASSERT_TRUE(backend.ok()) << backend.status();
-  const RequestConfig config{1, 128, 128, KeyFormat::kFp8E4M3,
-                             BlockPooling::kMean};
-  absl::StatusOr<std::unique_ptr<RequestStore>> store =
-      (*backend)->CreateStore(config);
-  ASSERT_TRUE(store.ok()) << store.status();
-  constexpr int64_t kLength = 12000;
-  const ref::EncodedKeys keys =
-      RandomKeys(rng, KeyFormat::kFp8E4M3, kLength, 128, 128);
-  ASSERT_TRUE((*store)->Append(keys.Chunk("p", 0, 0, kLength)).ok());
+  FilledBackend f;
+  ASSERT_NO_FATAL_FAILURE(Fill(rng, f));
+  const RequestConfig& config = f.config;
+  constexpr int64_t kLength = FilledBackend::kLength;
   std::vector<EncodedQuery> queries;
   for (int i = 0; i < 8; ++i) {
     queries.push_back(RandomQuery(rng, KeyFormat::kFp8E4M3, 64, 128));
@@ -1005,10 +1013,10 @@ TEST(GpuHostParallelTest, ThreadedPackingAndCopiesGiveSerialAnswers) {
     std::vector<RowResult> results(rows.size());
     std::vector<SelectTask> tasks;
     for (size_t i = 0; i < rows.size(); ++i) {
-      tasks.push_back(SelectTask{store->get(), &config, &rows[i],
+      tasks.push_back(SelectTask{f.store.get(), &config, &rows[i],
                                  rows[i].mode, &results[i]});
     }
-    (*backend)->Select(tasks, nullptr, parallel);
+    f.backend->Select(tasks, nullptr, parallel);
     return results;
   };
   const std::vector<RowResult> serial = select(nullptr);
