@@ -280,7 +280,9 @@ TEST_P(WireEqualsEngineTest, SelectionsOverTheWireEqualTheInProcessEngine) {
   std::vector<v1::SelectRequest> messages;
   for (int m = 0; m < 4; ++m) {
     std::vector<v1::QueryRow> rows;
-    const int num_rows = m == 3 ? 40 : 10;  // the last one prefill-shaped
+    // The last one prefill-shaped, in several of the server's 64-row check
+    // chunks (run on its executor's threads).
+    const int num_rows = m == 3 ? 200 : 10;
     for (int r = 0; r < num_rows; ++r) {
       const int which = m == 3 ? 0 : static_cast<int>(rng_() % ids.size());
       const int layer = static_cast<int>(rng_() % 2);
