@@ -372,7 +372,8 @@ TEST(EngineBatchTest, RowsSpanRequestsAndLayers) {
     int k, m;
   };
   std::vector<RowSpec> specs;
-  for (int i = 0; i < 40; ++i) {
+  // More rows than one of Select's 64-row check chunks (engine.cc).
+  for (int i = 0; i < 140; ++i) {
     const Req& r = reqs[Uniform(rng, 0, reqs.size() - 1)];
     const int layer = static_cast<int>(Uniform(rng, 0, r.config.num_layers - 1));
     const int64_t length = h.oracle(r.id, layer).length();
