@@ -30,9 +30,9 @@ ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 echo "== [3/3] ThreadSanitizer build"
 # Only the binaries of the tests below (and the server and CLI that the
 # integration and end-to-end tests start): a minute less than the whole tree.
-tsan_tests='^(EngineConcurrency|EngineBatchTest|ServiceIntegrationTest|Formats/WireEqualsEngineTest|SelectBatcherTest|ExecutorTest|ServiceMetricsTest|ClientE2eTest|ClientLibraryTest)'
+tsan_tests='^(EngineConcurrency|ServiceIntegrationTest|Formats/WireEqualsEngineTest|SelectBatcherTest|ExecutorTest|ServiceMetricsTest|ClientE2eTest|ClientLibraryTest)'
 scripts/build.sh build-tsan -DHISA_SANITIZE=thread -DHISA_ENABLE_CUDA=OFF \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo -- hisa_engine_concurrency_test hisa_engine_test \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -- hisa_engine_concurrency_test \
   hisa_service_integration_test hisa_server_unit_test hisa_client_e2e_test \
   hisa_client_library_test hisa_server hisa_cli
 ctest --test-dir build-tsan --output-on-failure -j "$(nproc)" -R "$tsan_tests"
