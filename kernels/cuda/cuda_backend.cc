@@ -147,8 +147,8 @@ void CudaBackend::Select(absl::Span<const SelectTask> tasks,
 // the context's pinned staging, uploaded with one async copy, the kernels
 // run, the outputs (positions, and scores when a row wants them) come back
 // with one async copy into the same staging, and the stream is synchronized
-// once. Planning reuses a per-thread SelectPlan and scratch (select_plan.h),
-// so a batch no bigger than the thread's earlier ones allocates nothing
+// once. Planning reuses the context's SelectPlan and a per-thread scratch
+// (select_plan.h), so a batch no bigger than earlier ones allocates nothing
 // here; only the results' own vectors grow.
 void CudaBackend::RunBatch(absl::Span<const SelectTask> tasks, void* context,
                            SelectStageTimes* times, HostParallel* parallel) {
@@ -163,9 +163,10 @@ void CudaBackend::RunBatch(absl::Span<const SelectTask> tasks, void* context,
   const absl::Time start = absl::Now();
   cudaError_t err = cudaSetDevice(device_->device());
   if (err != cudaSuccess) return fail(cuda::CudaError(err, "cudaSetDevice"));
-  // Reused across calls on this thread. A halved batch (below) plans again
-  // into it, after which this call no longer reads it.
-  thread_local cuda::SelectPlan plan;
+  // The context's, not a thread_local one: the loops below may run on other
+  // threads (`parallel`). A halved batch (below) plans again into it, after
+  // which this call no longer reads it.
+  cuda::SelectPlan& plan = ctx->plan;
   const absl::Status planned = cuda::BuildSelectPlanInto(
       tasks, *plan_options_, ctx->host, ctx->host_bytes, &plan, parallel);
   if (!planned.ok()) return fail(planned);
@@ -223,15 +224,12 @@ void CudaBackend::RunBatch(absl::Span<const SelectTask> tasks, void* context,
   const int32_t* out_pos = reinterpret_cast<const int32_t*>(ctx->host);
   const float* out_scores =
       reinterpret_cast<const float*>(ctx->host + scores_at);
-  // Named here: inside the loop's body, which may run on other threads,
-  // `plan` would be that thread's own thread_local plan.
-  const std::vector<int64_t>& task_out_offset = plan.task_out_offset;
   ParallelFor(parallel, static_cast<int64_t>(tasks.size()), kRowsPerCopyChunk,
               [&](int64_t begin, int64_t end) {
                 for (int64_t i = begin; i < end; ++i) {
                   const SelectTask& t = tasks[i];
                   RowResult& r = *t.result;
-                  const int64_t off = task_out_offset[i];
+                  const int64_t off = plan.task_out_offset[i];
                   const int k = t.row->k;
                   r.status = absl::OkStatus();
                   r.mode_used = t.mode;

@@ -34,6 +34,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "kernels/cuda/select_plan.h"
 
 namespace hisa::cuda {
 
@@ -48,8 +49,12 @@ struct DeviceOptions {
   int64_t append_staging_bytes = int64_t{32} << 20;
 };
 
-// One in-flight Select: a stream, device scratch and pinned host staging.
+// One in-flight Select: a stream, device scratch and pinned host staging,
+// and the plan of its batch (select_plan.h; its vectors keep their capacity
+// from batch to batch, so planning a batch no bigger than an earlier one
+// allocates nothing).
 struct SelectContext {
+  SelectPlan plan;
   cudaStream_t stream = nullptr;
   uint8_t* device = nullptr;
   int64_t device_bytes = 0;
