@@ -2,10 +2,12 @@
 // legal answer (including rounding swaps) and reject each kind of wrong one.
 #include "tests/reference/checker.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -204,12 +206,41 @@ TEST(CheckerTest, ResultFromAnUnchosenBlockIsRejected) {
   EXPECT_TRUE(CheckRow(o, ResultOf(o.positions), Tol(1e-3, 1e-3), ""));
 }
 
-TEST(CheckerTest, TooManyAmbiguousBlockSetsFailsLoudly) {
-  // 62 equal non-forced blocks, 30 places: C(62, 30) sets.
-  std::vector<double> scores(64 * 16, 1.0);
+// 62 equal non-forced blocks for 30 places: C(62, 30) sets, far past the
+// enumeration's cap. An engine that swapped one of them in (block 40, whose
+// tokens then lead) is accepted by the least disturbing completion alone.
+TEST(CheckerTest, AdmissibleSwapAmongManyEqualBlocksIsAccepted) {
+  std::vector<double> scores(64 * 16);
+  std::mt19937_64 rng(TestSeed());
+  SCOPED_TRACE(SeedNote());
+  std::uniform_real_distribution<double> low(0.0, 1.0);
+  for (double& v : scores) v = low(rng);
+  for (int i = 0; i < 16; ++i) scores[40 * 16 + i] = 10.0 + i;
   std::vector<double> blocks(64, 1.0);
   RowOracle o = MakeOracle(scores, 16, SelectMode::kHisa, 16, 32, blocks);
-  // The oracle's answer is block 0; this one takes block 40 instead.
+  ASSERT_FALSE(std::binary_search(o.chosen_blocks.begin(),
+                                  o.chosen_blocks.end(), int64_t{40}));
+  // The engine's set: blocks 0-29, 40 and 63.
+  std::vector<int64_t> engine_blocks(30);
+  std::iota(engine_blocks.begin(), engine_blocks.end(), 0);
+  engine_blocks.push_back(40);
+  engine_blocks.push_back(63);
+  const std::vector<int32_t> swapped = TopKOf(o, engine_blocks);
+  ASSERT_EQ(swapped.front(), 40 * 16);
+  EXPECT_TRUE(CheckRow(o, ResultOf(swapped), Tol(0, 1e-3), "swap"));
+  // Outside tol_J block 40 is no admissible choice.
+  EXPECT_FALSE(CheckRow(o, ResultOf(swapped), Tol(0, 0), "swap"));
+}
+
+TEST(CheckerTest, TooManyAmbiguousBlockSetsFailsLoudly) {
+  // 62 equal non-forced blocks, 30 places: C(62, 30) sets. Each block's
+  // first token scores 2, the rest 1: any completion of a result that takes
+  // block 40 brings first tokens that the result lacks, so neither the
+  // least disturbing completion nor the (capped) enumeration settles it.
+  std::vector<double> scores(64 * 16, 1.0);
+  for (int b = 0; b < 64; ++b) scores[b * 16] = 2.0;
+  std::vector<double> blocks(64, 1.0);
+  RowOracle o = MakeOracle(scores, 16, SelectMode::kHisa, 16, 32, blocks);
   EXPECT_TRUE(CheckRow(o, ResultOf(o.positions), Tol(0, 1e-3), "cap"));
   std::vector<int32_t> other(16);
   std::iota(other.begin(), other.end(), 40 * 16);
