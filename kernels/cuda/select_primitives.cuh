@@ -147,6 +147,40 @@ __device__ __forceinline__ void WgmmaM64N64K32(float (&d)[32], uint32_t a,
         HISA_WGMMA_ACC8(24)
       : "r"(a), "r"(b), "r"(kWgmmaDescSw128Hi), "r"(accumulate));
 }
+// D (64 x 64 fp32) = A (64 x 128 e4m3) * B (64 x 128 e4m3)^T: the four
+// k-steps of WgmmaM64N64K32 in one statement (d is overwritten), so that the
+// descriptors' constant high word is moved into place once, not per step.
+__device__ __forceinline__ void WgmmaM64N64K128(float (&d)[32], uint32_t a,
+                                                uint32_t b) {
+  asm volatile(
+      "{\n.reg .b64 da, db;\n.reg .b32 a1, b1;\n"
+      "mov.b64 da, {%32, %34};\nmov.b64 db, {%33, %34};\n"
+      "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31},"
+      " da, db, 0, 1, 1;\n"
+      "add.u32 a1, %32, 2;\nadd.u32 b1, %33, 2;\n"
+      "mov.b64 da, {a1, %34};\nmov.b64 db, {b1, %34};\n"
+      "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31},"
+      " da, db, 1, 1, 1;\n"
+      "add.u32 a1, %32, 4;\nadd.u32 b1, %33, 4;\n"
+      "mov.b64 da, {a1, %34};\nmov.b64 db, {b1, %34};\n"
+      "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31},"
+      " da, db, 1, 1, 1;\n"
+      "add.u32 a1, %32, 6;\nadd.u32 b1, %33, 6;\n"
+      "mov.b64 da, {a1, %34};\nmov.b64 db, {b1, %34};\n"
+      "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31},"
+      " da, db, 1, 1, 1;\n}\n"
+      : HISA_WGMMA_ACC8(0), HISA_WGMMA_ACC8(8), HISA_WGMMA_ACC8(16),
+        HISA_WGMMA_ACC8(24)
+      : "r"(a), "r"(b), "r"(kWgmmaDescSw128Hi));
+}
 // D (64 x 128 fp32, 64 per thread) (+)= A (64 x 32 e4m3) * B (128 x 32)^T;
 // a, b as for WgmmaM64N64K32.
 __device__ __forceinline__ void WgmmaM64N128K32(float (&d)[64], uint32_t a,
@@ -289,6 +323,36 @@ __device__ __forceinline__ uint32_t OrderedKey(float f) {
   if (f != f) return 0;            // NaN: below everything
   if (u == 0x80000000u) u = 0;     // -0.0 == +0.0
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+// A candidate slot's key in the token loops, branch-free: OrderedKey(x),
+// except that NaN maps to 1 (the lowest candidate key; 0 marks a slot that
+// is no candidate) and -0.0 is not folded into +0.0. A loop's head sum is
+// never -0.0 (its first FMA adds +0.0), so only a product that underflows
+// to -0.0 ranks one key below +0.0: a difference of 0, inside SPEC 4.4's
+// tolerance. Non-NaN keys are never 0.
+__device__ __forceinline__ uint32_t CandidateKey(float x) {
+  const uint32_t u = __float_as_uint(x);
+  const uint32_t key =
+      u ^ (static_cast<uint32_t>(static_cast<int32_t>(u) >> 31) | 0x80000000u);
+  return x != x ? 1u : key;
+}
+// *p += 1 (shared memory) when `pred`, as one predicated instruction
+// instead of a branch around it.
+__device__ __forceinline__ void SharedIncrementIf(bool pred, uint32_t* p) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %1, 0;\n"
+      "@p red.shared.add.u32 [%0], 1;\n}\n" ::"r"(SmemAddr(p)),
+      "r"(static_cast<int>(pred))
+      : "memory");
+}
+// *p = v (global memory) when `pred`, as one predicated instruction.
+__device__ __forceinline__ void StoreGlobalIf(bool pred, uint32_t* p,
+                                              uint32_t v) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %2, 0;\n"
+      "@p st.global.u32 [%0], %1;\n}\n" ::"l"(p),
+      "r"(v), "r"(static_cast<int>(pred))
+      : "memory");
 }
 __device__ __forceinline__ float KeyToFloat(uint32_t key) {
   const uint32_t u = (key & 0x80000000u) ? (key & 0x7FFFFFFFu) : ~key;
