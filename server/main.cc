@@ -11,11 +11,7 @@
 // port 0.
 #include <pthread.h>
 #include <signal.h>
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 
-#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
@@ -29,6 +25,7 @@
 #include "server/auto_duration_flag.h"
 #include "server/byte_size_flag.h"
 #include "server/hisa_server.h"
+#include "server/malloc_tuning.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051",
           "TCP address to serve gRPC on (host:port; port 0 picks a free "
@@ -123,24 +120,6 @@ bool WritePortFile(const std::string& path, int grpc_port, int metrics_port) {
   return std::rename(tmp.c_str(), path.c_str()) == 0;
 }
 
-// A server's messages allocate and free the same sizes over and over (a
-// 1024-row message: ~2000 vectors of 8 KB, the request's query bytes and
-// the response). glibc returns the freed top of the heap to the OS once it
-// passes M_TRIM_THRESHOLD (128 KiB by default, raised only as large mmap
-// chunks are freed), so each such message faulted in its pages afresh
-// (bench/RESULTS.md section 20: 1.6 ms of a 1024-row message's 7.6 ms
-// went to copying its positions into fresh vectors).
-void RetainFreedMemory(int64_t bytes) {
-#if defined(__GLIBC__)
-  if (bytes <= 0) return;
-  const int64_t most = int64_t{1} << 30;  // mallopt takes an int
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);    // glibc's most; fixed, not dynamic
-  mallopt(M_TRIM_THRESHOLD, static_cast<int>(std::min(bytes, most)));
-#else
-  (void)bytes;
-#endif
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -148,7 +127,7 @@ int main(int argc, char** argv) {
       "HISA indexing service: DSA indexer key caches and HISA/DENSE top-k "
       "selection over gRPC");
   absl::ParseCommandLine(argc, argv);
-  RetainFreedMemory(absl::GetFlag(FLAGS_malloc_retain).bytes);
+  hisa::RetainFreedMemory(absl::GetFlag(FLAGS_malloc_retain).bytes);
 
   // Block the shutdown signals in every thread (threads inherit the mask) and
   // take them synchronously with sigwait below: no async-signal handler.
