@@ -43,7 +43,6 @@
 namespace hisa {
 namespace {
 
-using testing_support::EdgePositions;
 using testing_support::ExpectSameResult;
 using testing_support::Shape;
 using testing_support::ShapeName;
@@ -173,21 +172,9 @@ TEST_P(GpuFormatsTest, MatchesReferenceAndCpuEngine) {
     gpu.AppendKeys("r", 0, keys, &chunk_rng, Uniform(rng, 1, shape.length));
     cpu.AppendKeys("r", 0, keys);
 
-    const std::vector<int64_t> positions = EdgePositions(shape, rng);
     std::vector<EncodedQuery> queries;
-    for (size_t i = 0; i < positions.size(); ++i) {
-      queries.push_back(
-          RandomQuery(rng, q_format, shape.num_heads, shape.head_dim));
-    }
-    constexpr SelectMode kModes[] = {SelectMode::kDense, SelectMode::kHisa,
-                                     SelectMode::kAuto};
-    std::vector<QueryRow> rows;
-    for (size_t i = 0; i < positions.size(); ++i) {
-      for (SelectMode mode : kModes) {
-        rows.push_back(queries[i].Row("r", 0, positions[i], mode, shape.k,
-                                      shape.m, Uniform(rng, 0, 1) == 1));
-      }
-    }
+    const std::vector<QueryRow> rows =
+        testing_support::EdgeRows(shape, q_format, rng, &queries);
     std::vector<RowResult> results(rows.size()), cpu_results(rows.size());
     gpu.engine().Select(rows, absl::MakeSpan(results));
     cpu.engine().Select(rows, absl::MakeSpan(cpu_results));
@@ -196,30 +183,18 @@ TEST_P(GpuFormatsTest, MatchesReferenceAndCpuEngine) {
         GpuTolerance(key_format, q_format, shape.head_dim, shape.num_heads,
                      shape.block_size);
     double overlap_sum = 0;
-    for (size_t i = 0; i < positions.size(); ++i) {
-      const int64_t t = positions[i];
-      const RowResult& dense = results[3 * i];
+    const size_t edge_rows = rows.size() / 3;
+    for (size_t i = 0; i < edge_rows; ++i) {
+      testing_support::ExpectEdgeRowTriple(gpu, shape, rows, results, i, tol,
+                                           where);
       const RowResult& hisa = results[3 * i + 1];
-      const RowResult& automatic = results[3 * i + 2];
-      const std::string row = absl::StrCat(where, " t=", t);
-      EXPECT_TRUE(gpu.Check(rows[3 * i], dense, tol, row + " DENSE"));
-      EXPECT_TRUE(gpu.Check(rows[3 * i + 1], hisa, tol, row + " HISA"));
-      EXPECT_EQ(dense.mode_used, SelectMode::kDense) << row;
-      EXPECT_EQ(rows[3 * i].return_scores, !dense.scores.empty()) << row;
-      EXPECT_EQ(rows[3 * i + 1].return_scores, !hisa.scores.empty()) << row;
-      if (t >= int64_t{shape.m} * shape.block_size) {
-        EXPECT_EQ(hisa.mode_used, SelectMode::kHisa) << row;
-      } else {
-        ExpectSameResult(hisa, dense, row + " HISA vs DENSE (t < m*B)");
-      }
-      ExpectSameResult(automatic, hisa, row + " AUTO vs HISA");
       if (cpu_results[3 * i + 1].status.ok() && hisa.status.ok()) {
         overlap_sum += Overlap(hisa, cpu_results[3 * i + 1]);
       }
     }
-    const double overlap = overlap_sum / positions.size();
+    const double overlap = overlap_sum / edge_rows;
     std::printf("  [%s] GPU vs CPU HISA overlap %.5f over %zu rows\n",
-                where.c_str(), overlap, positions.size());
+                where.c_str(), overlap, edge_rows);
     EXPECT_GE(overlap, 0.98) << where;
   }
 }
@@ -395,48 +370,8 @@ TEST(GpuShapesTest, LongDenseAndHisaRows) {
 // cores, so the GPU must equal the oracle exactly, ties included.
 TEST(GpuExactTest, IntegerInputsMatchTheOracleExactly) {
   SKIP_WITHOUT_GPU();
-  const uint64_t seed = ref::TestSeed() + 20;
-  std::mt19937_64 rng(seed);
-  for (int trial = 0; trial < 18; ++trial) {
-    const KeyFormat key_format = kFormats[trial % 3];
-    const KeyFormat q_format = kFormats[(trial / 3) % 3];
-    Shape shape;
-    shape.head_dim = trial % 2 == 0 ? 64 : 128;
-    shape.num_heads = std::vector<int>{1, 8, 16}[Uniform(rng, 0, 2)];
-    shape.block_size = Uniform(rng, 0, 1) == 0 ? 16 : 64;
-    shape.m = static_cast<int>(Uniform(rng, 1, 6));
-    shape.k = static_cast<int>(Uniform(rng, 1, shape.m * shape.block_size));
-    shape.length = Uniform(rng, 1, 1500);
-    shape.pooling = trial % 4 == 3 ? BlockPooling::kMax : BlockPooling::kMean;
-    const std::string where =
-        absl::StrCat(ref::SeedNote(), " trial ", trial, " keys ",
-                     FormatName(key_format), " q ", FormatName(q_format), " ",
-                     ShapeName(shape));
-    SCOPED_TRACE(where);
-    EngineHarness h(GpuOptions(int64_t{256} << 20));
-    RequestConfig config{1, shape.head_dim, shape.block_size, key_format,
-                         shape.pooling};
-    h.CreateRequest("r", config);
-    h.AppendKeys("r", 0,
-                 IntegerKeys(rng, key_format, shape.length, shape.head_dim),
-                 &rng, 300);
-    std::vector<QueryRow> rows;
-    std::vector<EncodedQuery> queries;
-    for (int64_t t : EdgePositions(shape, rng)) {
-      queries.push_back(
-          IntegerQuery(rng, q_format, shape.num_heads, shape.head_dim));
-      for (SelectMode mode : {SelectMode::kDense, SelectMode::kHisa}) {
-        rows.push_back(queries.back().Row("r", 0, t, mode, shape.k, shape.m,
-                                          true));
-      }
-    }
-    std::vector<RowResult> results(rows.size());
-    h.engine().Select(rows, absl::MakeSpan(results));
-    for (size_t i = 0; i < rows.size(); ++i) {
-      EXPECT_TRUE(h.Check(rows[i], results[i], ref::ExactTolerance(),
-                          absl::StrCat(where, " t=", rows[i].position)));
-    }
-  }
+  testing_support::ExpectIntegerInputsMatchTheOracle(
+      GpuOptions(int64_t{256} << 20), /*trials=*/18, /*one_batch=*/true);
 }
 
 // Blocks 0 and c score lowest on J but each hides the best token.

@@ -4,6 +4,8 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
+#include "tests/reference/test_seed.h"
 
 namespace hisa::testing_support {
 
@@ -203,6 +205,101 @@ RowResult EngineHarness::SelectOne(const QueryRow& row) {
            << context << ": oracle rejected the row: " << expected.status();
   }
   return ref::CheckRow(*expected, result, tol, context);
+}
+
+std::vector<QueryRow> EdgeRows(const Shape& s, KeyFormat q_format,
+                               std::mt19937_64& rng,
+                               std::vector<ref::EncodedQuery>* queries) {
+  const std::vector<int64_t> positions = EdgePositions(s, rng);
+  queries->clear();
+  for (size_t i = 0; i < positions.size(); ++i) {
+    queries->push_back(RandomQuery(rng, q_format, s.num_heads, s.head_dim));
+  }
+  std::vector<QueryRow> rows;
+  for (size_t i = 0; i < positions.size(); ++i) {
+    for (SelectMode mode :
+         {SelectMode::kDense, SelectMode::kHisa, SelectMode::kAuto}) {
+      rows.push_back((*queries)[i].Row("r", 0, positions[i], mode, s.k, s.m,
+                                       Uniform(rng, 0, 1) == 1));
+    }
+  }
+  return rows;
+}
+
+void ExpectEdgeRowTriple(const EngineHarness& h, const Shape& s,
+                         const std::vector<QueryRow>& rows,
+                         const std::vector<RowResult>& results, size_t i,
+                         const ref::Tolerance& tol, const std::string& where) {
+  const QueryRow& dense_row = rows[3 * i];
+  const QueryRow& hisa_row = rows[3 * i + 1];
+  const RowResult& dense = results[3 * i];
+  const RowResult& hisa = results[3 * i + 1];
+  const RowResult& automatic = results[3 * i + 2];
+  const int64_t t = dense_row.position;
+  const std::string row = absl::StrCat(where, " t=", t);
+  EXPECT_TRUE(h.Check(dense_row, dense, tol, row + " DENSE"));
+  EXPECT_TRUE(h.Check(hisa_row, hisa, tol, row + " HISA"));
+  EXPECT_EQ(dense.mode_used, SelectMode::kDense) << row;
+  EXPECT_EQ(dense_row.return_scores, !dense.scores.empty()) << row;
+  EXPECT_EQ(hisa_row.return_scores, !hisa.scores.empty()) << row;
+  if (t >= int64_t{s.m} * s.block_size) {
+    EXPECT_EQ(hisa.mode_used, SelectMode::kHisa) << row;
+  } else {
+    ExpectSameResult(hisa, dense, row + " HISA vs DENSE (t < m*B)");
+  }
+  ExpectSameResult(automatic, hisa, row + " AUTO vs HISA");
+}
+
+void ExpectIntegerInputsMatchTheOracle(const EngineOptions& options,
+                                       int trials, bool one_batch) {
+  constexpr KeyFormat kFormats[] = {KeyFormat::kFp8E4M3, KeyFormat::kBf16,
+                                    KeyFormat::kFp32};
+  std::mt19937_64 rng(ref::TestSeed() + 20);
+  for (int trial = 0; trial < trials; ++trial) {
+    const KeyFormat key_format = kFormats[trial % 3];
+    const KeyFormat q_format = kFormats[(trial / 3) % 3];
+    Shape shape;
+    shape.head_dim = trial % 2 == 0 ? 64 : 128;
+    shape.num_heads = std::vector<int>{1, 8, 16}[Uniform(rng, 0, 2)];
+    shape.block_size = Uniform(rng, 0, 1) == 0 ? 16 : 64;
+    shape.m = static_cast<int>(Uniform(rng, 1, 6));
+    shape.k = static_cast<int>(Uniform(rng, 1, shape.m * shape.block_size));
+    shape.length = Uniform(rng, 1, 1500);
+    shape.pooling = trial % 4 == 3 ? BlockPooling::kMax : BlockPooling::kMean;
+    const std::string where =
+        absl::StrCat(ref::SeedNote(), " trial ", trial, " keys ",
+                     FormatName(key_format), " q ", FormatName(q_format), " ",
+                     ShapeName(shape));
+    SCOPED_TRACE(where);
+    EngineHarness h(options);
+    h.CreateRequest("r", RequestConfig{1, shape.head_dim, shape.block_size,
+                                       key_format, shape.pooling});
+    h.AppendKeys("r", 0,
+                 IntegerKeys(rng, key_format, shape.length, shape.head_dim),
+                 &rng, 300);
+    std::vector<QueryRow> rows;
+    std::vector<ref::EncodedQuery> queries;
+    for (int64_t t : EdgePositions(shape, rng)) {
+      queries.push_back(
+          IntegerQuery(rng, q_format, shape.num_heads, shape.head_dim));
+      for (SelectMode mode : {SelectMode::kDense, SelectMode::kHisa}) {
+        rows.push_back(
+            queries.back().Row("r", 0, t, mode, shape.k, shape.m, true));
+      }
+    }
+    std::vector<RowResult> results(rows.size());
+    if (one_batch) {
+      h.engine().Select(rows, absl::MakeSpan(results));
+    } else {
+      for (size_t i = 0; i < rows.size(); ++i) {
+        results[i] = h.SelectOne(rows[i]);
+      }
+    }
+    for (size_t i = 0; i < rows.size(); ++i) {
+      EXPECT_TRUE(h.Check(rows[i], results[i], ref::ExactTolerance(),
+                          absl::StrCat(where, " t=", rows[i].position)));
+    }
+  }
 }
 
 }  // namespace hisa::testing_support

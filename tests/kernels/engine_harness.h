@@ -56,6 +56,14 @@ std::string ShapeName(const Shape& s);
 // plus two random ones; sorted, unique, inside [0, length).
 std::vector<int64_t> EdgePositions(const Shape& s, std::mt19937_64& rng);
 
+// Random queries in `q_format` at EdgePositions(s), and a DENSE, a HISA
+// and an AUTO row of each (return_scores drawn at random): the rows of the
+// shape-matrix tests. The rows point into `*queries`, which receives the
+// queries and must outlive them.
+std::vector<QueryRow> EdgeRows(const Shape& s, KeyFormat q_format,
+                               std::mt19937_64& rng,
+                               std::vector<ref::EncodedQuery>* queries);
+
 // Asserts two OK results are identical: positions and score bits (NaN
 // padding equal to NaN). `what` names the comparison in failures.
 void ExpectSameResult(const RowResult& a, const RowResult& b,
@@ -133,6 +141,26 @@ class EngineHarness {
   std::unique_ptr<Engine> engine_;
   std::map<std::string, Request> requests_;
 };
+
+// The checks of EdgeRows triple i (rows and results 3 i, 3 i + 1, 3 i + 2)
+// of shape `s` from engine `h`: DENSE and HISA against the oracle under `tol`, the modes
+// used, scores present exactly when asked, HISA equal to DENSE below m * B
+// (SPEC 4.2) and AUTO equal to HISA. `where` names the cell in failures.
+void ExpectEdgeRowTriple(const EngineHarness& h, const Shape& s,
+                         const std::vector<QueryRow>& rows,
+                         const std::vector<RowResult>& results, size_t i,
+                         const ref::Tolerance& tol, const std::string& where);
+
+// The exact-answer check shared by the CPU and GPU engine tests: integer
+// inputs (IntegerKeys / IntegerQuery) over `trials` random cells of the
+// shape matrix (D 64 / 128, H 1 / 8 / 16, B 16 / 64, m 1-6, every key and
+// query format, mean and max pooling; seed ref::TestSeed() + 20), a DENSE
+// and a HISA row at each of EdgePositions: every result must equal the
+// oracle exactly, ties included. Each trial gets a fresh engine made with
+// `options`. `one_batch`: a trial's rows go in one Engine::Select (a GPU
+// batch), else one Select per row.
+void ExpectIntegerInputsMatchTheOracle(const EngineOptions& options,
+                                       int trials, bool one_batch);
 
 }  // namespace hisa::testing_support
 

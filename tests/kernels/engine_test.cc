@@ -24,7 +24,6 @@
 namespace hisa {
 namespace {
 
-using testing_support::EdgePositions;
 using testing_support::ExpectSameResult;
 using testing_support::Shape;
 using testing_support::ShapeName;
@@ -88,44 +87,17 @@ TEST_P(EngineFormatsTest, MatchesReferenceAtEdgePositions) {
                  RandomKeys(rng, key_format, shape.length, shape.head_dim),
                  &rng, Uniform(rng, 1, shape.length));
 
-    const std::vector<int64_t> positions = EdgePositions(shape, rng);
     std::vector<EncodedQuery> queries;
-    for (size_t i = 0; i < positions.size(); ++i) {
-      queries.push_back(
-          RandomQuery(rng, q_format, shape.num_heads, shape.head_dim));
-    }
-    constexpr SelectMode kModes[] = {SelectMode::kDense, SelectMode::kHisa,
-                                     SelectMode::kAuto};
-    std::vector<QueryRow> rows;
-    for (size_t i = 0; i < positions.size(); ++i) {
-      for (SelectMode mode : kModes) {
-        rows.push_back(queries[i].Row("r", 0, positions[i], mode, shape.k,
-                                      shape.m, Uniform(rng, 0, 1) == 1));
-      }
-    }
+    const std::vector<QueryRow> rows =
+        testing_support::EdgeRows(shape, q_format, rng, &queries);
     std::vector<RowResult> results(rows.size());
     h.engine().Select(rows, absl::MakeSpan(results));
 
     const ref::Tolerance tol = ref::Fp32Tolerance(
         shape.head_dim, shape.num_heads, shape.block_size);
-    for (size_t i = 0; i < positions.size(); ++i) {
-      const int64_t t = positions[i];
-      const RowResult& dense = results[3 * i];
-      const RowResult& hisa = results[3 * i + 1];
-      const RowResult& automatic = results[3 * i + 2];
-      const std::string row = absl::StrCat(where, " t=", t);
-      EXPECT_TRUE(h.Check(rows[3 * i], dense, tol, row));
-      EXPECT_TRUE(h.Check(rows[3 * i + 1], hisa, tol, row));
-      EXPECT_EQ(dense.mode_used, SelectMode::kDense) << row;
-      EXPECT_EQ(rows[3 * i].return_scores, !dense.scores.empty()) << row;
-      EXPECT_EQ(rows[3 * i + 1].return_scores, !hisa.scores.empty()) << row;
-      if (t >= int64_t{shape.m} * shape.block_size) {
-        EXPECT_EQ(hisa.mode_used, SelectMode::kHisa) << row;
-      } else {
-        // SPEC 4.2: c + 1 <= m makes HISA exactly DENSE.
-        ExpectSameResult(hisa, dense, row + " HISA vs DENSE (t < m*B)");
-      }
-      ExpectSameResult(automatic, hisa, row + " AUTO vs HISA");
+    for (size_t i = 0; 3 * i < rows.size(); ++i) {
+      testing_support::ExpectEdgeRowTriple(h, shape, rows, results, i, tol,
+                                           where);
     }
   }
 }
@@ -143,42 +115,8 @@ INSTANTIATE_TEST_SUITE_P(
 // the oracle exactly: the tie rules (lower position, lower block index) are
 // checked wherever the many exact ties of such data fall.
 TEST(EngineExactTest, IntegerInputsMatchTheOracleExactly) {
-  const uint64_t seed = ref::TestSeed() + 20;
-  std::mt19937_64 rng(seed);
-  for (int trial = 0; trial < 18; ++trial) {
-    const KeyFormat key_format = kFormats[trial % 3];
-    const KeyFormat q_format = kFormats[(trial / 3) % 3];
-    Shape shape;
-    shape.head_dim = trial % 2 == 0 ? 64 : 128;
-    shape.num_heads = std::vector<int>{1, 8, 16}[Uniform(rng, 0, 2)];
-    shape.block_size = Uniform(rng, 0, 1) == 0 ? 16 : 64;
-    shape.m = static_cast<int>(Uniform(rng, 1, 6));
-    shape.k = static_cast<int>(Uniform(rng, 1, shape.m * shape.block_size));
-    shape.length = Uniform(rng, 1, 1500);
-    shape.pooling = trial % 4 == 3 ? BlockPooling::kMax : BlockPooling::kMean;
-    const std::string where =
-        absl::StrCat(ref::SeedNote(), " trial ", trial, " keys ",
-                     FormatName(key_format), " q ", FormatName(q_format), " ",
-                     ShapeName(shape));
-    SCOPED_TRACE(where);
-
-    EngineHarness h;
-    RequestConfig config{1, shape.head_dim, shape.block_size, key_format,
-                         shape.pooling};
-    h.CreateRequest("r", config);
-    h.AppendKeys("r", 0,
-                 IntegerKeys(rng, key_format, shape.length, shape.head_dim),
-                 &rng, 300);
-    for (int64_t t : EdgePositions(shape, rng)) {
-      const EncodedQuery q =
-          IntegerQuery(rng, q_format, shape.num_heads, shape.head_dim);
-      for (SelectMode mode : {SelectMode::kDense, SelectMode::kHisa}) {
-        const QueryRow row = q.Row("r", 0, t, mode, shape.k, shape.m, true);
-        EXPECT_TRUE(h.Check(row, h.SelectOne(row), ref::ExactTolerance(),
-                            absl::StrCat(where, " t=", t)));
-      }
-    }
-  }
+  testing_support::ExpectIntegerInputsMatchTheOracle(
+      testing_support::CpuTestOptions(), /*trials=*/18, /*one_batch=*/false);
 }
 
 // Blocks 0 and c score lowest on J (their mean points away from the query)
