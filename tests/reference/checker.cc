@@ -295,13 +295,22 @@ testing::AssertionResult CheckRow(const RowOracle& oracle,
   if (!oracle_failure) return testing::AssertionSuccess();
   if (ambiguous.empty()) return fail(*oracle_failure);
 
-  // The least disturbing completion: the `extra` pool blocks whose best
-  // token scores lowest. A block that the result does not use can only be
-  // in the engine's set if none of its tokens beat the result's (up to
+  // Whether the result fits the admissible set forced + must_take + pick.
+  auto fits = [&](const std::vector<int64_t>& pick) {
+    std::vector<int64_t> blocks = forced;
+    blocks.insert(blocks.end(), must_take.begin(), must_take.end());
+    blocks.insert(blocks.end(), pick.begin(), pick.end());
+    std::sort(blocks.begin(), blocks.end());
+    return !CheckAgainstBlocks(oracle, returned, blocks, tol).has_value();
+  };
+  // The least disturbing completion first: the `extra` pool blocks whose
+  // best token scores lowest. A block that the result does not use can only
+  // be in the engine's set if none of its tokens beat the result's (up to
   // tol), so whenever the engine chose an admissible set, this completion
-  // passes too; it spares the enumeration below, which small k over many
+  // fits too; it spares the enumeration below, which small k over many
   // nearly equal block means (random keys, bf16 block means) overflows.
-  if (extra >= 0 && extra <= static_cast<int64_t>(pool.size())) {
+  // (extra >= 0: must_take fits in need, checked above.)
+  if (extra <= static_cast<int64_t>(pool.size())) {
     std::vector<std::pair<double, int64_t>> by_best;
     for (int64_t b : pool) {
       double best = -INFINITY;
@@ -311,13 +320,9 @@ testing::AssertionResult CheckRow(const RowOracle& oracle,
       by_best.emplace_back(best, b);
     }
     std::sort(by_best.begin(), by_best.end());
-    std::vector<int64_t> blocks = forced;
-    blocks.insert(blocks.end(), must_take.begin(), must_take.end());
-    for (int64_t i = 0; i < extra; ++i) blocks.push_back(by_best[i].second);
-    std::sort(blocks.begin(), blocks.end());
-    if (!CheckAgainstBlocks(oracle, returned, blocks, tol).has_value()) {
-      return testing::AssertionSuccess();
-    }
+    std::vector<int64_t> lowest;
+    for (int64_t i = 0; i < extra; ++i) lowest.push_back(by_best[i].second);
+    if (fits(lowest)) return testing::AssertionSuccess();
   }
   const int64_t combinations = Binomial(
       static_cast<int64_t>(pool.size()), extra, tol.max_block_sets);
@@ -326,14 +331,7 @@ testing::AssertionResult CheckRow(const RowOracle& oracle,
                              pool.size(), ", ", extra, ") > ",
                              tol.max_block_sets, "); ", threshold_note));
   }
-
-  const bool any = ForEachSubset(pool, extra, [&](const std::vector<int64_t>& pick) {
-    std::vector<int64_t> blocks = forced;
-    blocks.insert(blocks.end(), must_take.begin(), must_take.end());
-    blocks.insert(blocks.end(), pick.begin(), pick.end());
-    std::sort(blocks.begin(), blocks.end());
-    return !CheckAgainstBlocks(oracle, returned, blocks, tol).has_value();
-  });
+  const bool any = ForEachSubset(pool, extra, fits);
   if (any) return testing::AssertionSuccess();
   return fail(absl::StrCat(*oracle_failure, " (and no other of ", combinations,
                            " admissible block sets fits; ", threshold_note,
