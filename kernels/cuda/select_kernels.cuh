@@ -910,14 +910,14 @@ struct WgmmaTokenScorer {
     const uint32_t db = WgmmaDescSw128Lo(qs);
     WgmmaFenceOperands(d);
     WgmmaFence();
+    if constexpr (kN == 128) {
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      // K step kk: 32 bytes further into each 128-byte row.
-      if constexpr (kN == 128) {
+      for (int kk = 0; kk < 4; ++kk) {
+        // K step kk: 32 bytes further into each 128-byte row.
         WgmmaM64N128K32(d, da + 2 * kk, db + 2 * kk, kk);
-      } else {
-        WgmmaM64N64K32(d, da + 2 * kk, db + 2 * kk, kk);
       }
+    } else {
+      WgmmaM64N64K128(d, da, db);
     }
     WgmmaCommit();
     WgmmaWaitAll();

@@ -132,24 +132,11 @@ __device__ __forceinline__ void WgmmaFenceOperands(float (&d)[N]) {
   "+f"(d[i + 0]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]),          \
       "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
 
-// D (64 x 64 fp32, 32 per thread) (+)= A (64 x 32 e4m3) * B (64 x 32 e4m3)^T;
-// a, b: the operands' descriptor low words (WgmmaDescSw128Lo).
-__device__ __forceinline__ void WgmmaM64N64K32(float (&d)[32], uint32_t a,
-                                               uint32_t b, int accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\n.reg .b64 da, db;\nsetp.ne.b32 p, %35, 0;\n"
-      "mov.b64 da, {%32, %34};\nmov.b64 db, {%33, %34};\n"
-      "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
-      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31},"
-      " da, db, p, 1, 1;\n}\n"
-      : HISA_WGMMA_ACC8(0), HISA_WGMMA_ACC8(8), HISA_WGMMA_ACC8(16),
-        HISA_WGMMA_ACC8(24)
-      : "r"(a), "r"(b), "r"(kWgmmaDescSw128Hi), "r"(accumulate));
-}
-// D (64 x 64 fp32) = A (64 x 128 e4m3) * B (64 x 128 e4m3)^T: the four
-// k-steps of WgmmaM64N64K32 in one statement (d is overwritten), so that the
-// descriptors' constant high word is moved into place once, not per step.
+// D (64 x 64 fp32, 32 per thread) = A (64 x 128 e4m3) * B (64 x 128
+// e4m3)^T: four k-steps of 32 (+2 on each descriptor low word, see
+// WgmmaDescSw128Lo) in one statement (d is overwritten; the first step runs
+// with scale-d = 0), so that the descriptors' constant high word is moved
+// into place once, not per step.
 __device__ __forceinline__ void WgmmaM64N64K128(float (&d)[32], uint32_t a,
                                                 uint32_t b) {
   asm volatile(
@@ -182,7 +169,7 @@ __device__ __forceinline__ void WgmmaM64N64K128(float (&d)[32], uint32_t a,
       : "r"(a), "r"(b), "r"(kWgmmaDescSw128Hi));
 }
 // D (64 x 128 fp32, 64 per thread) (+)= A (64 x 32 e4m3) * B (128 x 32)^T;
-// a, b as for WgmmaM64N64K32.
+// a, b: the operands' descriptor low words (WgmmaDescSw128Lo).
 __device__ __forceinline__ void WgmmaM64N128K32(float (&d)[64], uint32_t a,
                                                 uint32_t b, int accumulate) {
   asm volatile(
