@@ -57,8 +57,8 @@ std::string ShapeName(const Shape& s);
 std::vector<int64_t> EdgePositions(const Shape& s, std::mt19937_64& rng);
 
 // Random queries in `q_format` at EdgePositions(s), and a DENSE, a HISA
-// and an AUTO row of each (return_scores drawn at random): the rows of the
-// shape-matrix tests. The rows point into `*queries`, which receives the
+// and an AUTO row of each for request "r", layer 0 (return_scores drawn at
+// random): the rows of the shape-matrix tests. The rows point into `*queries`, which receives the
 // queries and must outlive them.
 std::vector<QueryRow> EdgeRows(const Shape& s, KeyFormat q_format,
                                std::mt19937_64& rng,
